@@ -1,0 +1,37 @@
+"""Options and helpers shared by the stage commands."""
+from __future__ import annotations
+
+import functools
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False)
+
+
+def model_options(f):
+    """MODEL argument plus --weights / --trust-checkpoint, resolved by the registry."""
+    @click.argument("model")
+    @click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                  help="State dict (.pt/.safetensors) for timm:<arch> or module:factory models.")
+    @click.option("--trust-checkpoint", is_flag=True,
+                  help="Allow loading a pickled nn.Module (.pt); unpickling runs code, so only for files you trust.")
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        return f(*args, **kwargs)
+    return wrapper
+
+
+def load(model: str, weights: str | None, trust_checkpoint: bool):
+    from edgevit.models.registry import load_model
+    return load_model(model, weights, trust_checkpoint)
+
+
+def print_table(title: str, columns: list[str], rows: list[list]) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="left" if c == columns[0] else "right")
+    for r in rows:
+        table.add_row(*[str(v) for v in r])
+    console.print(table)

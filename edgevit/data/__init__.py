@@ -1,0 +1,69 @@
+"""Data sets and calibration sampling.
+
+A data spec is `fashion-mnist` (the test split for evaluation, the train split for calibration),
+`fashion-mnist:512` (a seeded random subset of 512), or `folder:PATH[:N]` for users' own images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edgevit.data.fashion_mnist import LABELS as FASHION_MNIST_LABELS
+from edgevit.data.fashion_mnist import load_fashion_mnist
+from edgevit.data.image_folder import load_image_folder
+from edgevit.data.preprocess import Preprocess
+from edgevit.errors import UsageError
+
+__all__ = ["DataSpec", "parse_data_spec", "load_data", "calibration_tensor", "Preprocess", "FASHION_MNIST_LABELS"]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    kind: str            # "fashion-mnist" | "folder"
+    path: str | None = None
+    limit: int | None = None
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """`fashion-mnist`, `fashion-mnist:512`, `folder:PATH`, `folder:PATH:64` → DataSpec."""
+    head, _, rest = spec.partition(":")
+    if head in ("fashion-mnist", "fmnist"):
+        return DataSpec("fashion-mnist", None, _parse_limit(rest, spec) if rest else None)
+    if head == "folder" and rest:
+        path, sep, n = rest.rpartition(":")
+        if sep and n.isdigit():
+            return DataSpec("folder", path, _parse_limit(n, spec))
+        return DataSpec("folder", rest, None)
+    raise UsageError(f"unknown data spec {spec!r}; use fashion-mnist, fashion-mnist:512 or folder:PATH[:N]")
+
+
+def _parse_limit(text: str, spec: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise UsageError(f"bad sample count in {spec!r}; write a positive integer, e.g. fashion-mnist:512")
+    return int(text)
+
+
+def load_data(spec: str | DataSpec, preprocess: Preprocess, split: str = "test",
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Preprocessed (x, y) for a data spec; y is None for unlabelled folders.
+
+    A limit draws a seeded random subset (the same seed gives the same images).
+    """
+    spec = parse_data_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind == "fashion-mnist":
+        images, labels = load_fashion_mnist(split)
+    else:
+        images, labels, _ = load_image_folder(spec.path, preprocess.size, preprocess.channels)
+    if spec.limit is not None and spec.limit < len(images):
+        idx = np.sort(np.random.default_rng(seed).choice(len(images), spec.limit, replace=False))
+        images = images[idx]
+        labels = labels[idx] if labels is not None else None
+    x = preprocess(images)
+    return x, (torch.as_tensor(labels) if labels is not None else None)
+
+
+def calibration_tensor(spec: str, preprocess: Preprocess, seed: int = 0) -> torch.Tensor:
+    """Calibration images: Fashion-MNIST specs draw from the train split, never from the test set."""
+    return load_data(spec, preprocess, split="train", seed=seed)[0]
