@@ -82,7 +82,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — any parse failure is the user's file
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if "Unsupported global" in str(e) or "GLOBAL" in str(e):
             raise UsageError(f"{path} holds pickled objects, not a plain state dict; load it with "
                              "--trust-checkpoint only if you trust its origin (unpickling runs code)") from e
         raise UsageError(f"{path} is not a readable checkpoint ({type(e).__name__}); re-save it with "

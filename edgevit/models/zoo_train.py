@@ -15,10 +15,21 @@ from edgevit.models.train import TrainRecipe, save_json, train
 # The recipes the committed checkpoints were trained with (epochs sized for a 2-core machine).
 RECIPES = {
     "vit-tiny": TrainRecipe(epochs=20, lr=2e-3),
-    "vit-small": TrainRecipe(epochs=20, lr=2e-3),
-    "vit-base": TrainRecipe(epochs=15, lr=1.5e-3),
-    "mobilenet-mini": TrainRecipe(epochs=10, lr=3e-3, weight_decay=0.01),
+    "vit-small": TrainRecipe(epochs=15, lr=2e-3),
+    "vit-base": TrainRecipe(epochs=10, lr=1.5e-3),
+    "mobilenet-mini": TrainRecipe(epochs=8, lr=3e-3, weight_decay=0.01),
 }
+
+
+CHECK_SUBSET = 2000  # the first N test images: a fixed subset tests re-evaluate quickly
+
+
+def subset_check(model: torch.nn.Module) -> dict:
+    """Top-1 on the first CHECK_SUBSET test images, recorded so tests can verify the checkpoint."""
+    from edgevit.models.train import evaluate
+    images, labels = load_fashion_mnist("test")
+    x = bundled.FASHION_MNIST_PREPROCESS(images[:CHECK_SUBSET])
+    return {"first_n": CHECK_SUBSET, "top1": evaluate(model, x, torch.as_tensor(labels[:CHECK_SUBSET]))}
 
 
 def train_bundled(name: str, out_dir: Path | None = None, work_dir: Path | None = None,
@@ -41,7 +52,8 @@ def train_bundled(name: str, out_dir: Path | None = None, work_dir: Path | None 
     tmp = out_dir / f".{name}.safetensors.tmp"
     save_file(state, str(tmp))
     tmp.replace(out_dir / f"{name}.safetensors")
-    record = {"model": name, "description": bundled.BUNDLED[name]["description"],
+    record = {"model": name,
+              "check_subset": subset_check(model), "description": bundled.BUNDLED[name]["description"],
               "params": sum(p.numel() for p in model.parameters()),
               "test_top1": round(metrics["test_top1"], 2), "recipe": metrics["recipe"],
               "history": metrics["history"], "train_wall_s": round(time.time() - t0, 1),

@@ -1,0 +1,232 @@
+"""Runtime commands: export an artifact, run it on images, benchmark artifacts, check parity."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgevit.commands.common import console, load, model_options, print_table
+from edgevit.errors import StageError, UsageError
+
+RUNTIMES = ("onnx", "tflite", "qnn")
+BUILT = {"onnx"}
+
+
+def _usage(fn, *args, **kwargs):
+    """Call a runtimes/ function, turning its errors into the CLI's exit codes."""
+    from runtimes.errors import ExportError, ParityError, RuntimeArtifactError
+    try:
+        return fn(*args, **kwargs)
+    except (RuntimeArtifactError, ExportError) as e:
+        raise UsageError(str(e)) from e
+    except ParityError as e:
+        raise StageError(str(e)) from e
+
+
+def _is_quantized_dir(model: str) -> bool:
+    return Path(model).is_dir()
+
+
+def _load_any(model: str, weights, trust_checkpoint):
+    """(torch reference, ModelMeta, quant spec or None, reload info) for a model name or a quantised checkpoint dir."""
+    if _is_quantized_dir(model):
+        try:
+            import quant
+            loader = quant.load_quantized
+        except (ImportError, AttributeError) as e:
+            raise UsageError(f"{model} is a directory but quant.load_quantized is unavailable ({e}); "
+                             "give a model name or a checkpoint written by `edgevit quantize`") from e
+        from runtimes.onnx.quantized import spec_from_model
+        from edgevit.models.registry import ModelMeta
+        try:
+            qmodel, meta = loader(model)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        meta = meta if isinstance(meta, ModelMeta) else ModelMeta.from_dict(meta)
+        spec = _usage(spec_from_model, qmodel)
+        return qmodel, meta, spec, {"kind": "quantized", "path": str(Path(model).resolve())}
+    module, meta = load(model, weights, trust_checkpoint)
+    reload = {"kind": "registry", "name": model, "weights": str(Path(weights).resolve()) if weights else None}
+    return module, meta, None, reload
+
+
+def _parity_data(spec: str, meta, seed: int):
+    from edgevit.data import load_data, parse_data_spec
+    x, y = load_data(parse_data_spec(spec), meta.preprocess, split="test", seed=seed)
+    if y is not None and len(meta.labels) != int(y.max()) + 1 and len(meta.labels) < int(y.max()) + 1:
+        y = None  # the data's labels are not this model's classes: agreement only
+    return x.numpy(), (y.numpy() if y is not None else None)
+
+
+@click.command("export")
+@model_options
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Artifact directory to create.")
+@click.option("--parity-data", default="fashion-mnist:256", show_default=True,
+              help="Real test images for the export-time parity check (fashion-mnist:N or folder:PATH[:N]).")
+@click.option("--seed", default=0, show_default=True, help="Seed for the parity subset.")
+@click.option("--opset", type=click.IntRange(17, 23), default=None,
+              help="ONNX opset (default 17 for FP32, 21 for quantised graphs).")
+@click.option("--static-batch", is_flag=True, help="Fix the batch at 1 (NPUs want fully static shapes).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact at --out.")
+def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed, opset, static_batch, overwrite):
+    """Export MODEL (a model name, or a directory written by `edgevit quantize`) as a runtime artifact.
+
+    The artifact is parity-checked on real test images before it is written; a failing check leaves
+    nothing on disk.
+
+    \b
+    Examples:
+      edgevit export vit-small --runtime onnx --out out/vit-small-onnx
+      edgevit export out/q-w8a8 --runtime onnx --out out/vit-small-w8a8-onnx
+    """
+    from edgevit import __version__
+    from edgevit.data import parse_data_spec
+    from runtimes.artifact import check_destination
+    if runtime not in BUILT:
+        raise UsageError(f"the {runtime} exporter is not built yet; use --runtime onnx")
+    parse_data_spec(parity_data)
+    _usage(check_destination, out, overwrite)
+    module, meta, spec, reload = _load_any(model, weights, trust_checkpoint)
+    x, y = _parity_data(parity_data, meta, seed)
+    from runtimes.onnx.artifact import export_onnx_artifact
+    with console.status(f"exporting {meta.name} to ONNX and checking parity on {len(x)} images"):
+        art = _usage(export_onnx_artifact, module, out, input_shape=meta.input_shape,
+                     preprocess=meta.preprocess.to_dict(), labels=list(meta.labels), parity_inputs=x,
+                     parity_labels=y, parity_data=f"{parity_data} (test split, seed {seed})",
+                     model_info={"name": meta.name, "source": meta.source, "family": meta.family,
+                                 "reload": reload, "history": meta.history},
+                     quant_spec=spec, opset=opset, dynamic_batch=not static_batch, overwrite=overwrite,
+                     tools={"edgevit": __version__})
+    m = art.manifest["parity"]["metrics"]
+    console.print(f"wrote {out} ({art.precision()}, {art.size_bytes / 1e6:.3f} MB); parity on {m['n']} images: "
+                  f"top-1 agreement {100 * m['top1_agreement']:.2f}%, max abs {m['max_abs']:.2e}, "
+                  f"SQNR {m['sqnr_db']} dB")
+
+
+@click.command("run")
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--top", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def run_cmd(artifact, images, top, threads, as_json):
+    """Classify IMAGES with an exported ARTIFACT (preprocessing and labels come from its manifest).
+
+    \b
+    Example:
+      edgevit run out/vit-small-onnx shirt.png boot.jpg
+    """
+    from runtimes.artifact import load_artifact
+    from runtimes.preprocess import load_images
+    from runtimes.runner import open_runner, run_batched, top_k
+    art = _usage(load_artifact, artifact)
+    x = _usage(load_images, list(images), art.manifest["preprocess"])
+    runner = _usage(open_runner, art, threads=threads)
+    static = isinstance(art.manifest["input"]["shape"][0], int)
+    logits = run_batched(runner, x, 1 if static else len(x))
+    preds = top_k(logits, art.labels, top)
+    if as_json:
+        click.echo(json.dumps([{"image": i, "top": [{"label": l, "p": p} for l, p in row]}
+                               for i, row in zip(images, preds)], indent=2))
+        return
+    for image, row in zip(images, preds):
+        print_table(image, ["rank", "label", "probability"], [[r + 1, l, f"{p:.4f}"] for r, (l, p) in enumerate(row)])
+
+
+@click.command("bench")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--warmup", default=20, show_default=True, type=click.IntRange(0))
+@click.option("--iters", default=200, show_default=True, type=click.IntRange(1))
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the rows as JSON here.")
+def bench_cmd(artifacts, threads, warmup, iters, batch, json_out):
+    """Latency (p50/p90/p99), throughput, peak RSS and size of ARTIFACTS, side by side in one run.
+
+    Each artifact runs in its own fresh process with the same thread count and seeded input.
+
+    \b
+    Example:
+      edgevit bench out/vit-small-onnx out/vit-small-w8a8-onnx --threads 1 --json bench.json
+    """
+    from runtimes.artifact import load_artifact
+    from runtimes.bench import bench_many
+    for a in artifacts:  # verify all before timing any
+        _usage(load_artifact, a)
+    try:
+        rows = bench_many(list(artifacts), threads, warmup, iters, batch,
+                          progress=lambda p: console.print(f"[dim]benchmarking {p}[/dim]"))
+    except RuntimeError as e:
+        raise StageError(str(e)) from e
+    base = rows[0]["p50_ms"]
+    print_table(f"batch {batch}, {threads} thread(s), {iters} runs after {warmup} warm-up",
+                ["artifact", "precision", "form", "p50 ms", "p90 ms", "p99 ms", "img/s", "speed-up p50",
+                 "peak RSS MiB", "size MB"],
+                [[r["artifact"], r["precision"], r["graph_form"], f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                  f"{r['p99_ms']:.3f}", f"{r['throughput_ips']:.1f}", f"{base / r['p50_ms']:.2f}x",
+                  f"{r['peak_rss_mib']:.1f}", f"{r['file_bytes'] / 1e6:.3f}"] for r in rows])
+    if json_out:
+        Path(json_out).write_text(json.dumps(rows, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+
+
+@click.command("check-parity")
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", default="fashion-mnist:256", show_default=True, help="Real test images (fashion-mnist:N or folder:PATH[:N]).")
+@click.option("--seed", default=1, show_default=True, help="Seed for the image subset (export used 0).")
+@click.option("--model", "model_override", default=None,
+              help="Torch model to compare with (default: the one recorded in the manifest).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None)
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1))
+def check_parity_cmd(artifact, data, seed, model_override, weights, threads):
+    """Compare ARTIFACT's outputs with its torch model on real images, against the manifest's thresholds.
+
+    Exit 1 when a threshold fails.
+
+    \b
+    Example:
+      edgevit check-parity out/vit-small-onnx --data fashion-mnist:512
+    """
+    from edgevit.data import parse_data_spec
+    from runtimes import parity
+    from runtimes.artifact import load_artifact
+    from runtimes.runner import open_runner, run_batched
+    parse_data_spec(data)
+    art = _usage(load_artifact, artifact)
+    reload = (art.manifest.get("model") or {}).get("reload")
+    if model_override:
+        module, meta, _, _ = _load_any(model_override, weights, False)
+    elif reload and reload.get("kind") == "registry":
+        module, meta, _, _ = _load_any(reload["name"], weights or reload.get("weights"), False)
+    elif reload and reload.get("kind") == "quantized":
+        module, meta, _, _ = _load_any(reload["path"], None, False)
+    else:
+        raise UsageError(f"{artifact} does not record its torch model; pass --model NAME_OR_QUANTIZED_DIR")
+    from edgevit.data.preprocess import Preprocess
+    meta = type(meta)(meta.name, Preprocess.from_dict(art.manifest["preprocess"]), meta.labels, meta.source)
+    x, y = _parity_data(data, meta, seed)
+    import torch
+    with torch.no_grad():
+        ref = module.eval()(torch.from_numpy(x)).numpy()
+    runner = _usage(open_runner, art, threads=threads)
+    got = run_batched(runner, x, 1 if isinstance(art.manifest["input"]["shape"][0], int) else 256)
+    m = parity.compare(ref, got)
+    th = art.manifest["parity"]["thresholds"]
+    rows = [["top-1 agreement", f"{100 * m['top1_agreement']:.2f}%",
+             f">= {100 * th['top1_agreement']:.2f}%" if "top1_agreement" in th else "-"],
+            ["max abs error", f"{m['max_abs']:.3g}", f"<= {th['max_abs']:.3g}" if "max_abs" in th else "-"],
+            ["SQNR dB", str(m["sqnr_db"]), f">= {th['sqnr_db']}" if "sqnr_db" in th else "-"]]
+    if y is not None:
+        rows.append(["top-1 runtime / torch", f"{100 * (got.argmax(-1) == y).mean():.2f}% / "
+                     f"{100 * (ref.argmax(-1) == y).mean():.2f}%", "-"])
+    print_table(f"{artifact} ({art.precision()}) vs torch on {m['n']} images ({data}, seed {seed})",
+                ["metric", "value", "threshold"], rows)
+    bad = parity.failures(m, th)
+    if bad:
+        raise StageError(f"parity failed: {'; '.join(bad)}")
+    console.print("parity OK")
+
+
+COMMANDS = [export_cmd, run_cmd, bench_cmd, check_parity_cmd]

@@ -1,0 +1,144 @@
+"""`edgevit split` (ED-ViT: one ViT → N class-wise sub-models + fusion head) and `edgevit serve-split`."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from edgevit.commands.common import console, load, model_options, print_table
+from edgevit.errors import UsageError
+
+DEVICES_HELP = ("A device count (identical devices) or a YAML file: devices: [{name, memory_mb, compute, "
+                "runtime}, ...]; compute is relative to this host.")
+
+
+@click.command("split")
+@model_options
+@click.option("--devices", "devices_spec", required=True, help=DEVICES_HELP)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to create.")
+@click.option("--keep", type=float, default=0.2, show_default=True,
+              help="Largest sub-model's share of the original's parameters (the fastest device's budget).")
+@click.option("--data", default="fashion-mnist", show_default=True,
+              help="Labelled training images (train split) for importance, distillation and fusion.")
+@click.option("--eval-data", default="fashion-mnist", show_default=True,
+              help="Labelled images (test split) for the accuracy in the report.")
+@click.option("--train-images", type=click.IntRange(16), default=6000, show_default=True)
+@click.option("--fusion-images", type=click.IntRange(16), default=2000, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=2, show_default=True, help="Distillation epochs per sub-model.")
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Checkpoints for resuming distillation (default .edgevit-split/MODEL-seedN).")
+@click.option("--latency-rounds", type=click.IntRange(5), default=100, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def split_cmd(model, weights, trust_checkpoint, devices_spec, out, keep, data, eval_data, train_images,
+              fusion_images, epochs, batch_size, lr, seed, work_dir, latency_rounds, overwrite):
+    """Split MODEL across devices (ED-ViT): class-wise pruned sub-models, distilled, plus a fusion MLP.
+
+    Writes one directory per device (ONNX sub-model), fusion/, torch/, manifest.json and
+    split_report.json (sizes, MACs, measured latencies, accuracy vs the unsplit model).
+
+    \b
+    Examples:
+      edgevit split vit-small --devices 4 --out out/split4
+      edgevit split vit-small --devices devices.yaml --keep 0.3 --out out/split-het
+    """
+    from edgevit.data import load_data, parse_data_spec
+    from edgevit.split import DistillRecipe, SplitOptions, build_split, parse_devices, write_split_artifact
+    from edgevit.split.pipeline import validate
+    from edgevit.split.report import report_rows
+    from runtimes.artifact import check_destination
+    from runtimes.errors import RuntimeArtifactError
+
+    devices = parse_devices(devices_spec)
+    try:
+        check_destination(out, overwrite)
+    except RuntimeArtifactError as e:
+        raise UsageError(str(e)) from e
+    if lr <= 0:
+        raise UsageError("--lr must be positive")
+    train_spec, eval_spec = parse_data_spec(data), parse_data_spec(eval_data)
+    module, meta = load(model, weights, trust_checkpoint)
+    if train_spec.kind == "fashion-mnist" and len(meta.labels) != 10:
+        raise UsageError(f"{meta.name} predicts {len(meta.labels)} classes but Fashion-MNIST has 10; "
+                         "use --data/--eval-data folder:PATH with one sub-folder per class")
+    options = SplitOptions(keep=keep, train_images=train_images, fusion_images=fusion_images,
+                           distill=DistillRecipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), seed=seed)
+    validate(module, devices, options, len(meta.labels))
+    x, y = load_data(train_spec, meta.preprocess, split="train", seed=seed)
+    xe, ye = load_data(eval_spec, meta.preprocess, split="test", seed=seed)
+    if y is None or ye is None:
+        raise UsageError("split needs labelled data; use folders with one sub-folder per class")
+    work = Path(work_dir) if work_dir else Path(".edgevit-split") / f"{meta.name.replace('/', '_')}-seed{seed}"
+    split, plan = build_split(module, x, y, devices, options, work_dir=work)
+    _, report = write_split_artifact(out, split, plan, module, meta, xe, ye, overwrite=overwrite,
+                                     rounds=latency_rounds)
+    cols, rows = report_rows(report)
+    print_table(f"{meta.name} split across {len(devices)} devices → {out}", cols, rows)
+    a, s, lat = report["accuracy"], report["size"], report["latency"]
+    console.print(f"top-1 {a['split_top1']:.2f}% vs {a['original_top1']:.2f}% unsplit ({a['delta_points']:+.2f} pts, "
+                  f"{a['eval_images']} images); largest sub-model {s['largest_device_fraction']:.3f}x the "
+                  f"original's params; total {s['total_reduction']:.2f}x smaller; parallel latency "
+                  + ", ".join(f"b{b} {lat['parallel_vs_original'][b]:.2f}x" for b in lat["parallel_vs_original"])
+                  + " of the original")
+
+
+@click.command("serve-split")
+@click.argument("artifact", type=click.Path())
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", default=None, help="Ray cluster address (ray executor); default: start a local one.")
+@click.option("--data", default="fashion-mnist:1000", show_default=True, help="Images to classify (test split).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for every device per batch.")
+@click.option("--degrade", is_flag=True, help="Predict from the remaining devices when one fails (marked degraded).")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None, help="Write predictions JSON here.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data subset sampling.")
+def serve_split_cmd(artifact, executor, address, data, batch_size, timeout_s, degrade, predictions, seed):
+    """Run a split artifact on its devices (local threads or Ray actors) and fuse the predictions.
+
+    \b
+    Examples:
+      edgevit serve-split out/split4 --data fashion-mnist:1000
+      edgevit serve-split out/split4 --executor ray --address auto --degrade
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    from edgevit.data import load_data, parse_data_spec
+    from edgevit.data.preprocess import Preprocess
+    from edgevit.split import SplitPlan, make_executor
+
+    if executor == "local" and address:
+        raise UsageError("--address only applies to --executor ray")
+    spec = parse_data_spec(data)
+    plan = SplitPlan(artifact)
+    x, y = load_data(spec, Preprocess.from_dict(plan.manifest["preprocess"]), split="test", seed=seed)
+    preds, missing, t0 = [], set(), time.perf_counter()
+    degraded_images = 0
+    with make_executor(executor, plan, timeout_s=timeout_s, degrade=degrade, address=address) as ex:
+        t0 = time.perf_counter()
+        for i in tqdm(range(0, len(x), batch_size), desc=f"serve ({executor})", leave=False):
+            p = ex.predict(x[i:i + batch_size].numpy())
+            preds.append(p.top1)
+            missing.update(p.missing)
+            degraded_images += len(p.top1) if p.degraded else 0
+        wall = time.perf_counter() - t0
+    top1 = np.concatenate(preds)
+    labels = plan.manifest["labels"]
+    msg = f"{len(top1)} images in {wall:.2f}s ({1e3 * wall / len(top1):.3f} ms/image, batch {batch_size}, {executor})"
+    if y is not None:
+        msg += f"; top-1 {100.0 * float((top1 == y.numpy()).mean()):.2f}%"
+    if missing:
+        msg += f"; DEGRADED for {degraded_images} images (missing: {', '.join(sorted(missing))})"
+    console.print(msg)
+    if predictions:
+        Path(predictions).write_text(json.dumps({"top1": top1.tolist(), "labels": [labels[i] for i in top1],
+                                                 "degraded_images": degraded_images,
+                                                 "missing_devices": sorted(missing)}) + "\n")
+
+
+COMMANDS = [split_cmd, serve_split_cmd]

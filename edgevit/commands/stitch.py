@@ -1,0 +1,127 @@
+"""`edgevit stitch`: SN-Net over a family of anchors; `edgevit stitch select` picks a config under a budget."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgevit.commands.common import console, print_table
+from edgevit.errors import UsageError
+
+
+@click.group("stitch", invoke_without_command=True)
+@click.option("--anchors", default=None, help="Comma-separated anchors of equal depth, e.g. vit-tiny,vit-small,vit-base "
+              "(bundled names or timm:<arch> with --weights).")
+@click.option("--weights", default=None, help="Comma-separated state dicts, one per anchor (for timm/user anchors).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Artifact directory to create.")
+@click.option("--epochs", type=click.IntRange(0), default=3, show_default=True, help="Joint training epochs (0: LS init only).")
+@click.option("--kernel", type=click.IntRange(1), default=2, show_default=True, help="Paired-stitching window (blocks).")
+@click.option("--stride", type=click.IntRange(1), default=1, show_default=True, help="Paired-stitching stride.")
+@click.option("--two-way", is_flag=True, help="SN-Netv2 two-way stitching (large→small, s→l→s, l→s→l).")
+@click.option("--lora-rank", type=click.IntRange(0), default=0, show_default=True, help="SN-Netv2 LoRA stitching layers of this rank (0: full).")
+@click.option("--sampling", type=click.Choice(["uniform", "flops"]), default="uniform", show_default=True,
+              help="Config sampling per step: uniform (v1) or FLOPs-grouped (v2).")
+@click.option("--distill", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Weight of distillation from the largest anchor (0: off).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--train-data", default="fashion-mnist:20000", show_default=True, help="Training subset (train split).")
+@click.option("--eval-data", default="fashion-mnist", show_default=True, help="Labelled data for every config's top-1.")
+@click.option("--calib-images", type=click.IntRange(1), default=100, show_default=True, help="Images for the LS init.")
+@click.option("--keep-graphs", type=click.Choice(["frontier", "all"]), default="frontier", show_default=True,
+              help="ONNX graphs kept in the artifact (all configs are exported, checked and timed).")
+@click.option("--latency-iters", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None, help="Resume folder (default next to --out).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.pass_context
+def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, lora_rank, sampling, distill, lr,
+               batch_size, train_data, eval_data, calib_images, keep_graphs, latency_iters, work_dir, seed, overwrite):
+    """Stitch a family of anchors (SN-Net / SN-Netv2): LS-initialised stitching layers, joint training,
+    every configuration's top-1, MACs and ORT latency, the Pareto frontier, one shared-weight artifact.
+
+    \b
+    Examples:
+      edgevit stitch --anchors vit-tiny,vit-small,vit-base --epochs 3 --out out/stitch
+      edgevit stitch --anchors vit-tiny,vit-small --two-way --sampling flops --lora-rank 8 --out out/sn2
+      edgevit stitch select out/stitch --max-macs 20M
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgevit.data import parse_data_spec
+    from edgevit.stitch.anchors import AnchorError, check_anchors
+    from edgevit.stitch.pipeline import StitchJob, load_anchors, run_stitch
+    from edgevit.stitch.train import StitchRecipe
+    from runtimes.artifact import check_destination
+    from runtimes.errors import RuntimeArtifactError
+    if not anchors or not out:
+        raise UsageError("give --anchors a,b[,c] and --out DIR, e.g. --anchors vit-tiny,vit-small,vit-base --out out/stitch")
+    names = [a.strip() for a in anchors.split(",") if a.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise UsageError("--anchors needs at least two different models, e.g. vit-tiny,vit-small")
+    wlist = [w or None for w in weights.split(",")] if weights else None
+    if wlist is not None and len(wlist) != len(names):
+        raise UsageError(f"--weights lists {len(wlist)} files for {len(names)} anchors; give one per anchor")
+    parse_data_spec(train_data), parse_data_spec(eval_data)
+    try:
+        check_destination(out, overwrite)
+    except RuntimeArtifactError as e:
+        raise UsageError(str(e)) from e
+    modules, metas = load_anchors(names, wlist)
+    try:
+        check_anchors(modules, metas[0].input_shape)
+    except AnchorError as e:
+        raise UsageError(str(e)) from e
+    del modules, metas
+    recipe = StitchRecipe(epochs=epochs, batch_size=batch_size, lr=lr, sampling=sampling, distill=distill, seed=seed)
+    job = StitchJob(names, Path(out), recipe, kernel, stride, two_way, lora_rank, train_data, eval_data, calib_images,
+                    Path(work_dir) if work_dir else None, latency_iters, wlist)
+    manifest = run_stitch(job, keep_graphs=keep_graphs)
+    _print_front(manifest)
+    m = manifest["metrics"]
+    console.print(f"{m['num_configs']} configurations; artifact {m['onnx_bytes'] / 1e6:.2f} MB = "
+                  f"{m['onnx_vs_anchors']:.3f}x the anchors; set_config {m['switch_us']:.2f} µs; "
+                  f"frontier shortfall vs the anchor line {m['frontier_shortfall_points']:.2f} points → {out}")
+
+
+def _print_front(manifest: dict) -> None:
+    rows = [r for r in manifest["configs"] if r["pareto"] or r["is_anchor"]]
+    print_table("Pareto frontier (top-1 vs MACs) and anchors", ["id", "config", "MACs", "top-1", "ORT ms"],
+                [[r["id"], r["name"], f"{r['macs'] / 1e6:.2f}M", f"{r['top1']:.2f}%",
+                  "-" if r["latency_ms"] is None else f"{r['latency_ms']:.3f}"] for r in rows])
+
+
+@stitch_cmd.command("select")
+@click.argument("artifact", type=click.Path())
+@click.option("--max-macs", default=None, help="MACs budget per image, e.g. 20M, 1.5G.")
+@click.option("--max-latency-ms", type=click.FloatRange(0, min_open=True), default=None,
+              help="Latency budget (ms, ORT 1 thread, batch 1, as measured at export).")
+@click.option("--json", "as_json", is_flag=True, help="Print the chosen configuration as JSON.")
+def select_cmd(artifact, max_macs, max_latency_ms, as_json):
+    """Pick the most accurate configuration of a stitched artifact under a MACs or latency budget.
+
+    \b
+    Example:
+      edgevit stitch select out/stitch --max-macs 20M
+      edgevit stitch select out/stitch --max-latency-ms 3
+    """
+    from edgevit.stitch.evaluate import SelectError, parse_amount, select
+    from runtimes.artifact import load_artifact
+    from runtimes.errors import RuntimeArtifactError
+    try:
+        art = load_artifact(artifact, verify=False)
+        if art.runtime != "stitch":
+            raise UsageError(f"{artifact} is a {art.runtime} artifact, not a stitched one; create it with `edgevit stitch`")
+        best = select(art.manifest["configs"], parse_amount(max_macs) if max_macs else None, max_latency_ms)
+    except (SelectError, RuntimeArtifactError) as e:
+        raise UsageError(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(best, indent=2))
+        return
+    lat = "-" if best["latency_ms"] is None else f"{best['latency_ms']:.3f} ms"
+    console.print(f"config {best['id']} {best['name']}: top-1 {best['top1']:.2f}%, {best['macs'] / 1e6:.2f}M MACs, "
+                  f"{lat} → {Path(artifact) / best['file'] if best['file'] else '(graph not kept)'}")
+
+
+COMMANDS = [stitch_cmd]
