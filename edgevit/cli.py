@@ -16,7 +16,7 @@ import click
 from edgevit import __version__
 from edgevit.errors import StageError, UsageError
 
-COMMAND_MODULES = ["zoo", "quantize", "export", "rewrite", "split", "stitch", "pipeline", "analyze"]
+COMMAND_MODULES = ["zoo", "quantize", "export", "rewrite", "split", "stitch", "pipeline", "analyze", "hub"]
 
 
 class EdgevitGroup(click.Group):

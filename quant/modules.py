@@ -44,6 +44,24 @@ class _CachedWeight:
     def _q_in(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_quant(x) if self.input_quant is not None else x
 
+    @torch.no_grad()
+    def export_descriptor(self) -> dict:
+        """For runtimes/: W = q · scale with q the unscaled grid values (weight shape) and scale
+        (rows, groups); MX weights appear as their element format with power-of-two group scales.
+        `act` describes the input quantiser (zero_point only for unsigned INT formats)."""
+        wq, aq = self.weight_quant, self.input_quant
+        d = {"fmt": wq.grid_fmt.name if wq else None, "q": wq.from_groups(wq.grid_values(self.weight)) if wq else None,
+             "scale": wq.scale.clone() if wq else None, "zero_point": None, "act": None}
+        if aq is not None:
+            gran = {"tensor": "per-tensor", "token": "per-token"}.get(aq.config.granularity, aq.config.granularity)
+            act = {"fmt": aq.fmt.name, "granularity": gran, "dynamic": aq.config.dynamic}
+            if aq.config.granularity == "tensor":
+                act["scale"] = float(aq.scale)
+                if aq.zero_point is not None:
+                    act["zero_point"] = int(aq.zero_point)
+            d["act"] = act
+        return d
+
 
 class QuantLinear(_CachedWeight, nn.Linear):
     quant_kind = "linear"

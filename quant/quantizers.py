@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from quant import observers
-from quant.formats import FpFormat, IntFormat, MxFormat
+from quant.formats import MxFormat
 from quant.spec import QConfig
 
 _FP16_NORMAL = (2.0 ** -14, 65504.0)   # weight scales are fp16 when all fit its normal range, else fp32
@@ -133,8 +133,9 @@ class ActQuantizer(nn.Module):
         self.config = config
         self.fmt = config.format
         self.axis = axis
-        self.register_buffer("scale", torch.ones(()))
-        self.register_buffer("zero_point", torch.zeros(()))
+        static = config.granularity == "tensor"   # only static quantisers have state to save
+        self.register_buffer("scale", torch.ones(()) if static else None)
+        self.register_buffer("zero_point", torch.zeros(()) if static and self.asymmetric else None)
         self.observing = False
         self._lo = self._hi = None
         self._samples: list[torch.Tensor] = []
@@ -243,10 +244,3 @@ class ActQuantizer(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.fmt.name}, {self.config.granularity}"
 
-
-def act_is_int(fmt) -> bool:
-    return isinstance(fmt, IntFormat)
-
-
-def grid_fmt_of(fmt) -> IntFormat | FpFormat:
-    return fmt.element if isinstance(fmt, MxFormat) else fmt

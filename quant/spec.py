@@ -173,7 +173,8 @@ def _layer_config(family: str, bits: str, opts: dict) -> LayerConfig:
     agran = opts.get("act_granularity", agran)
     pct = float(opts.get("percentile", 99.99))
     weight = _check(QConfig(wfmt, wgran, gs, opts.get("weight_observer", wobs), pct), "weight")
-    act = _check(QConfig(afmt, agran, parse_format(afmt).block if agran == "block" else 0,
+    afmt_obj = parse_format(afmt)
+    act = _check(QConfig(afmt, agran, afmt_obj.block if isinstance(afmt_obj, MxFormat) else 0,
                          opts.get("act_observer", aobs), pct), "act")
     softmax = None
     if opts.get("softmax_bits") is not None:

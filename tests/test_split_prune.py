@@ -19,7 +19,7 @@ def vit():
 @pytest.fixture(scope="module")
 def data():
     g = torch.Generator().manual_seed(1)
-    return torch.randn(96, 1, 28, 28, generator=g), torch.arange(96) % 10
+    return torch.randn(40, 1, 28, 28, generator=g), torch.arange(40) % 10
 
 
 def test_full_copy_matches_the_original(vit, data):
@@ -31,7 +31,7 @@ def test_full_copy_matches_the_original(vit, data):
 def test_pruned_module_is_dense_smaller_and_within_budget(vit, data):
     x, y = data
     budget = int(0.25 * sum(p.numel() for p in vit.parameters()))
-    sub, info = prune_for_subset(vit, torch.tensor([0, 2, 6]), budget, x, y, 10, score_images=64)
+    sub, info = prune_for_subset(vit, torch.tensor([0, 2, 6]), budget, x, y, 10, score_images=32)
     n = sum(p.numel() for p in sub.parameters())
     assert n <= budget and n == info["params"]
     assert n == subvit_params(32, 16, torch.tensor(info["heads"]), torch.tensor(info["hidden"]),

@@ -86,9 +86,9 @@ def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, lora
 
 
 def _print_front(manifest: dict) -> None:
-    rows = [r for r in manifest["configs"] if r["pareto"] or r["is_anchor"]]
+    rows = sorted((r for r in manifest["configs"] if r["pareto"] or r["is_anchor"]), key=lambda r: r["macs"])
     print_table("Pareto frontier (top-1 vs MACs) and anchors", ["id", "config", "MACs", "top-1", "ORT ms"],
-                [[r["id"], r["name"], f"{r['macs'] / 1e6:.2f}M", f"{r['top1']:.2f}%",
+                [[r["id"], r.get("anchor_name") or r["name"], f"{r['macs'] / 1e6:.2f}M", f"{r['top1']:.2f}%",
                   "-" if r["latency_ms"] is None else f"{r['latency_ms']:.3f}"] for r in rows])
 
 

@@ -92,7 +92,8 @@ def eval_cmd(model, weights, trust_checkpoint, data, batch_size, seed):
               help="Where to write weights + record (default: the bundled weights folder).")
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None,
               help="Checkpoint folder for resuming (default .edgevit-train/MODEL).")
-def train_cmd(model, train_all, epochs, seed, out, work_dir):
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+def train_cmd(model, train_all, epochs, seed, out, work_dir, device):
     """Train a bundled Fashion-MNIST model from scratch with its recorded recipe (resumable).
 
     \b
@@ -105,7 +106,7 @@ def train_cmd(model, train_all, epochs, seed, out, work_dir):
     if not train_all and model not in bundled.BUNDLED:
         raise UsageError(f"train takes a bundled model ({', '.join(bundled.BUNDLED)}) or --all")
     for name in names:
-        record = train_bundled(name, out, work_dir if not train_all else None, epochs, seed)
+        record = train_bundled(name, out, work_dir if not train_all else None, epochs, seed, device=device)
         console.print(f"{name}: test top-1 {record['test_top1']:.2f}% in {record['train_wall_s']:.0f}s")
 
 

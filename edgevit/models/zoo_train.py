@@ -15,9 +15,9 @@ from edgevit.models.train import TrainRecipe, save_json, train
 # The recipes the committed checkpoints were trained with (epochs sized for a 2-core machine).
 RECIPES = {
     "vit-tiny": TrainRecipe(epochs=20, lr=2e-3),
-    "vit-small": TrainRecipe(epochs=15, lr=2e-3),
-    "vit-base": TrainRecipe(epochs=10, lr=1.5e-3),
-    "mobilenet-mini": TrainRecipe(epochs=8, lr=3e-3, weight_decay=0.01),
+    "vit-small": TrainRecipe(epochs=20, lr=2e-3),
+    "vit-base": TrainRecipe(epochs=40, lr=1.5e-3),
+    "mobilenet-mini": TrainRecipe(epochs=10, lr=3e-3, weight_decay=0.01),
 }
 
 
@@ -33,7 +33,8 @@ def subset_check(model: torch.nn.Module) -> dict:
 
 
 def train_bundled(name: str, out_dir: Path | None = None, work_dir: Path | None = None,
-                  epochs: int | None = None, seed: int | None = None, progress: bool = True) -> dict:
+                  epochs: int | None = None, seed: int | None = None, progress: bool = True,
+                  device: str = "cpu") -> dict:
     """Train bundled model `name` from scratch (resuming from `work_dir`); write weights + record."""
     out_dir = Path(out_dir or bundled.WEIGHTS_DIR)
     work_dir = Path(work_dir or Path(".edgevit-train") / name)
@@ -46,7 +47,7 @@ def train_bundled(name: str, out_dir: Path | None = None, work_dir: Path | None 
     model = bundled.BUNDLED[name]["factory"]()
     t0 = time.time()
     metrics = train(model, bundled.FASHION_MNIST_PREPROCESS, recipe, load_fashion_mnist("train"),
-                    load_fashion_mnist("test"), work_dir, progress=progress)
+                    load_fashion_mnist("test"), work_dir, progress=progress, device=device)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     tmp = out_dir / f".{name}.safetensors.tmp"
@@ -57,6 +58,12 @@ def train_bundled(name: str, out_dir: Path | None = None, work_dir: Path | None 
               "params": sum(p.numel() for p in model.parameters()),
               "test_top1": round(metrics["test_top1"], 2), "recipe": metrics["recipe"],
               "history": metrics["history"], "train_wall_s": round(time.time() - t0, 1),
-              "torch": torch.__version__, "command": f"edgevit train {name} --seed {recipe.seed}"}
+              "torch": torch.__version__, "device": _device_name(device), "command": f"edgevit train {name} --seed {recipe.seed}"}
     save_json(out_dir / f"{name}.json", record)
     return record
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device

@@ -30,9 +30,12 @@ class Violation:
 
 def export_for_check(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
     """FP32 ONNX as `edgevit export` would write it: static if the model went through static-shape."""
+    import warnings
     from runtimes.onnx import export_onnx
     static = getattr(model, "edgevit_static_shape", None)
-    return export_onnx(model, tuple(static or input_shape), path, dynamic_batch=static is None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return export_onnx(model, tuple(static or input_shape), path, dynamic_batch=static is None)
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, tuple[str, list]]:
@@ -106,8 +109,8 @@ def check_onnx(path: str | Path, target: Target) -> list[Violation]:
                                      target.fix_for("dynamic")))
             if dtype not in target.dtypes:
                 out.append(Violation(name, op, "dtype", f"output {t} is {dtype}", target.fix_for(f"dtype:{dtype}")))
-            static = [d for d in dims if isinstance(d, int) and d > 0]
-            if len(static) == len(dims):
+            static = [d for d in dims if isinstance(d, int) and d > 0]   # dynamic dims counted as 1
+            if static:
                 nbytes = int(np.prod(static, dtype=np.int64)) * _BYTES.get(dtype, 4)
                 if target.max_tensor_bytes and nbytes > target.max_tensor_bytes:
                     out.append(Violation(name, op, "size", f"output {t} is {nbytes} B > {target.max_tensor_bytes} B",

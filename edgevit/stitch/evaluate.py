@@ -92,7 +92,7 @@ def plot_front(rows: list[dict], front: list[int], path, title: str) -> None:
     ax.scatter([macs[i] for i in anchors], [acc[i] for i in anchors], s=90, marker="*", c="tab:red", zorder=3,
                label="anchors")
     for i in anchors:
-        ax.annotate(rows[i].get("anchor_name", rows[i]["name"]), (macs[i], acc[i]), textcoords="offset points",
+        ax.annotate(rows[i].get("anchor_name") or rows[i]["name"], (macs[i], acc[i]), textcoords="offset points",
                     xytext=(4, -12), fontsize=8)
     ax.set_xlabel("MACs per image (M)")
     ax.set_ylabel("top-1 (%)")

@@ -46,10 +46,10 @@ def load_anchors(names: list[str], weights: list[str | None] | None = None):
 
 def frontier_shortfall(rows: list[dict], front: list[int]) -> float:
     """Largest drop (points) of a frontier config below the straight line between the smallest and
-    the largest anchor's (MACs, top-1); ≤ 0 means the frontier is on or above the line everywhere."""
+    the largest anchor's (MACs, top-1); 0 when no frontier point lies below the line."""
     anchors = sorted((r for r in rows if r["is_anchor"]), key=lambda r: r["macs"])
     lo, hi = anchors[0], anchors[-1]
-    worst = float("-inf")
+    worst = 0.0
     for i in front:
         r = rows[i]
         if lo["macs"] <= r["macs"] <= hi["macs"]:

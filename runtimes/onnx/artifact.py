@@ -47,7 +47,7 @@ def export_onnx_artifact(model: nn.Module, out: str | Path, *, input_shape: tupl
             quant_block = export_quantized_onnx(model, quant_spec, input_shape, path, opset=opset,
                                                 dynamic_batch=dynamic_batch)
         compact(path)
-        runner = OnnxRunner(Artifact(w.dir, {"entry": MODEL_FILE}), threads=threads)
+        runner = OnnxRunner(Artifact(w.dir, {"entry": MODEL_FILE, "quant": quant_block}), threads=threads)
         bs = len(parity_inputs) if dynamic_batch else 1
         got = np.concatenate([runner.run(parity_inputs[i:i + bs]) for i in range(0, len(parity_inputs), bs)])
         ref = _torch_logits(model, parity_inputs)

@@ -33,11 +33,41 @@ from runtimes.onnx.quantspec import (ActQuant, LayerQuant, QuantSpec, format_bit
                                      spec_from_model)
 
 QUANT_OPSET = 21
+# onnxruntime rewrites DequantizeLinear(int4/int8 weights) → MatMul into MatMulNBits, which by default
+# (accuracy level 4) also quantises the activations to int8: not what a weight-only graph says. Level 0
+# keeps float activations; the runner applies these options from the manifest.
+ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}
 _DQ_TYPES = {"int8": T.INT8, "int4": T.INT4, "fp8_e4m3": T.FLOAT8E4M3FN, "fp8_e5m2": T.FLOAT8E5M2}
 _FP_MAX = {"fp8_e4m3": 448.0, "fp8_e5m2": 57344.0, "fp6_e2m3": 7.5, "fp6_e3m2": 28.0, "fp4_e2m1": 6.0}
 _CAST_TYPES = {"fp8_e4m3": T.FLOAT8E4M3FN, "fp8_e5m2": T.FLOAT8E5M2, "fp4_e2m1": T.FLOAT4E2M1}
 
 __all__ = ["export_quantized_onnx", "spec_from_model", "float_twin"]
+
+
+def fold_batchnorm(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, QuantSpec]:
+    """Fold each BatchNorm2d that directly follows a quantised conv (same nn.Sequential) into its scale.
+
+    The exporter folds eval-mode BN into the conv anyway; doing it here keeps the codes exact: BN scales
+    output channels, so it multiplies the per-channel/per-group scales and leaves the grid values alone.
+    """
+    model = copy.deepcopy(model).eval()
+    layers = dict(spec.layers)
+    for name, lq in spec.layers.items():
+        parent, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        if not (isinstance(owner, nn.Sequential) and leaf.isdigit() and int(leaf) + 1 < len(owner)):
+            continue
+        bn = owner[int(leaf) + 1]
+        if not isinstance(bn, nn.BatchNorm2d) or lq.q.ndim != 4:
+            continue
+        gamma = (bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)).numpy().astype(np.float32)
+        conv = owner[int(leaf)]
+        b = conv.bias.detach().numpy() if getattr(conv, "bias", None) is not None else 0.0
+        new_bias = ((b - bn.running_mean.detach().numpy()) * gamma + bn.bias.detach().numpy()).astype(np.float32)
+        layers[name] = LayerQuant(lq.fmt, lq.q, lq.scale * gamma[:, None], lq.zero_point, lq.act)
+        conv.bias = nn.Parameter(torch.from_numpy(new_bias))
+        owner[int(leaf) + 1] = nn.Identity()
+    return model, QuantSpec(spec.precision, layers, spec.graph_form)
 
 
 def float_twin(model: nn.Module, spec: QuantSpec) -> nn.Module:
@@ -72,14 +102,22 @@ class _Graph:
         self.inits = {i.name: i for i in self.g.initializer}
         self.n = 0
         self.pending: list = []
+        self.shared: dict = {}
 
     def name(self, base: str) -> str:
         self.n += 1
         return f"{base}__q{self.n}"
 
     def const(self, base: str, array: np.ndarray) -> str:
+        """An initializer; small constants (shapes, shifts, tables) are shared across layers."""
+        array = np.asarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes()) if array.size <= 64 else None
+        if key is not None and key in self.shared:
+            return self.shared[key]
         name = self.name(base)
-        self.g.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+        self.g.initializer.append(numpy_helper.from_array(array, name))
+        if key is not None:
+            self.shared[key] = name
         return name
 
     def raw(self, base: str, dtype: int, dims, data: bytes) -> str:
@@ -264,6 +302,7 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
     if opset < 19:
         raise ExportError(f"quantised ONNX graphs need opset >= 19 (FP8) or 21 (INT4); got {opset}")
     path = Path(path)
+    model, spec = fold_batchnorm(model, spec)
     twin = float_twin(model, spec)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
@@ -280,7 +319,12 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, str(path))
     weights = sorted({(l["fmt"], l["granularity"]) for l in layers})
-    return {"precision": spec.precision, "opset": opset,
+    options = dict(ORT_SESSION_CONFIG)
+    if any(l["op"] == "Conv" and l["act"] for l in layers):
+        # onnxruntime 1.32's extended-level graph rewrites miscompute per-token rounding in front of
+        # convs (output collapses; the unoptimised graph matches torch): keep to basic-level rewrites.
+        options["edgevit.graph_optimization_level"] = "basic"
+    return {"precision": spec.precision, "opset": opset, "runtime_options": options,
             "graph_form": "+".join(sorted({l["encoding"] for l in layers})),
             "weights": {"formats": [f"{f}/{g}" for f, g in weights]},
             "activations": {"quantised_layers": sum(l["act"] is not None for l in layers)},

@@ -10,8 +10,10 @@ from runtimes.errors import RuntimeArtifactError
 class OnnxRunner:
     """One InferenceSession with a fixed intra-op thread count (inter-op 1, sequential execution)."""
 
-    def __init__(self, artifact: Artifact, threads: int = 1, optimization: str = "all"):
+    def __init__(self, artifact: Artifact, threads: int = 1, optimization: str | None = None):
         import onnxruntime as ort
+        config = dict((artifact.manifest.get("quant") or {}).get("runtime_options") or {})
+        optimization = optimization or config.pop("edgevit.graph_optimization_level", "all")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -22,6 +24,8 @@ class OnnxRunner:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
         opts.log_severity_level = 3
+        for key, value in config.items():
+            opts.add_session_config_entry(key, str(value))
         try:
             self.session = ort.InferenceSession(str(artifact.entry), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 — ORT raises its own exception types

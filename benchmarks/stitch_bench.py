@@ -1,0 +1,71 @@
+"""SN-Net on the bundled ViT family: the issue-10 numbers, measured in one run (run it on an idle machine).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/stitch_bench.py --out benchmarks/results/stitch
+
+Runs `edgevit stitch` (LS init, joint training, every configuration on the 10k test set, ORT latency
+on 1 thread, export), then checks the targets and writes results.json next to the artifact:
+≥ 30 configurations; frontier from the tiny to the base anchor's MACs; frontier ≤ 1 point below the
+tiny–base line; anchors lose ≤ 0.5 point; artifact ≤ 1.1× the anchors; set_config ≤ 1 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="benchmarks/results/stitch")
+    ap.add_argument("--anchors", default="vit-tiny,vit-small,vit-base")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--train-data", default="fashion-mnist:20000")
+    ap.add_argument("--eval-data", default="fashion-mnist")
+    ap.add_argument("--sampling", default="uniform", choices=["uniform", "flops"])
+    ap.add_argument("--distill", type=float, default=0.0)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--two-way", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training/eval (ORT latency is 1 thread)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from edgevit.stitch.pipeline import StitchJob, run_stitch
+    from edgevit.stitch.train import StitchRecipe
+    out = Path(args.out)
+    recipe = StitchRecipe(epochs=args.epochs, sampling=args.sampling, distill=args.distill, lr=args.lr)
+    job = StitchJob(args.anchors.split(","), out / "artifact", recipe, two_way=args.two_way,
+                    train_data=args.train_data, eval_data=args.eval_data, work_dir=out / "work")
+    t0 = time.time()
+    manifest = run_stitch(job)
+    wall = time.time() - t0
+    m, configs = manifest["metrics"], manifest["configs"]
+    front = sorted((c for c in configs if c["pareto"]), key=lambda c: c["macs"])
+    anchors = sorted((c for c in configs if c["is_anchor"]), key=lambda c: c["macs"])
+    drop = {n: round(m["anchors_top1_before"][n] - m["anchors_top1_after"][n], 2) for n in m["anchors_top1_before"]}
+    checks = {
+        "configs >= 30": m["num_configs"] >= 30,
+        "frontier spans tiny..base MACs": front[0]["macs"] <= anchors[0]["macs"] and front[-1]["macs"] >= anchors[-1]["macs"],
+        "frontier <= 1 pt below the tiny-base line": m["frontier_shortfall_points"] <= 1.0,
+        "anchors lose <= 0.5 pt": max(drop.values()) <= 0.5,
+        "artifact <= 1.1x anchors": m["onnx_vs_anchors"] <= 1.1,
+        "switch <= 1 ms": m["switch_us"] <= 1000,
+    }
+    result = {"wall_s": round(wall, 1), "threads": args.threads, "args": vars(args), "checks": checks,
+              "anchor_drop_points": drop, "frontier": [{k: c[k] for k in ("id", "name", "macs", "top1", "latency_ms")}
+                                                       for c in front], **{k: m[k] for k in (
+                  "num_configs", "anchors_top1_before", "anchors_top1_after", "frontier_shortfall_points",
+                  "onnx_bytes", "anchors_fp32_bytes", "onnx_vs_anchors", "switch_us")}}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    for k, v in checks.items():
+        print(f"{'PASS' if v else 'FAIL'}  {k}")
+    print(json.dumps({k: result[k] for k in ("num_configs", "anchors_top1_before", "anchors_top1_after",
+                                             "frontier_shortfall_points", "onnx_vs_anchors", "switch_us", "wall_s")}))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""`edgevit quantize`: PTQ of a registry model to a packed checkpoint + report.json."""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+
+import click
+import torch
+from tqdm import tqdm
+
+from edgevit.commands.common import console, load, model_options, print_table
+from edgevit.errors import UsageError
+
+METHODS = ("rtn",)
+CALIB_BATCH = 64
+
+
+@contextlib.contextmanager
+def spec_errors():
+    """quant's SpecError is bad user input here: exit 2 with its one-line reason."""
+    import quant
+    try:
+        yield
+    except quant.SpecError as e:
+        raise UsageError(str(e)) from e
+
+
+def load_checkpoint(path: str):
+    """(quantised model, ModelMeta) from a directory written by `edgevit quantize`: the float
+    architecture comes back through the registry, then quant restores the quantised layers."""
+    import quant
+    from edgevit.models.registry import ModelMeta, load_model
+    with spec_errors():
+        info = quant.read_config(path)["model"]
+    if "registry_name" not in info:
+        raise UsageError(f"{path} does not record which model it was made from; re-run `edgevit quantize`")
+    fmodel, _ = load_model(info["registry_name"], info.get("weights"))
+    with spec_errors():
+        qmodel = quant.load_quantized(path, fmodel)
+    return qmodel, ModelMeta.from_dict(info["meta"])
+
+
+def read_recipe(path: str | None) -> dict:
+    if path is None:
+        return {}
+    import yaml
+    try:
+        with open(path) as f:
+            recipe = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise UsageError(f"recipe {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(recipe, dict):
+        raise UsageError(f"recipe {path} must be a mapping of options (see `edgevit quantize --help`)")
+    return recipe.get("quantize", recipe)
+
+
+def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
+    """Top-1 of both models (labels given) and their top-1 agreement, in one pass each."""
+    fp, qp = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(x), batch), desc="evaluate", leave=False):
+            fp.append(fmodel(x[i:i + batch]).argmax(-1))
+            qp.append(qmodel(x[i:i + batch]).argmax(-1))
+    fp, qp = torch.cat(fp), torch.cat(qp)
+    out = {"images": len(x), "agreement": 100.0 * (fp == qp).double().mean().item()}
+    if y is not None:
+        out |= {"float_top1": 100.0 * (fp == y).double().mean().item(), "quant_top1": 100.0 * (qp == y).double().mean().item()}
+    return out
+
+
+@click.command("quantize")
+@model_options
+@click.option("--fmt", "family", default="int", show_default=True,
+              type=click.Choice(["int", "fp4", "fp6", "fp8", "mxfp4", "mxfp6", "mxfp8", "mxint8"]),
+              help="Number format family (fp picks E2M1 weights, A6=E2M3, A8=E3M4 as in FP4DiT).")
+@click.option("--bits", default="w8a8", show_default=True, help="Weight/activation bits, e.g. w8a8, w4a6, w4a16.")
+@click.option("--method", default="rtn", show_default=True, type=click.Choice(METHODS), help="Weight rounding method.")
+@click.option("--calib", default="fashion-mnist:256", show_default=True,
+              help="Calibration data: fashion-mnist:N (train split) or folder:PATH[:N].")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (checkpoint + report.json).")
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None,
+              help="YAML with overrides (weight_format, group_size, act_granularity, softmax_bits, layers: {pattern: ...}).")
+@click.option("--keep-float", multiple=True, help="Layer-name pattern to leave in float (repeatable), e.g. head.")
+@click.option("--eval-data", default="fashion-mnist", show_default=True,
+              help="Evaluation data: the Fashion-MNIST test set or folder:PATH (agreement with float if unlabelled).")
+@click.option("--eval-limit", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset of N images.")
+@click.option("--seed", default=0, show_default=True, help="Seed for calibration and evaluation sampling.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, calib, out, recipe, keep_float,
+                 eval_data, eval_limit, seed, force):
+    """Post-training quantisation of MODEL to INT / FP / MX formats; writes a packed checkpoint.
+
+    \b
+    Examples:
+      edgevit quantize vit-small --fmt fp4 --bits w4a6 --calib fashion-mnist:256 --out out/vit-s-w4a6
+      edgevit quantize vit-small --fmt int --bits w8a8 --keep-float head --eval-limit 2000 --out out/vit-s-w8a8
+    """
+    import quant
+    from edgevit.data import calibration_tensor, load_data, parse_data_spec
+    from edgevit.report.metrics import fp32_size_bytes, human_bytes
+
+    # -- validate everything before any work ------------------------------------------------------
+    with spec_errors():
+        spec = quant.parse_spec(family, bits, read_recipe(recipe), keep_float)
+        quant.check_out_dir(out, force)
+    calib_spec = parse_data_spec(calib)
+    eval_spec = parse_data_spec(eval_data)
+    if eval_limit is not None:
+        eval_spec = type(eval_spec)(eval_spec.kind, eval_spec.path, eval_limit)
+    fmodel, meta = load(model, weights, trust_checkpoint)
+    with spec_errors():
+        plan = quant.plan_model(fmodel, spec)
+    labelled = eval_spec.kind == "fashion-mnist" and len(meta.labels) == 10
+    calib_x = calibration_tensor(calib_spec, meta.preprocess, seed=seed)
+    eval_x, eval_y = load_data(eval_spec, meta.preprocess, split="test", seed=seed)
+    if not labelled:
+        eval_y = None   # other label spaces: report agreement with the float model only
+
+    # -- quantise ------------------------------------------------------------------------------------
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    batches = tqdm(calib_x.split(CALIB_BATCH), desc=f"calibrate {len(calib_x)} images", leave=False)
+    with spec_errors():
+        qmodel = quant.quantize_model(fmodel, spec, batches, plan=plan)
+    quant_s = time.perf_counter() - t0
+    acc = _accuracy(fmodel, qmodel, eval_x, eval_y, 500)
+    layers = quant.layer_sqnr(fmodel, qmodel, calib_x[:CALIB_BATCH])
+
+    qmeta = meta.with_stage("quantize", fmt=family, bits=bits, method=method, calib=calib, seed=seed)
+    report = {"model": model, "spec": spec.to_dict(), "method": method, "calib": calib, "seed": seed,
+              "eval": {"data": eval_data, "limit": eval_limit, **acc}, "quantize_wall_s": quant_s,
+              "fp32_bytes": fp32_size_bytes(fmodel), "layers": layers}
+
+    def report_file(sizes: dict) -> dict:
+        report["size"] = sizes | {"ratio_vs_fp32": sizes["total_bytes"] / report["fp32_bytes"]}
+        return {"report.json": json.dumps(_finite(report), indent=2)}
+
+    with spec_errors():
+        sizes = quant.save_quantized(qmodel, out, model_info={"registry_name": model, "weights": weights,
+                                                              "meta": qmeta.to_dict()},
+                                     force=force, extra_files=report_file)
+    rows = [["float top-1" if labelled else "images", f"{acc['float_top1']:.2f}%" if labelled else acc["images"]],
+            ["quantised top-1" if labelled else "top-1 agreement",
+             f"{acc['quant_top1']:.2f}%" if labelled else f"{acc['agreement']:.2f}%"]]
+    if labelled:
+        rows.append(["top-1 agreement", f"{acc['agreement']:.2f}%"])
+    finite = [r["output_sqnr_db"] for r in layers if r["output_sqnr_db"] not in (None, float("inf"))]
+    rows += [["images evaluated", acc["images"]], ["layers quantised", len(layers)],
+             ["min / median output SQNR", f"{min(finite):.1f} / {sorted(finite)[len(finite) // 2]:.1f} dB" if finite else "-"],
+             ["size (FP32 → packed)", f"{human_bytes(report['fp32_bytes'])} → {human_bytes(sizes['total_bytes'])} "
+              f"({report['size']['ratio_vs_fp32']:.3f}×)"],
+             ["quantisation time", f"{quant_s:.1f} s"]]
+    print_table(f"{meta.name} {family} {bits} ({method})", ["metric", "value"], rows)
+    console.print(f"wrote {out}")
+
+
+def _finite(o):
+    """JSON has no inf/NaN: an infinite SQNR (no error at all) is written as null."""
+    if isinstance(o, float) and (o != o or o in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+COMMANDS = [quantize_cmd]

@@ -1,0 +1,165 @@
+"""NPU rewrite commands: `rewrite` (equivalence-checked passes + robustness report) and `check`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgevit.commands.common import console, load, print_table
+from edgevit.errors import UsageError
+
+
+def _target_choice():
+    from edgevit.rewrite.targets import target_names
+    return click.Choice(target_names())
+
+
+def _real_inputs(meta, data: str, split: str, seed: int):
+    from edgevit.data import load_data
+    x, y = load_data(data, meta.preprocess, split=split, seed=seed)
+    if tuple(x.shape[1:]) != tuple(meta.input_shape[1:]):
+        raise UsageError(f"{data} gives inputs {tuple(x.shape[1:])} but {meta.name} takes {meta.input_shape[1:]}; "
+                         "pass --data folder:PATH with images for this model")
+    return x, y
+
+
+@click.command("rewrite")
+@click.argument("model", required=False)
+@click.option("--target", "target_name", type=_target_choice(), default="qnn-htp", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), help="New directory for model.pt/.onnx and reports.")
+@click.option("--disable", multiple=True, metavar="PASS", help="Switch a pass off (repeatable).")
+@click.option("--gelu", type=click.Choice(["op", "tanh", "sigmoid", "keep"]), default=None,
+              help="GELU form; default: the target's. tanh/sigmoid change outputs (accuracy change reported).")
+@click.option("--data", default="fashion-mnist:256", show_default=True, help="Real inputs for equivalence and reports.")
+@click.option("--report/--no-report", default=True, show_default=True, help="W8A16/W8A8/W4A16 robustness report.")
+@click.option("--list-passes", is_flag=True, help="List the passes and exit.")
+@click.option("--seed", default=0, show_default=True, help="Seed for data sampling.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict for timm:/factory models.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow loading a pickled nn.Module (.pt).")
+def rewrite_cmd(model, target_name, out, disable, gelu, data, report, list_passes, seed, weights, trust_checkpoint):
+    """Rewrite MODEL into an NPU-native graph (AutoNeural) and prove it: FP32 equivalence per pass,
+    target rule check (+ QNN compile for qnn-htp), quantisation-robustness report.
+
+    \b
+    Examples:
+      edgevit rewrite --list-passes
+      edgevit rewrite vit-small --target qnn-htp --out out/vit-small-htp
+      edgevit rewrite vit-tiny --target ane --disable split-heads --gelu tanh --out out/ane
+    """
+    from edgevit.rewrite import PASSES
+    if list_passes:
+        print_table("rewrite passes (in order)", ["pass", "exact", "what it does"],
+                    [[p.name, "yes" if p.exact else "reported", p.summary] for p in PASSES])
+        return
+    if not model or not out:
+        raise UsageError("rewrite needs MODEL and --out DIR (or --list-passes)")
+    from edgevit.rewrite.artifact import check_out_dir, write_artifact
+    from edgevit.rewrite.checker import check_model, total_violations
+    from edgevit.rewrite.pipeline import rewrite_model, validate_passes
+    from edgevit.rewrite.robustness import robustness, summary_line
+    from edgevit.rewrite.targets import load_target
+    validate_passes(list(disable))
+    out_dir = check_out_dir(out)
+    target = load_target(target_name)
+    module, meta = load(model, weights, trust_checkpoint)
+    x, y = _real_inputs(meta, data, "test", seed)
+    calib = x[: min(8, len(x))].numpy()
+    with console.status("checking the original graph"):
+        before = check_model(module, meta.input_shape, target, calib)
+    new, rep = rewrite_model(module, target, x, meta.input_shape, disable=list(disable), gelu_form=gelu, y=y)
+    with console.status("checking the rewritten graph"):
+        after = check_model(new, meta.input_shape, target, calib)
+    rep.update(check_before=before, check_after=after,
+               violations_before=total_violations(before), violations_after=total_violations(after))
+    reports = None
+    if report:
+        with console.status("quantisation-robustness report (W8A16, W8A8, W4A16)"):
+            cal_x, _ = _real_inputs(meta, data, "train", seed)
+            ev = x[:128]
+            reports = {"before rewrite": robustness(module, cal_x, ev), "after rewrite": robustness(new, cal_x, ev)}
+        rep["robustness"] = reports
+    meta = meta.with_stage("rewrite", target=target.name, passes=[s["pass"] for s in rep["passes"] if s["enabled"]],
+                           max_rel_err=rep["max_rel_err"])
+    write_artifact(out_dir, new, meta, rep, reports)
+    print_table(f"{meta.name} → {target.name}", ["pass", "on", "max rel err", "notes"],
+                [[s["pass"], "yes" if s["enabled"] else "no", f"{s['max_rel_err']:.1e}" if s["enabled"] else "-",
+                  ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("pass", "enabled", "max_rel_err"))]
+                 for s in rep["passes"]])
+    console.print(f"violations ({target.name}): {rep['violations_before']} before → {rep['violations_after']} after; "
+                  f"FP32 max rel err {rep['max_rel_err']:.1e} on {rep['samples']} images")
+    if reports:
+        for k, r in reports.items():
+            console.print(summary_line(k, r))
+    console.print(f"wrote {out_dir}")
+
+
+@click.command("check")
+@click.argument("artifact_or_model")
+@click.option("--target", "target_name", type=_target_choice(), default="qnn-htp", show_default=True)
+@click.option("--compile/--no-compile", "do_compile", default=True, show_default=True,
+              help="For qnn-htp: also compile with onnxruntime-qnn (HTP, CPU fallback disabled).")
+@click.option("--data", default="fashion-mnist:8", show_default=True, help="Calibration inputs for the QNN compile.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict for timm:/factory models.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow loading a pickled nn.Module (.pt).")
+def check_cmd(artifact_or_model, target_name, do_compile, data, as_json, weights, trust_checkpoint):
+    """List every node of ARTIFACT_OR_MODEL (an .onnx file, a rewrite/export directory, or a model name)
+    that the target cannot run, with the pass that fixes it.
+
+    \b
+    Examples:
+      edgevit check vit-small --target qnn-htp
+      edgevit check out/vit-small-htp --target qnn-htp --json
+    """
+    from edgevit.rewrite.checker import check_model, check_path, total_violations
+    from edgevit.rewrite.targets import load_target
+    target = load_target(target_name)
+    path = Path(artifact_or_model)
+    if path.is_dir():
+        path = path / "model.onnx"
+        if not path.exists():
+            raise UsageError(f"{artifact_or_model} holds no model.onnx; give an .onnx file or a model name")
+    if path.suffix == ".onnx":
+        if not path.exists():
+            raise UsageError(f"{path} does not exist")
+        calib = _onnx_calibration(path, data) if do_compile else None
+        result = check_path(path, target, calib, do_compile)
+        name = str(path)
+    else:
+        module, meta = load(artifact_or_model, weights, trust_checkpoint)
+        calib = _real_inputs(meta, data, "train", 0)[0].numpy() if do_compile and target.compiler else None
+        result = check_model(module, meta.input_shape, target, calib, do_compile)
+        name = meta.name
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    rows = [[v["node"], v["op"], v["rule"], v["detail"], v["fix"]]
+            for v in [*result["violations"], *result.get("qnn", {}).get("refused", [])]]
+    if rows:
+        print_table(f"{name}: violations for {target.name}", ["node", "op", "rule", "detail", "fix (pass)"], rows)
+    qnn = result.get("qnn")
+    if qnn:
+        console.print(f"QNN: {qnn['skipped']}" if "skipped" in qnn else
+                      f"QNN HTP compile: {'finalised' if qnn['finalized'] else 'FAILED'}, {qnn['nodes_on_htp']} nodes "
+                      f"on HTP, {len(qnn['refused'])} refused" + (f" ({qnn['error']})" if qnn["error"] else ""))
+    console.print(f"{name}: {total_violations(result)} violations for {target.name}")
+
+
+def _onnx_calibration(path: Path, data: str):
+    """Real inputs shaped like the ONNX graph's input, when the data spec fits it; else None."""
+    import onnx
+    from edgevit.data import Preprocess, load_data
+    dims = [d.dim_value for d in onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
+    meta_file = path.parent / "meta.json"
+    if meta_file.exists():
+        pre = Preprocess.from_dict(json.loads(meta_file.read_text())["preprocess"])
+    elif len(dims) == 4 and dims[2] > 0:
+        pre = Preprocess(size=dims[2], channels=dims[1] or 3, mean=(0.0,) * (dims[1] or 3), std=(1.0,) * (dims[1] or 3))
+    else:
+        return None
+    x, _ = load_data(data, pre, split="train")
+    return x.numpy()
+
+
+COMMANDS = [rewrite_cmd, check_cmd]

@@ -1,0 +1,84 @@
+"""Artifact format: schema, atomic write, sha256 verification on load."""
+import json
+
+import pytest
+
+from runtimes.artifact import ArtifactWriter, load_artifact, validate_manifest
+from runtimes.errors import RuntimeArtifactError
+
+
+def _manifest():
+    return {"runtime": "onnx", "entry": "model.bin", "model": {"name": "toy"},
+            "input": {"name": "input", "shape": ["batch", 1, 28, 28], "dtype": "float32"},
+            "output": {"name": "logits", "shape": ["batch", 10], "dtype": "float32"},
+            "preprocess": {"size": 28, "channels": 1, "mean": [0.286], "std": [0.353]},
+            "labels": [str(i) for i in range(10)], "quant": None,
+            "parity": {"thresholds": {"max_abs": 1e-4}}, "tools": {"onnx": "1"}}
+
+
+def _write(out, **kw):
+    with ArtifactWriter(out, **kw) as w:
+        (w.dir / "model.bin").write_bytes(b"weights" * 10)
+        (w.dir / "part0").mkdir()
+        (w.dir / "part0" / "sub.bin").write_bytes(b"device 0")
+        return w.commit(_manifest())
+
+
+def test_write_then_load_hashes_every_file_including_parts(tmp_path):
+    m = _write(tmp_path / "a")
+    assert sorted(f["path"] for f in m["files"]) == ["model.bin", "part0/sub.bin"]
+    art = load_artifact(tmp_path / "a")
+    assert art.size_bytes == 70 + 8 and art.precision() == "fp32"
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]  # no staging dirs left
+
+
+def test_corrupt_file_is_refused_with_clear_error(tmp_path):
+    _write(tmp_path / "a")
+    (tmp_path / "a" / "part0" / "sub.bin").write_bytes(b"device 1")
+    with pytest.raises(RuntimeArtifactError, match="part0/sub.bin does not match its sha256"):
+        load_artifact(tmp_path / "a")
+    (tmp_path / "a" / "model.bin").unlink()
+    with pytest.raises(RuntimeArtifactError, match="missing"):
+        load_artifact(tmp_path / "a")
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with ArtifactWriter(tmp_path / "a") as w:
+            (w.dir / "model.bin").write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_destination_is_not_overwritten(tmp_path):
+    _write(tmp_path / "a")
+    before = (tmp_path / "a" / "manifest.json").read_text()
+    with pytest.raises(RuntimeArtifactError, match="already exists"):
+        _write(tmp_path / "a")
+    assert (tmp_path / "a" / "manifest.json").read_text() == before
+    _write(tmp_path / "a", overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_schema_rejects_bad_manifests(tmp_path):
+    validate_manifest({**_manifest(), "files": [{"path": "model.bin", "sha256": "0" * 64, "bytes": 1}],
+                       "format_version": 1})
+    bad = {**_manifest(), "files": [{"path": "../evil", "sha256": "0" * 64, "bytes": 1}], "format_version": 1}
+    with pytest.raises(RuntimeArtifactError, match="files/0/path"):
+        validate_manifest(bad)
+    with pytest.raises(RuntimeArtifactError, match="field quant"):
+        validate_manifest({**bad, "files": bad["files"][:0] + [{"path": "m", "sha256": "0" * 64, "bytes": 1}],
+                           "quant": {"precision": "w9x"}})
+
+
+def test_schema_file_is_plain_draft_2020_12():
+    from runtimes.artifact import SCHEMA_PATH
+    import jsonschema
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert schema["$schema"].endswith("draft/2020-12/schema")
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_non_artifact_directory_is_refused(tmp_path):
+    with pytest.raises(RuntimeArtifactError, match="no manifest.json"):
+        load_artifact(tmp_path)

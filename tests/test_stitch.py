@@ -1,0 +1,312 @@
+"""edgevit.stitch: enumeration counts, LS init, routing, switching, training mechanics, export parity."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgevit.models.vit import VisionTransformer
+from edgevit.stitch.anchors import block_inputs
+from edgevit.stitch.evaluate import config_macs, evaluate_configs, parse_amount, pareto_front, select
+from edgevit.stitch.init import fit_affine, least_squares_init
+from edgevit.stitch.model import ConfigView, StitchedModel
+from edgevit.stitch.space import (count_configs, count_paired, enumerate_configs, layers_needed,
+                                  paired_positions)
+from edgevit.stitch.train import StitchRecipe, flops_groups, sample_configs, train_stitched
+
+SHAPE = (1, 1, 28, 28)
+
+
+def _family(depth=4, widths=(16, 32, 64), seed=0):
+    torch.manual_seed(seed)
+    return [VisionTransformer(embed_dim=w, depth=depth, num_heads=max(1, w // 16)).eval() for w in widths]
+
+
+def _images(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # smooth-ish images so token activations have structure beyond white noise
+    return torch.nn.functional.avg_pool2d(torch.randn(n, 1, 32, 32, generator=g), 5, 1)[:, :, :28, :28] * 3
+
+
+def _labels(n, seed=0):
+    return torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- enumeration
+def test_reference_count_three_depth12_anchors():
+    assert count_paired(12, 2, 1) == 34
+    assert layers_needed(12, 2, 1) == 11
+    assert len(enumerate_configs(12, 3)) == count_configs(12, 3) == 71
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5, 12, 24])
+@pytest.mark.parametrize("kernel", [1, 2, 3, 4])
+@pytest.mark.parametrize("stride", [1, 2, 3, 5])
+def test_count_formula_matches_enumeration(depth, kernel, stride):
+    pos = paired_positions(depth, kernel, stride)
+    assert len(pos) == len({(j, k) for j, k, _ in pos}) == count_paired(depth, kernel, stride)
+    for two_way in (False, True):
+        for n in (2, 3, 4):
+            assert len(enumerate_configs(depth, n, kernel, stride, two_way)) == count_configs(depth, n, kernel, stride, two_way)
+
+
+def test_s1_closed_form_and_windows():
+    for depth in range(2, 20):
+        for k in range(1, depth + 1):
+            assert count_paired(depth, k, 1) == depth * (2 * k - 1) - k * (k - 1)
+    # every position lies inside one window of `kernel` blocks
+    assert all(abs(j - k) < 3 for j, k, _ in paired_positions(12, 3, 2))
+
+
+def test_two_way_space_matches_snnetv2_counts():
+    cfgs = enumerate_configs(12, 2, two_way=True)
+    kinds = {}
+    for c in cfgs:
+        kinds.setdefault(tuple(s.anchor for s in c.segments), []).append(c)
+    assert len(kinds[(0, 1)]) == len(kinds[(1, 0)]) == 34
+    assert len(kinds[(0, 1, 0)]) == len(kinds[(1, 0, 1)]) == 55          # as SN-Netv2's sls / lsl lists
+    assert all(seg.end > seg.start for c in cfgs for seg in c.segments)  # no empty segment
+    assert len(cfgs) == 2 + 34 * 2 + 110
+
+
+# ---------------------------------------------------------------- LS init
+def test_fit_affine_recovers_an_affine_map():
+    x = torch.randn(500, 8)
+    w, b = torch.randn(5, 8), torch.randn(5)
+    w_hat, b_hat = fit_affine(x, x @ w.T + b)
+    assert torch.allclose(w_hat, w, atol=1e-4) and torch.allclose(b_hat, b, atol=1e-4)
+
+
+def test_ls_init_beats_random_init_on_held_out_images():
+    model = StitchedModel(_family())
+    random_init = copy.deepcopy(model)
+    calib, held = _images(100, 0), _images(64, 1)
+    least_squares_init(model, calib)
+    feats = [block_inputs(a, held) for a in model.anchors]
+
+    def feature_error(m):
+        errs = []
+        for c in m.configs:
+            if c.is_anchor:
+                continue
+            s, j, k = c.stitches[0], c.segments[0].end, c.segments[1].start
+            pred = m.stitch_layer(s.front, s.end, s.layer)(feats[s.front][j])
+            errs.append(((pred - feats[s.end][k]).norm() / feats[s.end][k].norm()).item())
+        return np.array(errs)
+
+    ls_err, rnd_err = feature_error(model), feature_error(random_init)
+    assert (ls_err < rnd_err).all() and ls_err.mean() < 0.5 * rnd_err.mean()
+
+    def logit_error(m):   # whole stitched networks vs the anchor they end in
+        out = []
+        with torch.no_grad():
+            for cid, c in enumerate(m.configs):
+                if not c.is_anchor:
+                    ref = m.anchors[c.segments[-1].anchor](held)
+                    out.append(((m.run(held, c) - ref).norm() / ref.norm()).item())
+        return np.mean(out)
+
+    assert logit_error(model) < logit_error(random_init)
+
+
+# ---------------------------------------------------------------- routing
+def test_anchor_configs_equal_their_anchors():
+    fam = _family()
+    model = StitchedModel([fam[2], fam[0], fam[1]])       # any order in, sorted by width inside
+    x = _images(4)
+    for cid in range(3):
+        model.set_config(cid)
+        with torch.no_grad():
+            assert torch.equal(model(x), fam[cid](x))
+
+
+def test_stitch_between_identical_anchors_reproduces_the_anchor():
+    """Two copies of one anchor joined by identity stitches: every route (j, j+1), from a stitch after
+    the first block to one before the last, is the anchor itself; (j, j) really runs block j twice."""
+    a = _family(widths=(32,))[0]
+    model = StitchedModel([a, copy.deepcopy(a)])
+    for layer in model.stitch_layers["0to1"]:
+        layer.set_affine(torch.eye(32), torch.zeros(32))
+    x = _images(8, 3)
+    with torch.no_grad():
+        ref = a(x)
+        ends = [c for c in model.configs if not c.is_anchor and c.segments[1].start == c.segments[0].end]
+        assert sorted(c.segments[0].end for c in ends) == [1, 2, 3]
+        for c in ends:
+            assert torch.allclose(model.run(x, c), ref, atol=1e-5), c.name
+        c = next(c for c in model.configs if not c.is_anchor and c.segments[1].start == c.segments[0].end - 1)
+        assert not torch.allclose(model.run(x, c), ref, atol=1e-3)
+
+
+def test_set_config_switches_without_moving_weights():
+    model = StitchedModel(_family())
+    least_squares_init(model, _images(32))
+    ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
+    x = _images(2)
+    outs = []
+    with torch.no_grad():
+        for cid in (0, 5, 2, 5):
+            model.set_config(cid)
+            outs.append(model(x))
+    assert {n: p.data_ptr() for n, p in model.named_parameters()} == ptrs
+    assert torch.equal(outs[1], outs[3]) and not torch.allclose(outs[0], outs[2])
+    with pytest.raises(IndexError):
+        model.set_config(model.num_configs)
+
+
+def test_cached_evaluation_equals_plain_forward():
+    model = StitchedModel(_family(), two_way=True)
+    least_squares_init(model, _images(32))
+    x, y = _images(40, 5), torch.randint(0, 10, (40,))
+    fast = evaluate_configs(model, x, y, batch_size=16, progress=False)
+    with torch.no_grad():
+        slow = [100.0 * (model.run(x, c).argmax(-1) == y).float().mean().item() for c in model.configs]
+    assert np.allclose(fast, slow)
+
+
+def test_macs_grow_with_the_larger_anchor_share():
+    model = StitchedModel(_family())
+    macs = config_macs(model, SHAPE)
+    assert macs[0] < macs[1] < macs[2]
+    small_to_mid = [(c.segments[0].end, macs[i]) for i, c in enumerate(model.configs)
+                    if c.stitches and c.stitches[0].front == 0 and c.segments[1].start == c.segments[0].end]
+    assert [m for _, m in sorted(small_to_mid)] == sorted([m for _, m in small_to_mid], reverse=True)
+
+
+# ---------------------------------------------------------------- selection
+def test_pareto_front_and_select():
+    cost, acc = [1, 2, 3, 4, 5], [50, 49, 60, 60, 70]
+    assert pareto_front(cost, acc) == [0, 2, 4]
+    rows = [{"id": i, "macs": c * 1e6, "top1": a, "latency_ms": c / 2} for i, (c, a) in enumerate(zip(cost, acc))]
+    assert select(rows, max_macs=4e6)["id"] == 2
+    assert select(rows, max_latency_ms=2.6)["id"] == 4
+    with pytest.raises(ValueError, match="cheapest"):
+        select(rows, max_macs=1e5)
+    assert parse_amount("120M") == 120e6 and parse_amount("1.5G") == 1.5e9 and parse_amount("800k") == 8e5
+    with pytest.raises(ValueError):
+        parse_amount("lots")
+
+
+# ---------------------------------------------------------------- training
+def test_flops_grouped_sampling_balances_buckets():
+    macs = [1, 2, 3] + [50] * 30 + [100]
+    buckets = flops_groups(macs, 4)
+    assert sorted(i for b in buckets for i in b) == list(range(len(macs)))
+    ids = sample_configs(20000, len(macs), torch.Generator().manual_seed(0), buckets)
+    assert torch.equal(ids, sample_configs(20000, len(macs), torch.Generator().manual_seed(0), buckets))
+    per_bucket = torch.tensor([sum((ids == i).sum().item() for i in b) for b in buckets], dtype=torch.float)
+    assert (per_bucket / per_bucket.sum() - 1 / len(buckets)).abs().max() < 0.02
+    uniform = sample_configs(20000, len(macs), torch.Generator().manual_seed(0))
+    assert (uniform == 33).float().mean() < 0.05 < (ids == 33).float().mean()
+
+
+def _train(model, tmp_path, **kw):
+    x, y = _images(64, 7), _labels(64)
+    recipe = StitchRecipe(epochs=2, batch_size=32, lr=1e-3, **kw)
+    return train_stitched(model, recipe, x, y, tmp_path, macs=config_macs(model, SHAPE), progress=False)
+
+
+def test_training_is_seeded_and_resumable(tmp_path):
+    base = StitchedModel(_family())
+    least_squares_init(base, _images(32))
+    straight = copy.deepcopy(base)
+    _train(straight, tmp_path / "a", sampling="flops")
+    resumed = copy.deepcopy(base)
+    x, y = _images(64, 7), _labels(64)
+    recipe = StitchRecipe(epochs=2, batch_size=32, lr=1e-3, sampling="flops")
+    macs = config_macs(base, SHAPE)
+    train_stitched(resumed, recipe, x, y, tmp_path / "b", macs=macs, progress=False, max_steps=2)  # "interrupted"
+    assert (tmp_path / "b" / "last.pt").exists()
+    fresh = copy.deepcopy(base)
+    train_stitched(fresh, recipe, x, y, tmp_path / "b", macs=macs, progress=False)
+    for (n, p), (_, q) in zip(straight.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(p, q), n
+    assert any(not torch.equal(p, q) for p, q in zip(base.state_dict().values(), straight.state_dict().values()))
+
+
+def test_lora_stitching_trains_only_the_low_rank_update(tmp_path):
+    model = StitchedModel(_family(), lora_rank=2)
+    least_squares_init(model, _images(32))
+    before = {n: p.clone() for n, p in model.stitch_layers.named_parameters()}
+    info = _train(model, tmp_path, distill=0.5)
+    after = dict(model.stitch_layers.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before if n.endswith(("weight", "bias")))
+    used = {f"{s.front}to{s.end}.{s.layer}" for c, k in zip(model.configs, info["samples_per_config"]) if k
+            for s in c.stitches}
+    assert any(not torch.equal(before[f"{u}.lora_b"], after[f"{u}.lora_b"]) for u in used)
+
+
+# ---------------------------------------------------------------- export
+def test_export_shares_weights_and_matches_torch(tmp_path):
+    from edgevit.stitch.export import export_stitched
+    from runtimes.artifact import load_artifact
+    import onnxruntime as ort
+    model = StitchedModel(_family(depth=3, widths=(16, 48)))
+    least_squares_init(model, _images(32))
+    x, y = _images(16, 9), _labels(16)
+    macs = config_macs(model, SHAPE)
+    top1 = evaluate_configs(model, x, y, progress=False)
+    front = set(pareto_front(macs, top1))
+    rows = [{"id": i, "name": c.name, "macs": macs[i], "params": model.config_params(c), "top1": top1[i],
+             "is_anchor": c.is_anchor, "pareto": i in front} for i, c in enumerate(model.configs)]
+    anchor_bytes = sum(4 * p.numel() for a in model.anchors for p in a.parameters())
+    manifest = export_stitched(model, tmp_path / "art", rows=rows, input_shape=SHAPE,
+                               preprocess={"size": 28, "channels": 1, "mean": [0.0], "std": [1.0]},
+                               labels=[str(i) for i in range(10)], anchors=["s", "l"],
+                               parity_inputs=x.numpy(), space={"kernel": 2, "stride": 1, "two_way": False,
+                                                               "lora_rank": 0},
+                               metrics={"anchors_fp32_bytes": anchor_bytes}, latency_iters=3,
+                               progress=False, keep_graphs="all")
+    art = load_artifact(tmp_path / "art")                    # schema + sha256 of every file
+    stitch_bytes = sum(4 * p.numel() for p in model.stitch_layers.parameters())
+    assert manifest["metrics"]["weights_bin_bytes"] <= 1.05 * (anchor_bytes + stitch_bytes)
+    assert len(manifest["configs"]) == model.num_configs and all(r["latency_ms"] > 0 for r in manifest["configs"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    for cid in (0, 1, 2, 5, model.num_configs - 1):
+        sess = ort.InferenceSession(str(art.root / manifest["configs"][cid]["file"]), so)
+        got = sess.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            ref = ConfigView(model, cid)(x).numpy()
+        assert np.abs(got - ref).max() < 1e-4
+    index = json.loads((art.root / manifest["entry"]).read_text())
+    assert [r["id"] for r in index] == list(range(model.num_configs))
+
+
+# ---------------------------------------------------------------- CLI
+@pytest.mark.parametrize("args, message", [
+    (("stitch",), "give --anchors"),
+    (("stitch", "--anchors", "vit-tiny", "--out", "x"), "at least two"),
+    (("stitch", "--anchors", "vit-tiny,vit-small", "--weights", "a.pt", "--out", "x"), "one per anchor"),
+    (("stitch", "--anchors", "vit-tiny,vit-small", "--train-data", "imagenet", "--out", "x"), "unknown data spec"),
+    (("stitch", "select", "/nonexistent/stitch", "--max-macs", "20M"), "not an artifact directory"),
+])
+def test_cli_rejects_bad_input_with_one_line(cli_runner, args, message):
+    from edgevit.cli import cli
+    result = cli_runner.invoke(cli, list(args))
+    assert result.exit_code == 2 and message in result.output
+    assert len([ln for ln in result.output.splitlines() if ln.strip()]) == 1
+
+
+def test_cli_select_reads_the_manifest(cli_runner, tmp_path):
+    from edgevit.cli import cli
+    from runtimes.artifact import ArtifactWriter
+    configs = [{"id": i, "name": f"c{i}", "file": f"onnx/c{i}.onnx", "macs": m, "params": 1, "top1": a,
+                "latency_ms": m / 1e7, "parity_max_abs": 0.0, "is_anchor": i in (0, 2), "pareto": True}
+               for i, (m, a) in enumerate([(3e6, 80.0), (10e6, 85.0), (40e6, 90.0)])]
+    with ArtifactWriter(tmp_path / "art") as w:
+        (w.dir / "onnx").mkdir()
+        for c in configs:
+            (w.dir / c["file"]).write_bytes(b"x")
+        (w.dir / "configs.json").write_text(json.dumps(configs))
+        w.commit({"runtime": "stitch", "entry": "configs.json", "input": {"name": "input", "shape": [1, 1, 28, 28],
+                  "dtype": "float32"}, "output": {"name": "logits", "shape": [1, 10], "dtype": "float32"},
+                  "preprocess": {"size": 28, "channels": 1, "mean": [0.0], "std": [1.0]}, "labels": [],
+                  "quant": None, "tools": {}, "configs": configs})
+    result = cli_runner.invoke(cli, ["stitch", "select", str(tmp_path / "art"), "--max-macs", "20M", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["id"] == 1
+    result = cli_runner.invoke(cli, ["stitch", "select", str(tmp_path / "art"), "--max-latency-ms", "5"])
+    assert result.exit_code == 0 and "config 2" in result.output
+    result = cli_runner.invoke(cli, ["stitch", "select", str(tmp_path / "art"), "--max-macs", "1M"])
+    assert result.exit_code == 2 and "no configuration fits" in result.output
