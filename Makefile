@@ -2,7 +2,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
-EXTRAS  ?= dev,imagenet,timm
+EXTRAS  ?= dev,imagenet,timm,tflite,qnn,hub,brevitas,ray
 FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 

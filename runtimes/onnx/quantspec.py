@@ -1,9 +1,12 @@
-"""What the ONNX exporter needs to know about a quantised layer, independent of how quant/ stores it.
+"""What the ONNX exporter needs to know about a quantised model, independent of how quant/ stores it.
 
 A layer's weight is `W = (q - zero_point) * scale` with `q` on the format's grid (integers for INT,
 unscaled grid values for FP), viewed as (out, fan_in) and `scale` of shape (out or 1, groups): one
-column is per-channel, G columns are per-group along fan_in (group size fan_in / G). Activations are
-described by `ActQuant`; the exporter reproduces exactly that rounding in the graph.
+column is per-channel, G columns are per-group along fan_in (group size fan_in / G).
+
+Every activation quantiser of the model (layer inputs, q/k/v of the attention matmuls, the softmax
+output, LayerNorm/GELU inputs) is an `ActQuant` keyed by its qualified module name; the exporter
+writes exactly that rounding into the graph at the quantiser's place (runtimes.onnx.actquant).
 """
 from __future__ import annotations
 
@@ -13,13 +16,18 @@ import numpy as np
 
 from runtimes.errors import ExportError
 
-_ALIASES = {"fp4": "fp4_e2m1", "fp6": "fp6_e2m3", "fp8": "fp8_e4m3", "e4m3": "fp8_e4m3", "e5m2": "fp8_e5m2",
-            "e2m1": "fp4_e2m1", "e2m3": "fp6_e2m3", "e3m2": "fp6_e3m2"}
+_ALIASES = {"fp4": "fp4_e2m1", "fp6": "fp6_e2m3", "fp8": "fp8_e4m3", "e4m3": "fp8_e4m3", "e4m3fn": "fp8_e4m3",
+            "e5m2": "fp8_e5m2", "e2m1": "fp4_e2m1", "e2m3": "fp6_e2m3", "e3m2": "fp6_e3m2"}
 _FP_DTYPES = {"fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "fp6_e2m3": "float6_e2m3fn",
               "fp6_e3m2": "float6_e3m2fn", "fp4_e2m1": "float4_e2m1fn"}
+# weight-format names above → quant's format names (activations are described in quant's names)
+_QUANT_NAMES = {"fp8_e4m3": "e4m3fn", "fp8_e5m2": "e5m2", "fp6_e2m3": "e2m3", "fp6_e3m2": "e3m2", "fp4_e2m1": "e2m1"}
+_ACT_GRANULARITY = {"tensor": "per-tensor", "token": "per-token", "block": "block",
+                    "per-tensor": "per-tensor", "per-token": "per-token"}
 
 
 def canonical_format(fmt: str) -> str:
+    """A weight format name the exporter has an encoding for (int2..int8, fp4/fp6/fp8 variants)."""
     fmt = _ALIASES.get(fmt.lower(), fmt.lower())
     if fmt in _FP_DTYPES or (fmt.startswith("int") and fmt[3:].isdigit() and 2 <= int(fmt[3:]) <= 8):
         return fmt
@@ -46,42 +54,79 @@ def fp_grid_codes(fmt: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 @dataclass
 class ActQuant:
-    """Activation quantisation at a layer's input.
+    """One activation quantiser, in quant/'s terms (formats by quant.parse_format name).
 
-    INT: symmetric, qmax = 2^(bits-1) - 1, q = clip(round(x / s), -qmax, qmax) (round half to even),
-    s = max(amax, 1e-8) / qmax with amax = max|x| per token (last dim; channels for NCHW convs) when
-    `dynamic`, else the fixed `scale`. FP: x / s cast to the FP format (round to nearest even,
-    saturating), s = amax / max finite value of the format.
+    per-tensor: static `scale` (and `zero_point` for unsigned INT) fixed by calibration;
+    per-token: dynamic, one scale (and zero point for unsigned INT) per slice along `axis`;
+    block: MX, a power-of-two scale per `block` elements along `axis`.
     """
     fmt: str = "int8"
-    granularity: str = "per-token"     # per-token | per-tensor
-    dynamic: bool = True
-    scale: float | None = None         # static scale (dynamic=False)
+    granularity: str = "per-token"
+    scale: float | None = None
+    zero_point: int | None = None
+    axis: int = -1
+    block: int | None = None
 
     def __post_init__(self):
-        self.fmt = canonical_format(self.fmt)
-        if self.granularity not in ("per-token", "per-tensor"):
-            raise ExportError(f"activation granularity {self.granularity!r}: use per-token or per-tensor")
-        if not self.dynamic and self.scale is None:
-            raise ExportError("a static activation quantiser needs its calibrated scale")
+        import quant
+        self.fmt = _QUANT_NAMES.get(_ALIASES.get(self.fmt.lower(), self.fmt.lower()), self.fmt.lower())
+        try:
+            f = quant.parse_format(self.fmt)
+        except quant.SpecError as e:
+            raise ExportError(f"activation format: {e}") from e
+        self.granularity = _ACT_GRANULARITY.get(self.granularity, self.granularity)
+        if self.granularity not in ("per-tensor", "per-token", "block"):
+            raise ExportError(f"activation granularity {self.granularity!r}: use per-tensor, per-token or block")
+        if (self.granularity == "block") != isinstance(f, quant.MxFormat):
+            raise ExportError(f"activation format {self.fmt} needs granularity "
+                              f"{'block' if isinstance(f, quant.MxFormat) else 'per-tensor or per-token'}")
+        if self.granularity == "per-tensor" and self.scale is None:
+            raise ExportError("a static (per-tensor) activation quantiser needs its calibrated scale")
+        if isinstance(f, quant.MxFormat):
+            self.block = f.block
+
+    @property
+    def format(self):
+        import quant
+        return quant.parse_format(self.fmt)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.granularity != "per-tensor"
 
     @property
     def bits(self) -> int:
-        return format_bits(self.fmt)
+        return self.format.code_bits
+
+    @classmethod
+    def from_quantizer(cls, aq) -> "ActQuant":
+        """From a quant.ActQuantizer (reads its describe())."""
+        d = aq.describe()
+        return cls(d["format"], d["granularity"], d.get("scale"), d.get("zero_point"), d.get("axis", -1))
 
     def to_dict(self) -> dict:
-        return {"fmt": self.fmt, "granularity": self.granularity, "dynamic": self.dynamic,
-                **({"scale": float(self.scale)} if self.scale is not None else {})}
+        d = {"fmt": self.fmt, "granularity": self.granularity, "dynamic": self.dynamic, "axis": self.axis}
+        if self.scale is not None:
+            d["scale"] = float(self.scale)
+        if self.zero_point is not None:
+            d["zero_point"] = int(self.zero_point)
+        if self.block:
+            d["block"] = int(self.block)
+        return d
 
 
 @dataclass
 class LayerQuant:
-    """One quantised Linear/Conv2d: grid values `q` (weight shape), `scale` (out|1, groups), optional zero point."""
+    """One quantised Linear/Conv2d: grid values `q` (weight shape), `scale` (out|1, groups), optional zero point.
+
+    `scale_dtype` "float16" means every scale is exactly an fp16 value (quant stores them so) and may
+    be written at half the bytes.
+    """
     fmt: str
     q: np.ndarray
     scale: np.ndarray
     zero_point: np.ndarray | None = None
-    act: ActQuant | None = None
+    scale_dtype: str = "float32"
 
     def __post_init__(self):
         self.fmt = canonical_format(self.fmt)
@@ -94,6 +139,9 @@ class LayerQuant:
             raise ExportError(f"scale of shape {tuple(np.shape(self.scale))} does not tile a weight of shape "
                               f"{self.q.shape}; give (out,), (out, groups) or a scalar")
         self.scale = np.broadcast_to(s, (out, s.shape[1])).copy()
+        if self.scale_dtype == "float16" and not np.array_equal(self.scale.astype(np.float16).astype(np.float32),
+                                                               self.scale):
+            self.scale_dtype = "float32"
         if self.zero_point is not None:
             self.zero_point = np.broadcast_to(np.asarray(self.zero_point, np.float32).reshape(-1, 1)
                                               if np.ndim(self.zero_point) <= 1 else self.zero_point,
@@ -125,35 +173,41 @@ class LayerQuant:
 
 @dataclass
 class QuantSpec:
-    """All quantised layers of a model, keyed by qualified module name, plus the precision label (w4a8, ...)."""
+    """Quantised weights keyed by layer name, activation quantisers keyed by quantiser name, precision label."""
     precision: str
     layers: dict[str, LayerQuant] = field(default_factory=dict)
-    graph_form: str = "auto"    # auto | integer | qdq: how INT8 weight×activation products are expressed
+    acts: dict[str, ActQuant] = field(default_factory=dict)
 
 
 def spec_from_model(model) -> QuantSpec:
-    """Collect `export_descriptor()` from quant/'s modules (see module docstring for the fields)."""
-    layers, precision = {}, None
+    """Collect `export_descriptor()` of quant/'s layers and every quant.ActQuantizer of `model`."""
+    import quant
+    layers, acts = {}, {}
     for name, m in model.named_modules():
+        if isinstance(m, quant.ActQuantizer):
+            acts[name] = ActQuant.from_quantizer(m)
         describe = getattr(m, "export_descriptor", None)
         if describe is None:
             continue
         d = describe()
-        act = d.get("act")
-        layers[name] = LayerQuant(d["fmt"], _np(d["q"]), _np(d["scale"]), _np(d.get("zero_point")),
-                                  ActQuant(**act) if isinstance(act, dict) else act)
-        precision = precision or d.get("precision")
-    if not layers:
-        raise ExportError("the model has no quantised layers exposing export_descriptor(); "
-                          "quantise it with `edgevit quantize` first")
-    precision = getattr(model, "precision", None) or precision or _guess_precision(layers)
-    return QuantSpec(precision, layers)
+        if d.get("fmt") is None:
+            continue   # activation-only layer: its input quantiser is collected above
+        if d["fmt"].startswith(("mx", "uint")):
+            raise ExportError(f"layer {name}: {d['fmt']} weights have no ONNX encoding here; "
+                              "use int2..int8 or fp4/fp6/fp8 weights")
+        sdtype = getattr(getattr(m, "weight_quant", None), "scale_dtype", "float32")
+        layers[name] = LayerQuant(d["fmt"], _np(d["q"]), _np(d["scale"]), _np(d.get("zero_point")), sdtype)
+    if not layers and not acts:
+        raise ExportError("the model has no quantised layers; quantise it with `edgevit quantize` first")
+    qs = getattr(model, "quant_spec", None)
+    precision = getattr(qs, "bits", None) or _guess_precision(layers, acts)
+    return QuantSpec(precision, layers, acts)
 
 
-def _guess_precision(layers: dict[str, LayerQuant]) -> str:
-    wb = max(format_bits(l.fmt) for l in layers.values())
-    acts = [l.act.bits for l in layers.values() if l.act is not None]
-    return f"w{wb}a{max(acts)}" if acts else f"w{wb}a32"
+def _guess_precision(layers: dict[str, LayerQuant], acts: dict[str, ActQuant]) -> str:
+    wb = max((format_bits(l.fmt) for l in layers.values()), default=32)
+    ab = max((a.bits for a in acts.values()), default=32)
+    return f"w{wb}a{ab}"
 
 
 def _np(x):
