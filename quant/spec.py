@@ -30,8 +30,10 @@ OBSERVERS = ("minmax", "percentile", "mse")
 RECIPE_KEYS = {"weight_format", "act_format", "weight_granularity", "group_size", "weight_observer",
                "act_granularity", "act_observer", "percentile", "softmax_bits", "attention_matmuls",
                "quantize_norm_inputs", "quantize_gelu_inputs", "keep_float", "layers", "fmt", "bits"}
+# whole-model method knobs, read by their own modules (quant.reconstruct.ReconConfig): never per layer
+RECIPE_KEYS |= {"method", "reconstruction"}
 LAYER_KEYS = RECIPE_KEYS - {"keep_float", "layers", "attention_matmuls", "quantize_norm_inputs",
-                            "quantize_gelu_inputs"}
+                            "quantize_gelu_inputs", "method", "reconstruction"}
 
 
 @dataclass(frozen=True)

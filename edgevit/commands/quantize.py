@@ -11,8 +11,10 @@ from tqdm import tqdm
 
 from edgevit.commands.common import console, load, model_options, print_table
 from edgevit.errors import UsageError
+from quant.reconstruct import ReconConfig, quantize_with_method
 
-METHODS = ("rtn",)
+METHODS = ("rtn", "adaround", "brecq")
+BACKENDS = ("edgevit", "brevitas")
 CALIB_BATCH = 64
 
 
@@ -77,7 +79,11 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
               type=click.Choice(["int", "fp4", "fp6", "fp8", "mxfp4", "mxfp6", "mxfp8", "mxint8"]),
               help="Number format family (fp picks E2M1 weights, A6=E2M3, A8=E3M4 as in FP4DiT).")
 @click.option("--bits", default="w8a8", show_default=True, help="Weight/activation bits, e.g. w8a8, w4a6, w4a16.")
-@click.option("--method", default="rtn", show_default=True, type=click.Choice(METHODS), help="Weight rounding method.")
+@click.option("--method", default=None, type=click.Choice(METHODS),
+              help="Weight rounding: rtn (round-to-nearest), adaround (per layer) or brecq (per block, FP4DiT's "
+                   "scale-aware rounding on FP grids); knobs under `reconstruction:` in --recipe. [default: rtn]")
+@click.option("--backend", default="edgevit", show_default=True, type=click.Choice(BACKENDS),
+              help="Quantiser: edgevit's own, or brevitas' PTQ (pip install edgevit[brevitas]) into the same checkpoint.")
 @click.option("--calib", default="fashion-mnist:256", show_default=True,
               help="Calibration data: fashion-mnist:N (train split) or folder:PATH[:N].")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (checkpoint + report.json).")
@@ -89,7 +95,7 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
 @click.option("--eval-limit", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset of N images.")
 @click.option("--seed", default=0, show_default=True, help="Seed for calibration and evaluation sampling.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
-def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, calib, out, recipe, keep_float,
+def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend, calib, out, recipe, keep_float,
                  eval_data, eval_limit, seed, force):
     """Post-training quantisation of MODEL to INT / FP / MX formats; writes a packed checkpoint.
 
@@ -97,6 +103,8 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, calib, 
     Examples:
       edgevit quantize vit-small --fmt fp4 --bits w4a6 --calib fashion-mnist:256 --out out/vit-s-w4a6
       edgevit quantize vit-small --fmt int --bits w8a8 --keep-float head --eval-limit 2000 --out out/vit-s-w8a8
+      edgevit quantize vit-small --fmt fp4 --bits w4a6 --method brecq --out out/vit-s-w4a6-brecq
+      edgevit quantize mobilenetv2 --bits w4a8 --method adaround --calib folder:photos/ --eval-data folder:photos/ --out out/mnv2
     """
     import quant
     from edgevit.data import calibration_tensor, load_data, parse_data_spec
@@ -106,6 +114,13 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, calib, 
     with spec_errors():
         spec = quant.parse_spec(family, bits, read_recipe(recipe), keep_float)
         quant.check_out_dir(out, force)
+        method = method or str(spec.recipe.get("method", "rtn"))
+        if method not in METHODS:
+            raise quant.SpecError(f"recipe method {method!r} is not one of {', '.join(METHODS)}")
+        recon = ReconConfig.from_dict({"seed": seed} | (spec.recipe.get("reconstruction") or {}))
+    if backend == "brevitas":
+        from edgevit.backends import brevitas_backend
+        brevitas_backend.check_available(spec, method)
     calib_spec = parse_data_spec(calib)
     eval_spec = parse_data_spec(eval_data)
     if eval_limit is not None:
@@ -122,15 +137,20 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, calib, 
     # -- quantise ------------------------------------------------------------------------------------
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    batches = tqdm(calib_x.split(CALIB_BATCH), desc=f"calibrate {len(calib_x)} images", leave=False)
     with spec_errors():
-        qmodel = quant.quantize_model(fmodel, spec, batches, plan=plan)
+        if backend == "brevitas":
+            qmodel, method_report = brevitas_backend.quantize(fmodel, spec, calib_x, plan=plan, method=method,
+                                                              progress=_progress)
+        else:
+            qmodel, method_report = quantize_with_method(fmodel, spec, calib_x, method, recon, plan=plan,
+                                                         progress=_progress)
     quant_s = time.perf_counter() - t0
     acc = _accuracy(fmodel, qmodel, eval_x, eval_y, 500)
     layers = quant.layer_sqnr(fmodel, qmodel, calib_x[:CALIB_BATCH])
 
-    qmeta = meta.with_stage("quantize", fmt=family, bits=bits, method=method, calib=calib, seed=seed)
-    report = {"model": model, "spec": spec.to_dict(), "method": method, "calib": calib, "seed": seed,
+    qmeta = meta.with_stage("quantize", fmt=family, bits=bits, method=method, backend=backend, calib=calib, seed=seed)
+    report = {"model": model, "spec": spec.to_dict(), "method": method, "backend": backend,
+              "method_report": method_report, "calib": calib, "seed": seed,
               "eval": {"data": eval_data, "limit": eval_limit, **acc}, "quantize_wall_s": quant_s,
               "fp32_bytes": fp32_size_bytes(fmodel), "layers": layers}
 
@@ -153,8 +173,13 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, calib, 
              ["size (FP32 → packed)", f"{human_bytes(report['fp32_bytes'])} → {human_bytes(sizes['total_bytes'])} "
               f"({report['size']['ratio_vs_fp32']:.3f}×)"],
              ["quantisation time", f"{quant_s:.1f} s"]]
-    print_table(f"{meta.name} {family} {bits} ({method})", ["metric", "value"], rows)
+    print_table(f"{meta.name} {family} {bits} ({method}, {backend})", ["metric", "value"], rows)
     console.print(f"wrote {out}")
+
+
+def _progress(iterable=None, **kw):
+    """tqdm factory handed to quant/ (which imports no tqdm): one bar per calibration / block."""
+    return tqdm(iterable, leave=False, mininterval=0.5, **kw)
 
 
 def _finite(o):

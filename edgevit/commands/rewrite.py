@@ -37,15 +37,25 @@ def _real_inputs(meta, data: str, split: str, seed: int):
 @click.option("--seed", default=0, show_default=True, help="Seed for data sampling.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict for timm:/factory models.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow loading a pickled nn.Module (.pt).")
-def rewrite_cmd(model, target_name, out, disable, gelu, data, report, list_passes, seed, weights, trust_checkpoint):
+@click.option("--distill", type=click.Choice(["conv"]), default=None,
+              help="Replace the ViT by a distilled depthwise-separable conv student (AutoNeural's encoder swap).")
+@click.option("--epochs", type=click.IntRange(1, 200), default=None, help="Distillation epochs (default 4).")
+@click.option("--train-data", default="fashion-mnist", show_default=True, help="Labelled training set for --distill.")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Teacher targets and resumable checkpoints for --distill (default: OUT.work).")
+@click.option("--keep-work", is_flag=True, help="Keep --work-dir after a successful --distill run.")
+def rewrite_cmd(model, target_name, out, disable, gelu, data, report, list_passes, seed, weights, trust_checkpoint,
+                distill, epochs, train_data, work_dir, keep_work):
     """Rewrite MODEL into an NPU-native graph (AutoNeural) and prove it: FP32 equivalence per pass,
-    target rule check (+ QNN compile for qnn-htp), quantisation-robustness report.
+    target rule check (+ QNN compile for qnn-htp), quantisation-robustness report. With --distill conv,
+    train a MobileNetV5-style conv student from the ViT instead and compare the two.
 
     \b
     Examples:
       edgevit rewrite --list-passes
       edgevit rewrite vit-small --target qnn-htp --out out/vit-small-htp
       edgevit rewrite vit-tiny --target ane --disable split-heads --gelu tanh --out out/ane
+      edgevit rewrite vit-small --distill conv --out out/vit-small-student   # resumable: rerun to continue
     """
     from edgevit.rewrite import PASSES
     if list_passes:
@@ -54,6 +64,11 @@ def rewrite_cmd(model, target_name, out, disable, gelu, data, report, list_passe
         return
     if not model or not out:
         raise UsageError("rewrite needs MODEL and --out DIR (or --list-passes)")
+    if distill:
+        return _distill(model, target_name, out, seed, weights, trust_checkpoint, epochs, train_data, work_dir,
+                        keep_work)
+    if epochs is not None or work_dir or keep_work:
+        raise UsageError("--epochs, --work-dir and --keep-work belong to --distill conv")
     from edgevit.rewrite.artifact import check_out_dir, write_artifact
     from edgevit.rewrite.checker import check_model, total_violations
     from edgevit.rewrite.pipeline import rewrite_model, validate_passes
@@ -91,6 +106,36 @@ def rewrite_cmd(model, target_name, out, disable, gelu, data, report, list_passe
     if reports:
         for k, r in reports.items():
             console.print(summary_line(k, r))
+    console.print(f"wrote {out_dir}")
+
+
+def _distill(model, target_name, out, seed, weights, trust_checkpoint, epochs, train_data, work_dir, keep_work):
+    from edgevit.data import parse_data_spec
+    from edgevit.rewrite.artifact import check_out_dir
+    from edgevit.rewrite.distill import DistillRecipe
+    from edgevit.rewrite.distill_stage import distill_conv, validate_teacher, write_student
+    from edgevit.rewrite.targets import load_target
+    out_dir = check_out_dir(out)
+    parse_data_spec(train_data)
+    target = load_target(target_name)
+    recipe = DistillRecipe(seed=seed, **({"epochs": epochs} if epochs else {})).validate()
+    teacher, meta = load(model, weights, trust_checkpoint)
+    validate_teacher(teacher, meta)
+    work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
+    console.print(f"distilling {meta.name} → conv student; checkpoints in {work} (rerun the command to resume)")
+    student_npu, smeta, rep, result, student = distill_conv(teacher, meta, target, recipe, work, train_data)
+    write_student(out_dir, student_npu, smeta, rep, result, student, keep_work, work)
+    t, s, sm = result["teacher"], result["student"], result["summary"]
+    precs = list(t["encoder"])
+    print_table(f"{meta.name} (ViT teacher) vs conv student", ["", "teacher", "student"],
+                [["test top-1 %", f"{t['test_top1']:.2f}", f"{s['test_top1']:.2f}"],
+                 ["params", f"{t['params']:,}", f"{s['params']:,}"],
+                 ["ORT ms (1 thread)", f"{t['ort_ms']:.3f}", f"{s['ort_ms']:.3f}"],
+                 *[[f"{p} encoder relRMS %", f"{100 * t['encoder'][p]['encoder_rel_rms']:.2f}",
+                    f"{100 * s['encoder'][p]['encoder_rel_rms']:.2f}"] for p in precs]])
+    console.print(f"student: {rep['check']['violations']} {target.name} violations; "
+                  + ", ".join(f"{p} relRMS {sm[f'{p}_rel_rms_ratio']}× lower" for p in precs)
+                  + f"; gap {sm['top1_gap_points']:+.2f} points")
     console.print(f"wrote {out_dir}")
 
 

@@ -20,13 +20,19 @@ DEVICES_HELP = ("A device count (identical devices) or a YAML file: devices: [{n
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to create.")
 @click.option("--keep", type=float, default=0.2, show_default=True,
               help="Largest sub-model's share of the original's parameters (the fastest device's budget).")
+@click.option("--latency", type=float, default=0.3, show_default=True,
+              help="Fastest device's sub-model batch-1 cost as a share of the original's (kernel launches + MACs; "
+                   "whole attention/MLP branches are pruned to meet it).")
+@click.option("--bits", default=None, help="Quantise every sub-model after distillation, e.g. w8a8 (quant/ spec).")
+@click.option("--fmt", default="int", show_default=True, help="Number format family for --bits: int, fp4, fp6, fp8, mx...")
+@click.option("--quantize-fusion", is_flag=True, help="With --bits, quantise the fusion head too.")
 @click.option("--data", default="fashion-mnist", show_default=True,
               help="Labelled training images (train split) for importance, distillation and fusion.")
 @click.option("--eval-data", default="fashion-mnist", show_default=True,
               help="Labelled images (test split) for the accuracy in the report.")
-@click.option("--train-images", type=click.IntRange(16), default=6000, show_default=True)
+@click.option("--train-images", type=click.IntRange(16), default=12000, show_default=True)
 @click.option("--fusion-images", type=click.IntRange(16), default=2000, show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=2, show_default=True, help="Distillation epochs per sub-model.")
+@click.option("--epochs", type=click.IntRange(1), default=4, show_default=True, help="Distillation epochs per sub-model.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -34,21 +40,23 @@ DEVICES_HELP = ("A device count (identical devices) or a YAML file: devices: [{n
               help="Checkpoints for resuming distillation (default .edgevit-split/MODEL-seedN).")
 @click.option("--latency-rounds", type=click.IntRange(5), default=100, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def split_cmd(model, weights, trust_checkpoint, devices_spec, out, keep, data, eval_data, train_images,
+def split_cmd(model, weights, trust_checkpoint, devices_spec, out, keep, latency, bits, fmt, quantize_fusion, data, eval_data, train_images,
               fusion_images, epochs, batch_size, lr, seed, work_dir, latency_rounds, overwrite):
     """Split MODEL across devices (ED-ViT): class-wise pruned sub-models, distilled, plus a fusion MLP.
 
-    Writes one directory per device (ONNX sub-model), fusion/, torch/, manifest.json and
-    split_report.json (sizes, MACs, measured latencies, accuracy vs the unsplit model).
+    Writes one directory per device (ONNX sub-model; quantised with --bits), fusion/, torch/,
+    manifest.json and split_report.json (sizes, MACs, measured latencies, accuracy vs the unsplit model).
 
     \b
     Examples:
       edgevit split vit-small --devices 4 --out out/split4
       edgevit split vit-small --devices devices.yaml --keep 0.3 --out out/split-het
+      edgevit split vit-small --devices 4 --bits w8a8 --fmt int --out out/split4-w8a8
     """
     from edgevit.data import load_data, parse_data_spec
     from edgevit.split import DistillRecipe, SplitOptions, build_split, parse_devices, write_split_artifact
     from edgevit.split.pipeline import validate
+    from edgevit.split.quantize import SplitQuant
     from edgevit.split.report import report_rows
     from runtimes.artifact import check_destination
     from runtimes.errors import RuntimeArtifactError
@@ -60,12 +68,17 @@ def split_cmd(model, weights, trust_checkpoint, devices_spec, out, keep, data, e
         raise UsageError(str(e)) from e
     if lr <= 0:
         raise UsageError("--lr must be positive")
+    if quantize_fusion and not bits:
+        raise UsageError("--quantize-fusion needs --bits (e.g. --bits w8a8)")
+    squant = SplitQuant(bits.lower(), fmt.lower(), quantize_fusion) if bits else None
+    if squant is not None:
+        squant.spec()
     train_spec, eval_spec = parse_data_spec(data), parse_data_spec(eval_data)
     module, meta = load(model, weights, trust_checkpoint)
     if train_spec.kind == "fashion-mnist" and len(meta.labels) != 10:
         raise UsageError(f"{meta.name} predicts {len(meta.labels)} classes but Fashion-MNIST has 10; "
                          "use --data/--eval-data folder:PATH with one sub-folder per class")
-    options = SplitOptions(keep=keep, train_images=train_images, fusion_images=fusion_images,
+    options = SplitOptions(keep=keep, latency=latency, quant=squant, train_images=train_images, fusion_images=fusion_images,
                            distill=DistillRecipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), seed=seed)
     validate(module, devices, options, len(meta.labels))
     x, y = load_data(train_spec, meta.preprocess, split="train", seed=seed)
@@ -84,6 +97,9 @@ def split_cmd(model, weights, trust_checkpoint, devices_spec, out, keep, data, e
                   f"original's params; total {s['total_reduction']:.2f}x smaller; parallel latency "
                   + ", ".join(f"b{b} {lat['parallel_vs_original'][b]:.2f}x" for b in lat["parallel_vs_original"])
                   + " of the original")
+    pm = report["parity"]["metrics"]
+    console.print(f"{bits + ' ' + fmt if bits else 'fp32'} ONNX vs torch split on {pm['n']} images: top-1 agreement "
+                  f"{100 * pm['top1_agreement']:.2f}%, max |Δlogit| {pm['max_abs']:.2e}, SQNR {pm['sqnr_db']} dB")
 
 
 @click.command("serve-split")

@@ -1,5 +1,5 @@
-"""Write a rewrite result directory atomically: model.pt, model.onnx, meta.json, rewrite.json,
-robustness.png and a manifest with the sha256 of every file."""
+"""Write a rewrite result directory atomically: model.pt, model.onnx, meta.json, rewrite.json (or
+distill.json + report.md + student.safetensors for the conv student), robustness.png and a manifest with the sha256 of every file."""
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +22,9 @@ def check_out_dir(out: str | Path) -> Path:
     return out
 
 
-def write_artifact(out: Path, model, meta, report: dict, robustness_reports: dict | None) -> Path:
+def write_artifact(out: Path, model, meta, report: dict, robustness_reports: dict | None,
+                   report_name: str = "rewrite.json", extra: dict | None = None) -> Path:
+    """`extra`: more files, name → str (text) or a callable writing to the path it is given."""
     from edgevit.rewrite.checker import export_for_check
     from edgevit.rewrite.robustness import plot
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -31,7 +33,12 @@ def write_artifact(out: Path, model, meta, report: dict, robustness_reports: dic
         torch.save(model, tmp / "model.pt")
         export_for_check(model, meta.input_shape, tmp / "model.onnx")
         (tmp / "meta.json").write_text(json.dumps(meta.to_dict(), indent=2))
-        (tmp / "rewrite.json").write_text(json.dumps(report, indent=2, default=float))
+        (tmp / report_name).write_text(json.dumps(report, indent=2, default=float))
+        for name, content in (extra or {}).items():
+            if callable(content):
+                content(tmp / name)
+            else:
+                (tmp / name).write_text(content)
         if robustness_reports:
             plot(robustness_reports, tmp / "robustness.png")
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())}

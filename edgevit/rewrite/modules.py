@@ -66,14 +66,22 @@ class NpuAttention(nn.Module):
         if self.split_heads:
             outs = []
             for qh, kh, vh in zip(q.split(d, 1), kt.split(d, 3), v.split(d, 1)):
-                st = (kh.reshape(b, 1, s, d) @ qh.reshape(b, 1, d, s)).softmax(dim=2)   # (B,1,keys,queries)
-                outs.append((vh.reshape(b, 1, d, s) @ st).reshape(b, d, 1, s))
+                st = self.attend(qh.reshape(b, 1, d, s), kh.reshape(b, 1, s, d))        # (B,1,keys,queries)
+                outs.append(self.aggregate(st, vh.reshape(b, 1, d, s)).reshape(b, d, 1, s))
             out = torch.cat(outs, dim=1)
         else:
             kt = kt.reshape(b, s, h, d).permute(0, 2, 1, 3)       # (B, H, S, d)
-            st = (kt @ q.reshape(b, h, d, s)).softmax(dim=2)     # (B, H, keys, queries)
-            out = (v.reshape(b, h, d, s) @ st).reshape(b, c, 1, s)
+            st = self.attend(q.reshape(b, h, d, s), kt)           # (B, H, keys, queries)
+            out = self.aggregate(st, v.reshape(b, h, d, s)).reshape(b, c, 1, s)
         return self.proj(out)
+
+    def attend(self, q: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+        """scoresᵀ = softmax over keys of kᵀ·q; a method (like the bundled ViT's) so quant/ can
+        quantise both matmul inputs of the rewritten graph exactly where it does in the original."""
+        return (kt @ q).softmax(dim=2)
+
+    def aggregate(self, attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return v @ attn
 
 
 class NpuMlp(nn.Module):

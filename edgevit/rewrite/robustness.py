@@ -1,31 +1,40 @@
 """Quantisation-robustness report (AutoNeural's metric): relative RMS error and SQNR = −20·log10(relRMS)
 of every layer's output and of the encoder output under W8A16, W8A8 and W4A16.
 
-A small self-contained fake-quant (quant/ is not importable yet): weights symmetric per output channel,
-activations asymmetric per tensor with min/max from calibration data, round-to-nearest — the
-plain PTQ an NPU compiler applies, so the numbers measure the graph's robustness, not a clever
-quantiser. Every layer output (and the model input) is quantised, errors propagate as on device.
+Quantisation is quant/'s INT PTQ with the plain scheme an NPU compiler applies (QNN's default
+encodings): weights symmetric per output channel, activations asymmetric per tensor with a static
+min–max range from calibration data, round to nearest. It quantises the same tensors in the original
+and the rewritten graph — every weight, every GEMM/conv input, both inputs of each attention matmul,
+and the inputs of LayerNorm and GELU (on an NPU the residual stream enters LayerNorm as an integer
+tensor; that is where ViTs lose most). quant/ knows LayerNorm and GELU by class; the rewritten
+graph's ChannelLayerNorm and Gelu-op modules get quant's own ActQuantizer on their input here, so
+before/after numbers differ only by what the rewrite changed.
 """
 from __future__ import annotations
 
 import copy
 import math
-import re
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+import quant
+from quant.ptq import apply_plan
 from edgevit.errors import UsageError
+from edgevit.rewrite.modules import ChannelLayerNorm, GeluOp, SigmoidGelu
 
-_WEIGHTED = (nn.Conv2d, nn.Linear)
-_SKIP = (nn.Identity, nn.Dropout, nn.Sequential, nn.ModuleList)
+_EXTRA_INPUT_POINTS = {ChannelLayerNorm: "norm", GeluOp: "gelu", SigmoidGelu: "gelu"}
+_ACT_ATTRS = ("input_quant", "q_quant", "k_quant", "v_quant", "softmax_quant")
 
 
-def parse_precision(spec: str) -> tuple[int, int]:
-    m = re.fullmatch(r"w(\d+)a(\d+)", spec.lower())
-    if not m or not (2 <= int(m[1]) <= 16 and 2 <= int(m[2]) <= 16):
-        raise UsageError(f"bad precision {spec!r}; write wNaM with 2 ≤ N, M ≤ 16, e.g. w8a16")
-    return int(m[1]), int(m[2])
+def precision_spec(spec: str) -> quant.QuantSpec:
+    """quant/ INT spec for `wNaM`, min–max observers throughout, norm and GELU inputs quantised."""
+    try:
+        return quant.parse_spec("int", spec, recipe={"weight_observer": "minmax", "act_observer": "minmax",
+                                                     "quantize_norm_inputs": True, "quantize_gelu_inputs": True})
+    except quant.SpecError as e:
+        raise UsageError(f"bad precision {spec!r}: {e}") from e
 
 
 def rel_rms(reference: torch.Tensor, test: torch.Tensor) -> float:
@@ -38,27 +47,8 @@ def sqnr_from_rel_rms(rel: float) -> float:
     return float("inf") if rel == 0 else -20.0 * math.log10(rel)
 
 
-def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric per-output-channel round-to-nearest."""
-    qmax = 2 ** (bits - 1) - 1
-    scale = w.abs().reshape(w.shape[0], -1).amax(1).clamp_min(1e-12) / qmax
-    scale = scale.reshape(-1, *([1] * (w.dim() - 1)))
-    return (w / scale).round().clamp(-qmax - 1, qmax) * scale
-
-
-def fake_quant_act(x: torch.Tensor, lo: float, hi: float, bits: int) -> torch.Tensor:
-    """Asymmetric per-tensor with the calibrated range [lo, hi] (always containing 0)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    levels = 2 ** bits - 1
-    scale = max(hi - lo, 1e-12) / levels
-    zero = round(-lo / scale)
-    return ((x / scale).round() + zero).clamp(0, levels).sub(zero).mul(scale)
-
-
-def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Leaf modules that compute something (convs, linears, norms, activations), in definition order."""
-    return [(n, m) for n, m in model.named_modules()
-            if n and not list(m.children()) and not isinstance(m, _SKIP)]
+def rel_rms_from_sqnr(sqnr: float) -> float:
+    return 0.0 if math.isinf(sqnr) else 10.0 ** (-sqnr / 20.0)
 
 
 def encoder_name(model: nn.Module) -> str:
@@ -70,50 +60,63 @@ def encoder_name(model: nn.Module) -> str:
     return ""
 
 
-@torch.no_grad()
-def _ranges(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple[float, float]]:
-    mods, rng, hooks = dict(model.named_modules()), {}, []
+def _quantise_input(module: nn.Module, _args):
+    q = module.input_quant
+    return None if q is None else (q(_args[0]), *_args[1:])
 
-    def hook(name):
-        def f(_, __, out):
-            lo, hi = float(out.min()), float(out.max())
-            old = rng.get(name, (lo, hi))
-            rng[name] = (min(lo, old[0]), max(hi, old[1]))
-        return f
-    hooks = [mods[n].register_forward_hook(hook(n)) for n in names]
+
+def quantize_for_report(model: nn.Module, spec: quant.QuantSpec, calib: torch.Tensor) -> nn.Module:
+    """quant.quantize_model, plus quant's ActQuantizer on the inputs of the NPU-layout norm/GELU
+    modules quant/ does not know by class; all calibrated together."""
+    plan = quant.plan_model(model, spec)
+    qmodel = copy.deepcopy(model).eval()        # quant.quantize_model's steps, with the extra points
+    for p in qmodel.parameters():                # added before calibration
+        p.requires_grad_(False)
+    apply_plan(qmodel, plan)
+    qmodel.quant_plan, qmodel.quant_spec = plan, spec
+    for _, m in qmodel.named_modules():
+        kind = _EXTRA_INPUT_POINTS.get(type(m))
+        if kind:
+            m.input_quant = quant.ActQuantizer(spec.default.act, axis=1)
+            m.quant_kind = kind                     # quant.quantized_layers / layer_sqnr list it
+            m.register_forward_pre_hook(_quantise_input)
+    quant.calibrate(qmodel, calib)
+    return qmodel
+
+
+@contextmanager
+def only_layer(qmodel: nn.Module, keep: str):
+    """Within the block, every quantised layer but `keep` computes in float (quantisers detached)."""
+    saved = []
+    for name, m in quant.quantized_layers(qmodel):
+        if name == keep:
+            continue
+        if getattr(m, "weight_quant", None) is not None:
+            saved.append((m, "weight_quant", m.weight_quant))
+            m.weight_quant = None
+        for attr in _ACT_ATTRS:
+            q = getattr(m, attr, None)
+            if isinstance(q, quant.ActQuantizer):
+                saved.append((m, attr, q))
+                setattr(m, attr, nn.Identity())
     try:
-        model(x)
+        yield
     finally:
-        for h in hooks:
-            h.remove()
-    rng[""] = (float(x.min()), float(x.max()))
-    return rng
+        for m, attr, q in saved:
+            setattr(m, attr, q)
 
 
 @torch.no_grad()
-def _quantised_copy(model, names, ranges, w_bits, a_bits):
-    q = copy.deepcopy(model)
-    mods = dict(q.named_modules())
-    for n in names:
-        m = mods[n]
-        if isinstance(m, _WEIGHTED):
-            m.weight.copy_(fake_quant_weight(m.weight, w_bits))
-        if n in ranges:
-            lo, hi = ranges[n]
-            m.register_forward_hook(lambda _, __, out, lo=lo, hi=hi: fake_quant_act(out, lo, hi, a_bits))
-    return q
-
-
-@torch.no_grad()
-def _outputs(model: nn.Module, names: list[str], x: torch.Tensor) -> tuple[dict, torch.Tensor]:
-    mods, outs = dict(model.named_modules()), {}
-    hooks = [mods[n].register_forward_hook(lambda _, __, o, n=n: outs.__setitem__(n, o)) for n in names]
+def _run(model: nn.Module, x: torch.Tensor, enc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(encoder output, logits)."""
+    out = {}
+    h = dict(model.named_modules())[enc].register_forward_hook(lambda _, __, o: out.__setitem__("e", o)) if enc else None
     try:
         y = model(x)
     finally:
-        for h in hooks:
+        if h is not None:
             h.remove()
-    return outs, y
+    return out.get("e", y), y
 
 
 @torch.no_grad()
@@ -122,30 +125,30 @@ def robustness(model: nn.Module, calib: torch.Tensor, x: torch.Tensor,
     """Per-layer and encoder relRMS/SQNR for each precision; `dominant` names the `top_k` layers whose
     quantisation alone costs the encoder output the most."""
     model = model.eval()
-    all_layers = [n for n, _ in layers(model)]
+    specs = {p: precision_spec(p) for p in precisions}
     enc = encoder_name(model)
-    ranges = _ranges(model, all_layers, calib)
-    fp_outs, fp_y = _outputs(model, all_layers + ([enc] if enc else []), x)
-    fp_enc = fp_outs.get(enc, fp_y)
-    report = {"encoder": enc or "output", "layers": all_layers, "precisions": {}}
-    for spec in precisions:
-        w_bits, a_bits = parse_precision(spec)
-        q = _quantised_copy(model, all_layers, ranges, w_bits, a_bits)
-        lo, hi = ranges[""]
-        q_outs, q_y = _outputs(q, all_layers + ([enc] if enc else []), fake_quant_act(x, lo, hi, a_bits))
-        per_layer = {n: rel_rms(fp_outs[n], q_outs[n]) for n in all_layers}
-        enc_rel = rel_rms(fp_enc, q_outs.get(enc, q_y))
+    fp_enc, fp_y = _run(model, x, enc)
+    report = {"encoder": enc or "output", "layers": [], "precisions": {},
+              "scheme": "quant/ INT: weights per-channel symmetric, activations per-tensor asymmetric static "
+                        "(min-max calibration), round-to-nearest; inputs of GEMMs, attention matmuls, "
+                        "LayerNorm and GELU quantised"}
+    for p, spec in specs.items():
+        q = quantize_for_report(model, spec, calib)
+        rows = quant.layer_sqnr(model, q, x)
+        q_enc, q_y = _run(q, x, enc)
         isolated = {}
-        for n in all_layers:       # one layer quantised at a time: who dominates the encoder error
-            one = _quantised_copy(model, [n], {n: ranges[n]}, w_bits, a_bits)
-            o, y1 = _outputs(one, [enc] if enc else [], x)
-            isolated[n] = rel_rms(fp_enc, o.get(enc, y1))
+        for r in rows:
+            with only_layer(q, r["layer"]):
+                isolated[r["layer"]] = rel_rms(fp_enc, _run(q, x, enc)[0])
         dominant = sorted(isolated, key=isolated.get, reverse=True)[:top_k]
-        report["precisions"][spec] = {
+        enc_rel = rel_rms(fp_enc, q_enc)
+        report["layers"] = [r["layer"] for r in rows]
+        report["precisions"][p] = {
             "encoder_rel_rms": enc_rel, "encoder_sqnr_db": sqnr_from_rel_rms(enc_rel),
             "logits_sqnr_db": sqnr_from_rel_rms(rel_rms(fp_y, q_y)),
             "top1_agreement": float((fp_y.argmax(1) == q_y.argmax(1)).double().mean() * 100),
-            "layers": {n: {"rel_rms": r, "sqnr_db": sqnr_from_rel_rms(r)} for n, r in per_layer.items()},
+            "layers": {r["layer"]: {"kind": r["kind"], "rel_rms": rel_rms_from_sqnr(r["output_sqnr_db"]),
+                                    "sqnr_db": r["output_sqnr_db"]} for r in rows},
             "dominant": [{"layer": n, "encoder_rel_rms_alone": isolated[n]} for n in dominant]}
     return report
 

@@ -7,9 +7,10 @@
       - {name: pi5,    memory_mb: 2, compute: 1.0}
 
 `compute` is throughput relative to the machine that measures latency (1.0 = this host); `memory_mb`
-bounds the sub-model's weights. Sizing: latency ∝ MACs / compute and MACs ∝ parameters for a fixed token
-count, so giving device d the budget keep·P·c_d / max(c) equalises the devices' latencies (the slowest
-device sets the parallel latency); memory caps it. Assignment is ED-ViT's greedy: the hardest subset
+bounds the sub-model's weights. Sizing: each device gets a parameter budget keep·P·c_d / max(c) (capped
+by its memory) and a latency-cost budget latency·C·c_d / max(c), C the original's batch-1 cost (cost.py:
+kernel launches + MACs), so sub-models finish together on devices of different speed (the slowest
+device sets the parallel latency). Assignment is ED-ViT's greedy: the hardest subset
 (most confusion kept inside it) goes to the device with the largest budget, and so on down.
 An infeasible plan (a device whose memory cannot hold the smallest sub-model) is a UsageError.
 """
@@ -104,6 +105,17 @@ def plan_budgets(devices: list[Device], full_params: int, keep: float, min_param
                              f"({need:.3f} MB) but its budget allows {b}; raise its memory_mb, --keep, or use "
                              "fewer devices")
         budgets.append(b)
+    return budgets
+
+
+def plan_costs(devices: list[Device], full_cost: int, latency: float, min_cost: int) -> list[float]:
+    """Latency-cost budget of each device's sub-model (see module docstring); UsageError when infeasible."""
+    top = max(d.compute for d in devices)
+    budgets = [latency * full_cost * d.compute / top for d in devices]
+    for d, b in zip(devices, budgets):
+        if b < min_cost:
+            raise UsageError(f"device {d.name} cannot meet --latency {latency:g}: even a one-branch sub-model "
+                             f"costs {min_cost / full_cost:.3f}x the original on it; raise --latency or its compute")
     return budgets
 
 

@@ -23,7 +23,7 @@ from edgevit.split.prune import group_logits, group_targets
 
 @dataclass
 class DistillRecipe:
-    epochs: int = 2
+    epochs: int = 4
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.01

@@ -43,19 +43,24 @@ class Prediction:
 class SplitPlan:
     """The parts of a split artifact an executor needs, read from its verified manifest."""
 
-    def __init__(self, directory: str | Path, verify: bool = True):
-        from runtimes.artifact import load_artifact
-        from runtimes.errors import RuntimeArtifactError
-        try:
-            art = load_artifact(directory, verify=verify)
-        except RuntimeArtifactError as e:
-            raise UsageError(str(e)) from e
-        if art.runtime != "split":
-            raise UsageError(f"{directory} is a {art.runtime} artifact, not a split one; create it with `edgevit split`")
-        self.root, self.manifest = art.root, art.manifest
-        self.devices: list[dict] = art.manifest["split"]["devices"]
-        self.fusion: dict = art.manifest["split"]["fusion"]
-        self.input_shape = tuple(art.manifest["input"]["shape"])
+    def __init__(self, directory: str | Path, verify: bool = True, manifest: dict | None = None):
+        """`manifest` given: use it for the files under `directory` as they are (the parity check run
+        while the artifact is still being written); otherwise load and verify `directory`."""
+        if manifest is None:
+            from runtimes.artifact import load_artifact
+            from runtimes.errors import RuntimeArtifactError
+            try:
+                art = load_artifact(directory, verify=verify)
+            except RuntimeArtifactError as e:
+                raise UsageError(str(e)) from e
+            if art.runtime != "split":
+                raise UsageError(f"{directory} is a {art.runtime} artifact, not a split one; "
+                                 "create it with `edgevit split`")
+            directory, manifest = art.root, art.manifest
+        self.root, self.manifest = Path(directory), manifest
+        self.devices: list[dict] = manifest["split"]["devices"]
+        self.fusion: dict = manifest["split"]["fusion"]
+        self.input_shape = tuple(manifest["input"]["shape"])
 
     def model_path(self, device: dict) -> Path:
         return self.root / device["model"]
@@ -70,12 +75,24 @@ class SplitPlan:
         return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
 
-def ort_session(path: Path, threads: int = 1):
+def session_config(part: dict) -> dict:
+    """onnxruntime session entries a part's quantised graph asks for (runtimes.onnx.quantized)."""
+    return dict((part.get("quant") or {}).get("runtime_options") or {})
+
+
+def ort_session(model: Path | bytes, threads: int = 1, config: dict | None = None):
+    """A sequential, `threads`-thread CPU session with every graph optimisation on."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    opts.log_severity_level = 3
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, str(value))
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 class Executor:
@@ -85,7 +102,8 @@ class Executor:
         if timeout_s <= 0:
             raise UsageError("--timeout must be positive")
         self.plan, self.timeout_s, self.degrade = plan, timeout_s, degrade
-        self.fusion = ort_session(plan.root / plan.fusion["model"])
+        self.fusion = ort_session(plan.root / plan.fusion["model"], config=session_config(plan.fusion))
+        self.fusion_input = self.fusion.get_inputs()[0].name
 
     def predict(self, x: np.ndarray) -> Prediction:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -99,7 +117,7 @@ class Executor:
             raise DeviceError(name, errors.get(name, f"did not answer within {self.timeout_s:g} s"))
         if len(missing) == len(self.plan.devices):
             raise DeviceError(missing[0], "and every other device failed; nothing to fuse")
-        logits = self.fusion.run(None, {"features": self.plan.fuse_input(outputs, len(x))})[0]
+        logits = self.fusion.run(None, {self.fusion_input: self.plan.fuse_input(outputs, len(x))})[0]
         return Prediction(logits, missing, times)
 
     def _gather(self, x: np.ndarray) -> tuple[dict, dict, dict]:
@@ -123,7 +141,8 @@ class LocalExecutor(Executor):
                  threads_per_device: int = 1):
         plan = directory if isinstance(directory, SplitPlan) else SplitPlan(directory)
         super().__init__(plan, timeout_s, degrade)
-        self.sessions = {d["name"]: ort_session(plan.model_path(d), threads_per_device) for d in plan.devices}
+        self.sessions = {d["name"]: ort_session(plan.model_path(d), threads_per_device, session_config(d))
+                         for d in plan.devices}
         self.pool = cf.ThreadPoolExecutor(max_workers=len(self.sessions), thread_name_prefix="edgevit-device")
 
     def _run(self, name: str, x: np.ndarray) -> tuple[np.ndarray, float]:

@@ -3,6 +3,8 @@
 Each sub-model emits |S_i|+1 logits (its classes and "other"); the fusion head sees their
 concatenation. Its input standardisation is baked in as buffers, so a missing device's slice can be
 filled with the training mean (standardised zero) when a degraded prediction is asked for.
+A quantised split (`--bits`) holds quant/ fake-quant modules; its config records the quant settings so
+`load_split` rebuilds the same quantisers and loads their calibrated scales from the weights file.
 """
 from __future__ import annotations
 
@@ -29,11 +31,12 @@ class FusionHead(nn.Module):
 class SplitModel(nn.Module):
     """`forward(x)` = fusion(concat(sub_i(x))): what the executors reproduce across devices."""
 
-    def __init__(self, subs: list[SubViT], subsets: list[list[int]], fusion: FusionHead):
+    def __init__(self, subs: list[SubViT], subsets: list[list[int]], fusion: FusionHead, quant: dict | None = None):
         super().__init__()
         self.subs = nn.ModuleList(subs)
         self.subsets = [list(map(int, s)) for s in subsets]
         self.fusion = fusion
+        self.quant = quant          # SplitQuant.to_dict() when the sub-models are quantised
 
     def sub_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [m(x) for m in self.subs]
@@ -44,13 +47,23 @@ class SplitModel(nn.Module):
     def config(self) -> dict:
         return {"subs": [m.config for m in self.subs], "subsets": self.subsets,
                 "fusion": {"in_dim": self.fusion.fc1.in_features, "hidden": self.fusion.fc1.out_features,
-                           "num_classes": self.fusion.fc2.out_features}}
+                           "num_classes": self.fusion.fc2.out_features}, "quant": self.quant}
 
     @classmethod
     def from_config(cls, config: dict) -> "SplitModel":
         f = config["fusion"]
-        return cls([SubViT.from_config(c) for c in config["subs"]], config["subsets"],
-                   FusionHead(f["in_dim"], f["num_classes"], f["hidden"]))
+        subs = [SubViT.from_config(c) for c in config["subs"]]
+        fusion = FusionHead(f["in_dim"], f["num_classes"], f["hidden"])
+        q = config.get("quant")
+        if q:   # same quantisers; a dummy batch only sizes them, load_state_dict brings the real scales
+            import quant
+            from edgevit.split.quantize import SplitQuant
+            spec = SplitQuant(**q).spec()
+            subs = [quant.quantize_model(s, spec, torch.zeros(1, s.config["in_chans"], s.config["img_size"],
+                                                              s.config["img_size"])) for s in subs]
+            if q["fusion"]:
+                fusion = quant.quantize_model(fusion, spec, torch.zeros(1, f["in_dim"]))
+        return cls(subs, config["subsets"], fusion, q)
 
 
 def save_split(model: SplitModel, directory: Path) -> list[Path]:

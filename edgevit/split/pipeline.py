@@ -18,18 +18,22 @@ from edgevit.errors import UsageError
 from edgevit.split import devices as dev
 from edgevit.split.distill import DistillRecipe, batched, distill_submodel, teacher_logits, train_fusion
 from edgevit.split.model import SplitModel
+from edgevit.split.quantize import SplitQuant, quantize_split
 from edgevit.split.partition import confusion_matrix, partition_classes, within_confusion
-from edgevit.split.prune import full_params, min_params, prune_for_subset
+from edgevit.split.cost import vit_cost
+from edgevit.split.prune import full_params, min_cost, min_params, prune_for_subset
 from edgevit.split.subvit import check_vit
 
 
 @dataclass
 class SplitOptions:
     keep: float = 0.2              # largest sub-model's share of the original's parameters
-    train_images: int = 6000
+    latency: float = 0.3           # fastest device's sub-model: share of the original's batch-1 cost (cost.py)
+    train_images: int = 12000
     fusion_images: int = 2000
     score_images: int = 512        # images for the importance scores of each sub-model
     fusion_epochs: int = 60
+    quant: SplitQuant | None = None   # --bits: quantise every sub-model after distillation
     distill: DistillRecipe = field(default_factory=DistillRecipe)
     seed: int = 0
 
@@ -37,23 +41,29 @@ class SplitOptions:
         return asdict(self)
 
 
-def validate(model: nn.Module, devices: list[dev.Device], options: SplitOptions, num_classes: int) -> list[int]:
-    """Every check that needs no training, run before any work; returns the per-device budgets."""
+def validate(model: nn.Module, devices: list[dev.Device], options: SplitOptions,
+             num_classes: int) -> tuple[list[int], list[float]]:
+    """Every check that needs no training, run before any work; returns per-device parameter and cost budgets."""
     check_vit(model)
     if not 0 < options.keep <= 1:
         raise UsageError(f"--keep must be in (0, 1], got {options.keep}")
+    if not 0 < options.latency <= 1:
+        raise UsageError(f"--latency must be in (0, 1], got {options.latency}")
+    if options.quant is not None:
+        options.quant.spec()
     if len(devices) > num_classes:
         raise UsageError(f"{len(devices)} devices but only {num_classes} classes; each device needs at least one "
                          f"class, so use at most {num_classes} devices")
     outputs = -(-num_classes // len(devices)) + 1      # the largest subset's classes + "other"
-    return dev.plan_budgets(devices, full_params(model), options.keep, min_params(model, outputs))
+    return (dev.plan_budgets(devices, full_params(model), options.keep, min_params(model, outputs)),
+            dev.plan_costs(devices, vit_cost(model), options.latency, min_cost(model, outputs)))
 
 
 def build_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, devices: list[dev.Device],
                 options: SplitOptions, work_dir: Path | None = None, progress: bool = True) -> tuple[SplitModel, dict]:
     """The split model (sub-model i runs on device plan['devices'][i]) and the plan describing it."""
     num_classes = model.head.out_features
-    budgets = validate(model, devices, options, num_classes)
+    budgets, costs = validate(model, devices, options, num_classes)
     need = options.train_images + options.fusion_images
     if len(x) < need:
         raise UsageError(f"split needs {need} labelled training images (--train-images + --fusion-images) "
@@ -75,22 +85,27 @@ def build_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, devices: lis
     subsets, difficulty = [subsets[i] for i in order], [difficulty[i] for i in order]
 
     subs, records = [], []
-    for i, (d, subset, budget) in enumerate(zip(devices, subsets, budgets)):
+    for i, (d, subset, budget, cost) in enumerate(zip(devices, subsets, budgets, costs)):
         sub, info = prune_for_subset(model, torch.tensor(subset), budget, xtr, ytr, num_classes,
-                                     options.score_images, options.seed + i)
+                                     options.score_images, options.seed + i, cost_budget=cost)
         recipe = DistillRecipe(**{**options.distill.to_dict(), "seed": options.distill.seed + i})
         ckpt = work_dir / f"{d.name}.pt" if work_dir is not None else None
         history = distill_submodel(sub, subset, xtr, ytr, t_train, recipe, ckpt, desc=f"distill {d.name}",
                                    progress=progress)
         subs.append(sub.eval())
-        records.append({**info, "budget_params": budget, "distill": history})
+        records.append({**info, "budget_params": budget, "budget_cost": int(cost),
+                        "cost_share": round(info["cost"] / vit_cost(model), 4), "distill": history})
 
     feats = torch.cat([batched(s, xfu) for s in subs], dim=-1)
     fusion = train_fusion(feats, yfu, t_fuse, num_classes, epochs=options.fusion_epochs, seed=options.seed,
                           progress=progress)
     split = SplitModel(subs, subsets, fusion).eval()
+    if options.quant is not None:
+        with tqdm(total=1, desc=f"quantise {options.quant.bits}", disable=not progress, leave=False) as bar:
+            split = quantize_split(split, options.quant, xtr, ytr, xfu, seed=options.seed)
+            bar.update()
     plan = {"devices": [{**d.to_dict(), "classes": s, "difficulty": round(df, 4), **r}
                         for d, s, df, r in zip(devices, subsets, difficulty, records)],
             "confusion": confusion.tolist(), "options": options.to_dict(),
-            "original_params": full_params(model)}
+            "original_params": full_params(model), "original_cost": vit_cost(model)}
     return split, plan

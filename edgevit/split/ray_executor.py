@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.errors import UsageError
-from edgevit.split.executors import DeviceError, Executor, SplitPlan
+from edgevit.split.executors import DeviceError, Executor, SplitPlan, session_config
 
 
 def _require_ray():
@@ -29,12 +29,10 @@ def _require_ray():
 class _DeviceWorker:
     """Body of the per-device actor: an onnxruntime session over the sub-model bytes."""
 
-    def __init__(self, name: str, model_bytes: bytes, threads: int = 1):
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    def __init__(self, name: str, model_bytes: bytes, threads: int = 1, config: dict | None = None):
+        from edgevit.split.executors import ort_session
         self.name = name
-        self.session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(model_bytes, threads, config)
 
     def ready(self) -> str:
         return self.name
@@ -65,7 +63,8 @@ class RayExecutor(Executor):
         for d in plan.devices:
             blob = ray.put(plan.model_path(d).read_bytes())
             self.actors[d["name"]] = actor_cls.options(resources={d["ray_resource"]: 1},
-                                                       name=None).remote(d["name"], blob, threads_per_device)
+                                                       name=None).remote(d["name"], blob, threads_per_device,
+                                                                        session_config(d))
         self._wait_ready(start_timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:

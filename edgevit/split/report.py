@@ -8,6 +8,7 @@ relative `compute`. Transfer time between devices is not modelled (the outputs a
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -22,9 +23,9 @@ from edgevit.split.model import SplitModel
 
 
 def measure_latency_ms(paths: dict[str, Path], inputs: dict[str, np.ndarray], rounds: int = 100,
-                       warmup: int = 5) -> dict[str, float]:
+                       warmup: int = 5, configs: dict[str, dict] | None = None) -> dict[str, float]:
     """Median wall time (ms) of one `run` per model, interleaved across models."""
-    sessions = {k: ort_session(p, threads=1) for k, p in paths.items()}
+    sessions = {k: ort_session(p, threads=1, config=(configs or {}).get(k)) for k, p in paths.items()}
     names = {k: s.get_inputs()[0].name for k, s in sessions.items()}
     times = {k: [] for k in sessions}
     for r in range(warmup + rounds):
@@ -38,8 +39,9 @@ def measure_latency_ms(paths: dict[str, Path], inputs: dict[str, np.ndarray], ro
 
 def build_report(split: SplitModel, plan: dict, original: nn.Module, input_shape: tuple[int, ...],
                  files: dict[str, Path], x_eval: torch.Tensor, y_eval: torch.Tensor, labels: list[str],
-                 batches: tuple[int, ...] = (1, 64), rounds: int = 100) -> dict:
-    """`files` maps 'original', 'fusion' and every device name to its ONNX file."""
+                 batches: tuple[int, ...] = (1, 64), rounds: int = 100, configs: dict[str, dict] | None = None) -> dict:
+    """`files` maps 'original', 'fusion' and every device name to its ONNX file; `configs` their
+    onnxruntime session entries (quantised graphs)."""
     acc_orig = evaluate(original, x_eval, y_eval)
     acc_split = evaluate(split, x_eval, y_eval)
     n_feat = split.fusion.fc1.in_features
@@ -47,7 +49,8 @@ def build_report(split: SplitModel, plan: dict, original: nn.Module, input_shape
     for b in batches:
         img = np.zeros((b, *input_shape[1:]), np.float32)
         inputs = {k: (np.zeros((b, n_feat), np.float32) if k == "fusion" else img) for k in files}
-        latency[b] = measure_latency_ms(files, inputs, rounds=rounds if b == 1 else max(10, rounds // 5))
+        latency[b] = measure_latency_ms(files, inputs, rounds=rounds if b == 1 else max(10, rounds // 5),
+                                        configs=configs)
     o_params = count_params(original)
     devices = []
     for d, sub in zip(plan["devices"], split.subs):
@@ -56,6 +59,7 @@ def build_report(split: SplitModel, plan: dict, original: nn.Module, input_shape
             "device": d["name"], "classes": [labels[c] for c in d["classes"]], "params": p,
             "fp32_bytes": fp32_size_bytes(sub), "file_bytes": files[d["name"]].stat().st_size,
             "macs": count_macs(sub, input_shape), "heads": sum(d["heads"]), "hidden": sum(d["hidden"]),
+            "branches": d["branches"], "cost_share": d["cost_share"],
             "size_reduction": round(o_params / p, 2),
             "latency_ms": {str(b): round(latency[b][d["name"]], 4) for b in batches},
             "expected_latency_ms": {str(b): round(latency[b][d["name"]] / d["compute"], 4) for b in batches}})
@@ -79,8 +83,11 @@ def build_report(split: SplitModel, plan: dict, original: nn.Module, input_shape
                     "original_ms": {str(b): round(latency[b]["original"], 4) for b in batches},
                     "parallel_vs_original": {str(b): round(parallel[str(b)] / latency[b]["original"], 4)
                                              for b in batches},
-                    "method": "onnxruntime CPU, 1 thread per model, interleaved rounds, median; "
-                              "parallel = slowest device (latency / compute) + fusion"},
+                    "method": "onnxruntime CPU (all graph optimisations), 1 thread per model, interleaved rounds, "
+                              "median; parallel = slowest device (latency / compute) + fusion; original = the "
+                              "unsplit FP32 model",
+                    "loadavg": [round(v, 2) for v in os.getloadavg()]},
+        "quant": split.quant,
     }
 
 

@@ -4,7 +4,8 @@
 into a genuinely smaller dense module: qkv rows and proj columns of the kept heads, fc1 rows and
 fc2 columns of the kept hidden units. A block left with no heads (or no hidden units) drops that
 branch entirely, so its residual passes straight through — no masked weights, no zero-sized ops.
-Optional per-head / per-unit gates (default off) let `importance.py` take Taylor scores.
+Optional per-head / per-unit / per-branch gates (default off) let `prune.py` take Taylor scores.
+Attention exposes `attend`/`aggregate` like the bundled ViT's, so quant/ can quantise its matmuls.
 """
 from __future__ import annotations
 
@@ -27,10 +28,16 @@ class PrunedAttention(nn.Module):
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        out = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v      # (B, H, N, hd)
+        out = self.aggregate(self.attend(q * self.scale, k), v)                # (B, H, N, hd)
         if self.gate is not None:
             out = out * self.gate.reshape(-1, self.num_heads, 1, 1)
         return self.proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return (q @ k.transpose(-2, -1)).softmax(dim=-1)
+
+    def aggregate(self, attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attn @ v
 
 
 class PrunedMlp(nn.Module):
@@ -53,12 +60,16 @@ class PrunedBlock(nn.Module):
         self.attn = PrunedAttention(dim, heads, head_dim) if heads else None
         self.norm2 = nn.LayerNorm(dim, eps=1e-6) if hidden else None
         self.mlp = PrunedMlp(dim, hidden) if hidden else None
+        self.gates: tuple[torch.Tensor, torch.Tensor] | None = None   # per-sample (B,) branch gates while scoring
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g1, g2 = (None, None) if self.gates is None else (g.reshape(-1, 1, 1) for g in self.gates)
         if self.attn is not None:
-            x = x + self.attn(self.norm1(x))
+            a = self.attn(self.norm1(x))
+            x = x + (a if g1 is None else a * g1)
         if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
+            m = self.mlp(self.norm2(x))
+            x = x + (m if g2 is None else m * g2)
         return x
 
 

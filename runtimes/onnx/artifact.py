@@ -26,11 +26,13 @@ def export_onnx_artifact(model: nn.Module, out: str | Path, *, input_shape: tupl
                          labels: list[str], parity_inputs: np.ndarray, parity_labels: np.ndarray | None = None,
                          parity_data: str = "", model_info: dict | None = None, quant_spec=None,
                          opset: int | None = None, dynamic_batch: bool = True, overwrite: bool = False,
-                         threads: int = 1, tools: dict | None = None) -> Artifact:
+                         threads: int = 1, tools: dict | None = None, graph_form: str = "exact",
+                         calib_inputs: np.ndarray | None = None) -> Artifact:
     """Export `model` (FP32, or with `quant_spec` the quantised graph of runtimes.onnx.quantized) to `out`.
 
     `model` is the torch reference: the float model, or the fake-quant model whose rounding the quantised
-    graph reproduces. Parity on `parity_inputs` (preprocessed float32 NCHW) must pass the precision's
+    graph reproduces (`graph_form`, `calib_inputs`: see export_quantized_onnx). Parity on
+    `parity_inputs` (preprocessed float32 NCHW) must pass the precision's
     thresholds or nothing is written (ParityError).
     """
     from runtimes.onnx.quantized import export_quantized_onnx
@@ -45,7 +47,8 @@ def export_onnx_artifact(model: nn.Module, out: str | Path, *, input_shape: tupl
             quant_block = None
         else:
             quant_block = export_quantized_onnx(model, quant_spec, input_shape, path, opset=opset,
-                                                dynamic_batch=dynamic_batch)
+                                                dynamic_batch=dynamic_batch, graph_form=graph_form,
+                                                calib_inputs=calib_inputs)
         compact(path)
         runner = OnnxRunner(Artifact(w.dir, {"entry": MODEL_FILE, "quant": quant_block}), threads=threads)
         bs = len(parity_inputs) if dynamic_batch else 1

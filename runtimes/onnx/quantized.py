@@ -1,17 +1,19 @@
-"""Quantised ONNX graphs with real low-bit weights.
+"""Quantised ONNX graphs with real low-bit weights and in-graph activation quantisation.
 
-The float twin of the fake-quant model (dequantised weights, plain Linear/Conv2d) is exported with the
-shared FP32 exporter; each quantised layer's weight initializer is then found by value and replaced:
+The model is copied into a *twin*: quantised layers hold their dequantised weights (BatchNorm folded
+into the per-channel scales), and every activation quantiser becomes an `ActQuantOp` that the exporter
+writes as explicit rounding ops at its place (layer inputs, q/k/v of q·kᵀ and attn·v, softmax output,
+LayerNorm/GELU inputs). The twin is exported with the shared FP32 exporter; each quantised layer's
+weight initializer is then found by value and replaced by its low-bit form:
 
   int8, int4 (opset 21), fp8 e4m3fn/e5m2   → typed codes + DequantizeLinear (per-axis or blocked scales)
   int2/3/5/6/7, int4 per-group on convs    → codes packed 32//b per uint32 word, unpacked in-graph
                                               (BitShift, BitwiseAnd), minus offset, times scale
   fp4 e2m1, fp6 e2m3/e3m2                  → packed codes + Gather on the code→value table, times scale
 
-Activation quantisation is written into the graph at each layer's input: INT8 per-token dynamic
-activations with INT8 weights become MatMulInteger on int8 codes with the per-token × per-channel
-scale applied to the int32 result (the `integer` form, fast on onnxruntime CPU); every other
-activation format is expressed as its exact rounding in float ops (the `qdq` form).
+Scales quant/ stores as exact fp16 values are written as fp16 for sub-8-bit weights (cast up in the
+graph), which keeps W4 files near 4.25 bits per weight. With INT8 weights and static 8-bit activations
+the graph is plain QDQ, which onnxruntime fuses into integer kernels (the `qdq` graph form).
 """
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from runtimes.errors import ExportError
+from runtimes.onnx.actquant import ActQuantOp
 from runtimes.onnx.export import export_onnx
-from runtimes.onnx.quantspec import (ActQuant, LayerQuant, QuantSpec, format_bits, fp_grid_codes,
-                                     spec_from_model)
+from runtimes.onnx.quantspec import LayerQuant, QuantSpec, format_bits, fp_grid_codes, spec_from_model
 
 QUANT_OPSET = 21
 # onnxruntime rewrites DequantizeLinear(int4/int8 weights) → MatMul into MatMulNBits, which by default
@@ -38,8 +40,6 @@ QUANT_OPSET = 21
 # keeps float activations; the runner applies these options from the manifest.
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}
 _DQ_TYPES = {"int8": T.INT8, "int4": T.INT4, "fp8_e4m3": T.FLOAT8E4M3FN, "fp8_e5m2": T.FLOAT8E5M2}
-_FP_MAX = {"fp8_e4m3": 448.0, "fp8_e5m2": 57344.0, "fp6_e2m3": 7.5, "fp6_e3m2": 28.0, "fp4_e2m1": 6.0}
-_CAST_TYPES = {"fp8_e4m3": T.FLOAT8E4M3FN, "fp8_e5m2": T.FLOAT8E5M2, "fp4_e2m1": T.FLOAT4E2M1}
 
 __all__ = ["export_quantized_onnx", "spec_from_model", "float_twin"]
 
@@ -64,33 +64,31 @@ def fold_batchnorm(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, QuantS
         conv = owner[int(leaf)]
         b = conv.bias.detach().numpy() if getattr(conv, "bias", None) is not None else 0.0
         new_bias = ((b - bn.running_mean.detach().numpy()) * gamma + bn.bias.detach().numpy()).astype(np.float32)
-        layers[name] = LayerQuant(lq.fmt, lq.q, lq.scale * gamma[:, None], lq.zero_point, lq.act)
+        layers[name] = LayerQuant(lq.fmt, lq.q, lq.scale * gamma[:, None], lq.zero_point)
         conv.bias = nn.Parameter(torch.from_numpy(new_bias))
         owner[int(leaf) + 1] = nn.Identity()
-    return model, QuantSpec(spec.precision, layers, spec.graph_form)
+    return model, QuantSpec(spec.precision, layers, spec.acts)
 
 
 def float_twin(model: nn.Module, spec: QuantSpec) -> nn.Module:
-    """A copy of `model` whose quantised layers are plain Linear/Conv2d holding the dequantised weights."""
+    """A copy of `model` computing what it computes, in ops the exporter understands.
+
+    Quantised layers keep their class but hold the dequantised weight (their weight quantiser is
+    dropped); every activation quantiser named in `spec.acts` becomes an ActQuantOp.
+    """
     twin = copy.deepcopy(model).eval()
     for name, lq in spec.layers.items():
-        parent, _, leaf = name.rpartition(".")
-        owner = twin.get_submodule(parent) if parent else twin
-        old = getattr(owner, leaf)
-        w = torch.from_numpy(lq.dequantized())
-        bias = getattr(old, "bias", None)
-        if w.ndim == 2:
-            new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
-        elif w.ndim == 4 and isinstance(old, nn.Conv2d):
-            new = nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                            old.dilation, old.groups, bias is not None, old.padding_mode)
-        else:
+        layer = twin.get_submodule(name)
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
             raise ExportError(f"layer {name}: only Linear and Conv2d (subclasses) can be exported quantised")
         with torch.no_grad():
-            new.weight.copy_(w)
-            if bias is not None:
-                new.bias.copy_(bias.detach().float())
-        setattr(owner, leaf, new)
+            layer.weight.data = torch.from_numpy(lq.dequantized()).reshape(layer.weight.shape).clone()
+        if hasattr(layer, "weight_quant"):
+            layer.weight_quant = None
+            layer._wq_key = None
+    for name, aq in spec.acts.items():
+        parent, _, leaf = name.rpartition(".")
+        setattr(twin.get_submodule(parent) if parent else twin, leaf, ActQuantOp(aq))
     return twin
 
 
@@ -103,6 +101,10 @@ class _Graph:
         self.n = 0
         self.pending: list = []
         self.shared: dict = {}
+        self._by_value: dict[bytes, list[str]] = {}
+        for i in self.g.initializer:
+            if i.data_type == T.FLOAT:
+                self._by_value.setdefault(numpy_helper.to_array(i).astype(np.float32).tobytes(), []).append(i.name)
 
     def name(self, base: str) -> str:
         self.n += 1
@@ -125,31 +127,25 @@ class _Graph:
         self.g.initializer.append(helper.make_tensor(name, dtype, list(dims), data, raw=True))
         return name
 
-    def node(self, op: str, inputs: list[str], out: str | None = None, **attrs) -> str:
-        out = out or self.name(op.lower())
-        return self._emit(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        out = self.name(op.lower())
+        self.pending.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
 
-    def _emit(self, node) -> str:
-        self.pending.append(node)
-        return node.output[0]
-
-
-def _find_weight(graph: _Graph, w: np.ndarray, name: str):
-    """(initializer name, consumer node, orientation) of the float weight `w` in the exported graph."""
-    want = {w.astype(np.float32).tobytes(): "as-is"}
-    if w.ndim == 2:
-        want[np.ascontiguousarray(w.T).astype(np.float32).tobytes()] = "transposed"
-    found = [(i.name, want[numpy_helper.to_array(i).astype(np.float32).tobytes()])
-             for i in graph.g.initializer if i.data_type == T.FLOAT and
-             numpy_helper.to_array(i).size == w.size and numpy_helper.to_array(i).astype(np.float32).tobytes() in want]
-    if len(found) != 1:
-        raise ExportError(f"layer {name}: found its weight {len(found)} times in the exported graph "
-                          "(expected once); layers with identical weights cannot be told apart")
-    init_name, orient = found[0]
-    users = [n for n in graph.g.node if init_name in n.input]
-    if len(users) != 1 or users[0].op_type not in ("MatMul", "Gemm", "Conv"):
-        raise ExportError(f"layer {name}: its weight feeds {[u.op_type for u in users]}, not one MatMul/Gemm/Conv")
-    return init_name, users[0], orient
+    def find_weight(self, w: np.ndarray, name: str):
+        """(initializer name, consumer node, orientation) of the float weight `w`."""
+        found = [(n, "as-is") for n in self._by_value.get(w.astype(np.float32).tobytes(), [])]
+        if w.ndim == 2:
+            found += [(n, "transposed") for n in self._by_value.get(np.ascontiguousarray(w.T).astype(np.float32).tobytes(), [])]
+        found = [f for f in found if f[0] in self.inits]
+        if len(found) != 1:
+            raise ExportError(f"layer {name}: found its weight {len(found)} times in the exported graph "
+                              "(expected once); layers with identical weights cannot be told apart")
+        init_name, orient = found[0]
+        users = [n for n in self.g.node if init_name in n.input]
+        if len(users) != 1 or users[0].op_type not in ("MatMul", "Gemm", "Conv"):
+            raise ExportError(f"layer {name}: its weight feeds {[u.op_type for u in users]}, not one MatMul/Gemm/Conv")
+        return init_name, users[0], orient
 
 
 def _pack_words(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -167,14 +163,25 @@ def _unpack(graph: _Graph, base: str, words: np.ndarray, bits: int, count: int) 
                          direction="RIGHT")
     masked = graph.node("BitwiseAnd", [shifted, graph.const("mask", np.array([2 ** bits - 1], np.uint32))])
     flat = graph.node("Reshape", [masked, graph.const("flat", np.array([-1], np.int64))])
+    if words.size * k == count:
+        return flat
     return graph.node("Slice", [flat, graph.const("start", np.array([0], np.int64)),
                                 graph.const("end", np.array([count], np.int64))])
 
 
+def _scale(graph: _Graph, name: str, lq: LayerQuant, array: np.ndarray, half: bool) -> str:
+    """A scale initializer: fp16 (cast up in the graph) when quant stored it as exact fp16 values."""
+    if half:
+        return graph.node("Cast", [graph.const(f"{name}.w_scale_f16", array.astype(np.float16))], to=T.FLOAT)
+    return graph.const(f"{name}.w_scale", array.astype(np.float32))
+
+
 def _weight_dq(graph: _Graph, name: str, lq: LayerQuant, orient: str, opset: int) -> tuple[str, str]:
     """Nodes producing the float weight in the graph's orientation; returns (output name, encoding)."""
-    out, fan_in = lq.q.shape[0], int(np.prod(lq.q.shape[1:]))
+    out = lq.q.shape[0]
     groups = lq.scale.shape[1]
+    bits = format_bits(lq.fmt)
+    half = lq.scale_dtype == "float16" and bits < 8
     native = lq.fmt in _DQ_TYPES and (lq.fmt != "int4" or opset >= 21) and (
         groups == 1 or lq.q.ndim == 2)   # blocked DQ runs along one axis: fine for 2-D weights
     if native:
@@ -186,28 +193,34 @@ def _weight_dq(graph: _Graph, name: str, lq: LayerQuant, orient: str, opset: int
             scale = lq.scale if orient == "as-is" else lq.scale.T
             zp_shape, attrs = scale.shape, {"axis": 1 - axis, "block_size": lq.group_size}
         codes = _typed_codes(graph, f"{name}.weight", lq.fmt, q)
-        inputs = [codes, graph.const(f"{name}.w_scale", scale.astype(np.float32))]
+        scale_in = graph.const(f"{name}.w_scale_f16" if half else f"{name}.w_scale",
+                               scale.astype(np.float16 if half else np.float32))
+        inputs = [codes, scale_in]
         if lq.zero_point is not None:
             zp = lq.zero_point[:, 0] if groups == 1 else (lq.zero_point if orient == "as-is" else lq.zero_point.T)
             inputs.append(_typed_codes(graph, f"{name}.w_zero_point", lq.fmt, zp.reshape(zp_shape)))
-        return graph.node("DequantizeLinear", inputs, **attrs), "dq-" + lq.fmt
+        w = graph.node("DequantizeLinear", inputs, **attrs)
+        if half:
+            w = graph.node("Cast", [w], to=T.FLOAT)
+        return w, "dq-" + lq.fmt
     # Packed codes, unpacked and dequantised in the graph in torch orientation (out, groups, group_size).
-    bits = format_bits(lq.fmt)
     if lq.fmt.startswith("int"):
         offset = 0 if lq.zero_point is not None else 2 ** (bits - 1)
         codes = (lq.q + offset).astype(np.uint32)
         vals = graph.node("Cast", [_unpack(graph, name, _pack_words(codes, bits), bits, codes.size)], to=T.FLOAT)
-        zp = (lq.zero_point if lq.zero_point is not None else np.zeros_like(lq.scale)) + offset
-        vals = graph.node("Sub", [graph.node("Reshape", [vals, graph.const("gshape", np.array(
-            [out, groups, lq.group_size], np.int64))]), graph.const(f"{name}.w_zero_point", zp[..., None])])
+        vals = graph.node("Reshape", [vals, graph.const("gshape", np.array([out, groups, lq.group_size], np.int64))])
+        if lq.zero_point is None:
+            vals = graph.node("Sub", [vals, graph.const("offset", np.array(offset, np.float32))])
+        else:
+            vals = graph.node("Sub", [vals, graph.const(f"{name}.w_zero_point", lq.zero_point[..., None])])
         encoding = f"packed-{lq.fmt}"
     else:
         codes, lut = fp_grid_codes(lq.fmt, lq.q)
         idx = graph.node("Cast", [_unpack(graph, name, _pack_words(codes, bits), bits, codes.size)], to=T.INT32)
-        vals = graph.node("Gather", [graph.const(f"{name}.lut_{lq.fmt}", lut), idx], axis=0)
+        vals = graph.node("Gather", [graph.const(f"lut_{lq.fmt}", lut), idx], axis=0)
         vals = graph.node("Reshape", [vals, graph.const("gshape", np.array([out, groups, lq.group_size], np.int64))])
         encoding = f"packed-lut-{lq.fmt}"
-    w = graph.node("Mul", [vals, graph.const(f"{name}.w_scale", lq.scale[..., None].astype(np.float32))])
+    w = graph.node("Mul", [vals, _scale(graph, name, lq, lq.scale[..., None], half)])
     w = graph.node("Reshape", [w, graph.const("wshape", np.array(lq.q.shape, np.int64))])
     if orient == "transposed":
         w = graph.node("Transpose", [w], perm=[1, 0])
@@ -225,82 +238,68 @@ def _typed_codes(graph: _Graph, base: str, fmt: str, q: np.ndarray) -> str:
     return graph.raw(base, _DQ_TYPES[fmt], q.shape, codes.tobytes())
 
 
-def _act_scale(graph: _Graph, x: str, act: ActQuant, axis: int, qmax: float) -> str:
-    if not act.dynamic:
-        return graph.const("act_scale", np.array(act.scale, np.float32))
-    absx = graph.node("Abs", [x])
-    if act.granularity == "per-token":
-        amax = graph.node("ReduceMax", [absx, graph.const("axes", np.array([axis], np.int64))], keepdims=1)
-    else:
-        amax = graph.node("ReduceMax", [absx], keepdims=0)
-    amax = graph.node("Max", [amax, graph.const("eps", np.array(1e-8, np.float32))])
-    return graph.node("Div", [amax, graph.const("qmax", np.array(qmax, np.float32))])
-
-
-def _act_codes(graph: _Graph, x: str, act: ActQuant, axis: int) -> tuple[str, str]:
-    """(rounded activation codes as float, scale) for INT formats; (x/s cast through the FP format, s) for FP."""
-    if act.fmt.startswith("int"):
-        qmax = float(2 ** (act.bits - 1) - 1)
-        s = _act_scale(graph, x, act, axis, qmax)
-        r = graph.node("Round", [graph.node("Div", [x, s])])
-        lim = [graph.const("lo", np.array(-qmax, np.float32)), graph.const("hi", np.array(qmax, np.float32))]
-        return graph.node("Clip", [r, *lim]), s
-    s = _act_scale(graph, x, act, axis, _FP_MAX[act.fmt])
-    if act.fmt not in _CAST_TYPES:
-        raise ExportError(f"activation format {act.fmt} has no ONNX cast type; use int2..int8, fp8 or fp4 activations")
-    c = graph.node("Cast", [graph.node("Div", [x, s])], to=_CAST_TYPES[act.fmt], saturate=1)
-    return graph.node("Cast", [c], to=T.FLOAT), s
-
-
-def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, spec: QuantSpec, opset: int) -> dict:
-    init_name, node, orient = _find_weight(graph, lq.dequantized(), name)
-    graph.pending = []
+def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, opset: int) -> dict:
+    init_name, node, orient = graph.find_weight(lq.dequantized(), name)
     if node.op_type == "Gemm":
         a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
         if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
             raise ExportError(f"layer {name}: Gemm with transA/alpha/beta is not supported")
         orient = "as-is" if a.get("transB", 0) else "transposed"
-    x = node.input[0]
-    act = lq.act
-    axis = 1 if node.op_type == "Conv" else -1
-    integer = (act is not None and lq.fmt == "int8" and act.fmt == "int8" and lq.zero_point is None
-               and node.op_type in ("MatMul", "Gemm") and spec.graph_form in ("auto", "integer"))
-    if integer:
-        codes, s_x = _act_codes(graph, x, act, axis)
-        xq = graph.node("Cast", [codes], to=T.INT8)
-        wq = lq.q.reshape(lq.q.shape[0], -1).T  # (in, out) for MatMulInteger
-        acc = graph.node("MatMulInteger", [xq, graph.const(f"{name}.weight_int8", wq.astype(np.int8))])
-        scale = graph.node("Mul", [s_x, graph.const(f"{name}.w_scale", lq.scale[:, 0].astype(np.float32))])
-        y = graph.node("Mul", [graph.node("Cast", [acc], to=T.FLOAT), scale],
-                       out=None if node.op_type == "Gemm" and len(node.input) > 2 else node.output[0])
-        if node.op_type == "Gemm" and len(node.input) > 2:
-            graph.node("Add", [y, node.input[2]], out=node.output[0])
-        form, encoding = "integer", "int8-matmulinteger"
-    else:
-        if act is not None:
-            codes, s_x = _act_codes(graph, x, act, axis)
-            x = graph.node("Mul", [codes, s_x])
-        w, encoding = _weight_dq(graph, name, lq, orient, opset)
-        inputs = list(node.input)
-        inputs[0], inputs[1] = x, w
-        attrs = {at.name: helper.get_attribute_value(at) for at in node.attribute}
-        graph.pending.append(helper.make_node(node.op_type, inputs, list(node.output), name=node.name, **attrs))
-        form = "qdq"
+    graph.pending = []
+    w, encoding = _weight_dq(graph, name, lq, orient, opset)
+    node.input[1] = w
     idx = list(graph.g.node).index(node)
-    graph.g.node.remove(node)
     for k, n in enumerate(graph.pending):
         graph.g.node.insert(idx + k, n)
     graph.g.initializer.remove(graph.inits.pop(init_name))
     return {"name": name, "op": node.op_type, "fmt": lq.fmt, "granularity": lq.granularity, "encoding": encoding,
-            "form": form, "act": act.to_dict() if act else None}
+            "scale_dtype": "float16" if lq.scale_dtype == "float16" and format_bits(lq.fmt) < 8 else "float32"}
+
+
+def _check_integer_form(spec: QuantSpec) -> None:
+    bad = [n for n, lq in spec.layers.items() if lq.fmt != "int8"]
+    bad += [n for n, a in spec.acts.items() if a.granularity != "per-tensor" or a.fmt not in ("int8", "uint8")]
+    if bad:
+        raise ExportError(f"the integer graph form needs int8 weights and static 8-bit activations everywhere "
+                          f"({bad[0]} is not); quantise with --fmt int --bits w8a8 or use --graph-form exact")
+
+
+def _graph_form(layers: list[dict], spec: QuantSpec) -> str:
+    """A short tag for the manifest and bench tables: how weight×activation products are expressed.
+
+    qdq-int8: int8 per-channel weights and static 8-bit activations as QDQ (ORT fuses to integer kernels);
+    otherwise `<weight encodings>/<activation formats>` with activations rounded in float ops.
+    """
+    acts = list(spec.acts.values())
+    static8 = bool(acts) and all(a.granularity == "per-tensor" and a.fmt in ("int8", "uint8") for a in acts)
+    if layers and all(l["fmt"] == "int8" for l in layers) and static8:
+        return "qdq-int8"
+    kinds = "+".join(sorted({l["encoding"] for l in layers})) or "float"
+    act = "+".join(sorted({f"{a.fmt}-{a.granularity}" for a in acts})) or "a-float"
+    return f"{kinds}/{act}"
+
+
+GRAPH_FORMS = ("exact", "integer")
 
 
 def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[int, ...], path: str | Path,
-                          opset: int | None = None, dynamic_batch: bool = True) -> dict:
-    """Write the quantised graph of `model` described by `spec` to `path`; return the manifest's quant block."""
+                          opset: int | None = None, dynamic_batch: bool = True, graph_form: str = "exact",
+                          calib_inputs: np.ndarray | None = None) -> dict:
+    """Write the quantised graph of `model` described by `spec` to `path`; return the manifest's quant block.
+
+    graph_form "exact" rounds only where the torch model rounds; "integer" (w8a8 with static 8-bit
+    activations) also requantises conv outputs and residual adds (runtimes.onnx.requant), calibrated
+    on `calib_inputs`, so onnxruntime runs QLinearConv/QLinearAdd end to end.
+    """
     opset = opset or QUANT_OPSET
     if opset < 19:
         raise ExportError(f"quantised ONNX graphs need opset >= 19 (FP8) or 21 (INT4); got {opset}")
+    if graph_form not in GRAPH_FORMS:
+        raise ExportError(f"graph form {graph_form!r}: use one of {', '.join(GRAPH_FORMS)}")
+    if graph_form == "integer":
+        _check_integer_form(spec)
+        if calib_inputs is None or not len(calib_inputs):
+            raise ExportError("the integer graph form needs calibration images for its requantisation scales")
     path = Path(path)
     model, spec = fold_batchnorm(model, spec)
     twin = float_twin(model, spec)
@@ -314,18 +313,20 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
     if opset > 20:
         m = onnx.version_converter.convert_version(m, opset)
     graph = _Graph(m)
-    layers = [_rewrite_layer(graph, name, lq, spec, opset) for name, lq in spec.layers.items()]
+    layers = [_rewrite_layer(graph, name, lq, opset) for name, lq in spec.layers.items()]
+    requant = 0
+    if graph_form == "integer":
+        from runtimes.onnx.requant import add_integer_requant
+        requant = add_integer_requant(m, calib_inputs)
     del m.graph.value_info[:]
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, str(path))
     weights = sorted({(l["fmt"], l["granularity"]) for l in layers})
-    options = dict(ORT_SESSION_CONFIG)
-    if any(l["op"] == "Conv" and l["act"] for l in layers):
-        # onnxruntime 1.32's extended-level graph rewrites miscompute per-token rounding in front of
-        # convs (output collapses; the unoptimised graph matches torch): keep to basic-level rewrites.
-        options["edgevit.graph_optimization_level"] = "basic"
-    return {"precision": spec.precision, "opset": opset, "runtime_options": options,
-            "graph_form": "+".join(sorted({l["encoding"] for l in layers})),
+    return {"precision": spec.precision, "opset": opset, "runtime_options": dict(ORT_SESSION_CONFIG),
+            "graph_form": _graph_form(layers, spec) + ("+requant" if graph_form == "integer" else ""),
+            "requantised_outputs": requant,
             "weights": {"formats": [f"{f}/{g}" for f, g in weights]},
-            "activations": {"quantised_layers": sum(l["act"] is not None for l in layers)},
+            "activations": {"quantisers": len(spec.acts),
+                            "formats": sorted({f"{a.fmt}/{a.granularity}" for a in spec.acts.values()}),
+                            "in_graph": {n: a.to_dict() for n, a in spec.acts.items()}},
             "layers": layers}

