@@ -195,28 +195,34 @@ def sensitivity_matrix(model: nn.Module, candidates: list[Candidate], calib: tor
 
 
 def choose(costs: np.ndarray, deltas: np.ndarray, budget: float, bins: int = 4096) -> np.ndarray | None:
-    """Exact multiple-choice knapsack: per-layer candidate indices minimising Σ deltas with Σ costs ≤ budget
-    (costs rounded up to budget/bins, so the result is feasible), or None if even the cheapest is over."""
+    """Exact multiple-choice knapsack: per-layer candidate indices minimising Σ deltas with Σ costs ≤ budget,
+    or None if even the cheapest assignment is over. Costs are discretised to budget/bins: rounded to the
+    nearest bin first (exact for commensurate costs), and rounded up if that answer overshoots the budget."""
     costs, deltas = np.asarray(costs, float), np.asarray(deltas, float)
-    if costs.min(1).sum() > budget:
+    if costs.min(1).sum() > budget * (1 + 1e-12):
         return None
-    unit = budget / bins
-    w = np.ceil(costs / unit - 1e-9).astype(np.int64)
-    inf = np.inf
+    for rounding in (np.round, np.ceil):
+        picks = _knapsack(np.maximum(rounding(costs / (budget / bins) - 1e-9), 0).astype(np.int64), deltas, bins)
+        if picks is not None and costs[np.arange(len(costs)), picks].sum() <= budget * (1 + 1e-12):
+            return picks
+    return None
+
+
+def _knapsack(w: np.ndarray, deltas: np.ndarray, bins: int) -> np.ndarray | None:
     best = np.zeros(bins + 1)   # best[b]: least noise of the layers so far within b bins
-    picks = np.zeros((len(costs), bins + 1), dtype=np.int16)
+    picks = np.zeros((len(w), bins + 1), dtype=np.int16)
     idx = np.arange(bins + 1)
-    for i in range(len(costs)):
-        cand = np.full((costs.shape[1], bins + 1), inf)
-        for c in range(costs.shape[1]):
+    for i in range(len(w)):
+        cand = np.full((w.shape[1], bins + 1), np.inf)
+        for c in range(w.shape[1]):
             ok = idx >= w[i, c]
             cand[c, ok] = best[idx[ok] - w[i, c]] + deltas[i, c]
         picks[i] = cand.argmin(0)
         best = cand.min(0)
     if not np.isfinite(best[bins]):
         return None
-    out, b = np.zeros(len(costs), dtype=np.int64), bins
-    for i in range(len(costs) - 1, -1, -1):
+    out, b = np.zeros(len(w), dtype=np.int64), bins
+    for i in range(len(w) - 1, -1, -1):
         out[i] = picks[i, b]
         b -= w[i, out[i]]
     return out

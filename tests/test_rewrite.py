@@ -13,7 +13,7 @@ from edgevit.errors import UsageError
 from edgevit.models.bundled import BUNDLED, FASHION_MNIST_PREPROCESS
 from edgevit.rewrite import PASS_NAMES, load_target, rewrite_model
 from edgevit.rewrite.checker import check_model
-from edgevit.rewrite.robustness import (fake_quant_act, fake_quant_weight, parse_precision, rel_rms, robustness,
+from edgevit.rewrite.robustness import (only_layer, precision_spec, quantize_for_report, rel_rms, robustness,
                                         sqnr_from_rel_rms)
 
 torch.set_num_threads(1)
@@ -130,15 +130,39 @@ def test_sqnr_hand_computed():
     assert math.isinf(sqnr_from_rel_rms(0.0))
 
 
-def test_fake_quant_grids():
-    w = torch.tensor([[1.0, -0.5, 0.25], [2.0, 0.0, -2.0]])
-    q = fake_quant_weight(w, 2)               # qmax 1: per-row scale = absmax
-    assert torch.equal(q, torch.tensor([[1.0, -0.0, 0.0], [2.0, 0.0, -2.0]]))
-    a = fake_quant_act(torch.tensor([0.0, 0.5, 1.0]), 0.0, 1.0, 1)   # two levels {0, 1}
-    assert torch.equal(a, torch.tensor([0.0, 0.0, 1.0])) or torch.equal(a, torch.tensor([0.0, 1.0, 1.0]))
-    assert parse_precision("w8a16") == (8, 16)
-    with pytest.raises(UsageError):
-        parse_precision("w9x3")
+def test_precision_spec_is_quant_int():
+    spec = precision_spec("w8a16")
+    assert spec.default.weight.fmt == "int8" and spec.default.weight.granularity == "channel"
+    assert spec.default.act.fmt == "uint16" and spec.default.act.granularity == "tensor"
+    assert spec.default.weight.observer == spec.default.act.observer == "minmax"
+    with pytest.raises(UsageError, match="w9x3"):
+        precision_spec("w9x3")
+
+
+def test_report_quantises_the_same_points_before_and_after_rewrite(fmnist):
+    """quant/ swaps Linear/Conv/attention/LayerNorm/GELU of the original; the rewritten graph's
+    ChannelLayerNorm and Gelu op get quant's ActQuantizer here: the same quantised layers (Linear → 1×1 conv)."""
+    import quant
+    x, _ = fmnist
+    model = _bundled("vit-tiny")
+    new, _ = rewrite_model(model, load_target("qnn-htp"), x, SHAPE)
+    kinds = []
+    for m in (model, new):
+        q = quantize_for_report(m, precision_spec("w8a8"), x[:16])
+        kinds.append(sorted({"linear": "conv"}.get(l.quant_kind, l.quant_kind) for _, l in quant.quantized_layers(q)))
+    assert kinds[0] == kinds[1] and kinds[0].count("norm") == 25 and kinds[0].count("gelu") == 12
+
+
+def test_only_layer_restores_quantisers(fmnist):
+    x, _ = fmnist
+    q = quantize_for_report(_bundled("vit-tiny"), precision_spec("w8a8"), x[:16])
+    with torch.no_grad():
+        full = q(x[:4])
+        with only_layer(q, "blocks.0.attn.qkv"):
+            one = q(x[:4])
+            assert q.blocks[1].attn.qkv.weight_quant is None
+        again = q(x[:4])
+    assert torch.equal(full, again) and not torch.equal(full, one)
 
 
 def test_robustness_report(fmnist):

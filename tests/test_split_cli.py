@@ -30,6 +30,10 @@ def run(args):
     (["--devices", "4", "--keep", "1.5"], "--keep"),
     (["--devices", "4", "--keep", "0.001"], "cannot hold a sub-model"),
     (["--devices", "4", "--data", "mnist"], "unknown data spec"),
+    (["--devices", "4", "--latency", "0"], "--latency"),
+    (["--devices", "4", "--latency", "0.001"], "cannot meet --latency"),
+    (["--devices", "4", "--bits", "w9a3"], "--bits w9a3"),
+    (["--devices", "4", "--quantize-fusion"], "needs --bits"),
 ])
 def test_split_usage_errors(tmp_path, random_weights, extra, needle):
     out = tmp_path / "out"

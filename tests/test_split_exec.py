@@ -30,7 +30,8 @@ def built(tmp_path_factory):
     split, plan = build_split(vit, x, y, parse_devices(str(N_DEV)), opts, progress=False)
     out = tmp_path_factory.mktemp("split") / "art"
     manifest, report = write_split_artifact(out, split, plan, vit, meta, xt, yt, rounds=5)
-    return dict(vit=vit, split=split, plan=plan, out=out, manifest=manifest, report=report, x=xt[:24])
+    return dict(vit=vit, split=split, plan=plan, out=out, manifest=manifest, report=report, x=xt[:24], meta=meta,
+                xt=xt, yt=yt)
 
 
 def torch_logits(built):
@@ -152,3 +153,45 @@ def test_ray_executor_matches_torch_and_names_a_killed_device(built, ray_cluster
         assert p.degraded and p.missing == [victim]
     finally:
         ex.close()
+
+
+@pytest.fixture(scope="module")
+def quantized(built, tmp_path_factory):
+    from edgevit.split.quantize import SplitQuant, quantize_split
+    x, y = load_data("fashion-mnist:240", built["meta"].preprocess, split="train")
+    qsplit = quantize_split(built["split"], SplitQuant("w8a8", "int", fusion=True, calib_images=64), x, y, x[:64])
+    out = tmp_path_factory.mktemp("qsplit") / "art"
+    manifest, report = write_split_artifact(out, qsplit, built["plan"], built["vit"], built["meta"],
+                                            built["xt"], built["yt"], rounds=5)
+    return dict(split=qsplit, out=out, manifest=manifest, report=report)
+
+
+def test_quantized_split_writes_low_bit_graphs_and_records_the_spec(built, quantized):
+    import onnx
+    m = quantized["manifest"]
+    assert m["quant"]["precision"] == "w8a8" and m["quant"]["fmt"] == "int" and m["quant"]["fusion"]
+    for d in m["split"]["devices"]:
+        assert d["quant"]["precision"] == "w8a8"
+        g = onnx.load(str(quantized["out"] / d["model"])).graph
+        assert any(i.data_type == onnx.TensorProto.INT8 for i in g.initializer)
+        assert any(n.op_type == "DequantizeLinear" for n in g.node)
+    assert m["split"]["fusion"]["quant"]["precision"] == "w8a8"
+    assert m["parity"]["metrics"]["top1_agreement"] >= 0.995 and m["parity"]["precision"] == "w8a8"
+    fp = sum((built["out"] / d["model"]).stat().st_size for d in built["manifest"]["split"]["devices"])
+    q = sum((quantized["out"] / d["model"]).stat().st_size for d in m["split"]["devices"])
+    assert q < 0.5 * fp
+
+
+def test_quantized_local_executor_matches_torch_fake_quant(built, quantized):
+    with torch.no_grad():
+        ref = quantized["split"](built["x"]).numpy()
+    with LocalExecutor(quantized["out"]) as ex:
+        p = ex.predict(built["x"].numpy())
+    assert (p.top1 == ref.argmax(-1)).mean() >= 0.95
+    assert np.abs(p.logits - ref).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_quantized_split_reloads_exactly(built, quantized):
+    again = load_split(quantized["out"] / "torch")
+    with torch.no_grad():
+        np.testing.assert_array_equal(again(built["x"]).numpy(), quantized["split"](built["x"]).numpy())

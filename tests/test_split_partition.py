@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from edgevit.errors import UsageError
-from edgevit.split.devices import Device, assign, parse_devices, plan_budgets
+from edgevit.split.devices import Device, assign, parse_devices, plan_budgets, plan_costs
 from edgevit.split.partition import confusion_matrix, partition_classes, within_confusion
 
 
@@ -88,6 +88,14 @@ def test_budgets_follow_compute_and_respect_memory():
     assert b[2] * 4 <= 0.1e6           # memory cap: 0.1 MB of fp32 weights
     with pytest.raises(UsageError, match="tiny"):
         plan_budgets(devs, 1_000_000, 0.2, 30_000)
+
+
+def test_cost_budgets_follow_compute_and_name_an_infeasible_device():
+    devs = [Device("fast", None, 2.0), Device("slow", None, 0.5)]
+    c = plan_costs(devs, 1_000_000, 0.3, 1000)
+    assert c == [300_000, 75_000]             # equal expected latency: cost / compute is the same
+    with pytest.raises(UsageError, match="slow cannot meet --latency"):
+        plan_costs(devs, 1_000_000, 0.3, 100_000)
 
 
 def test_assignment_hardest_subset_to_largest_budget():

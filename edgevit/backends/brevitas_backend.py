@@ -252,3 +252,17 @@ def export_qcdq(bmodel: nn.Module, example: torch.Tensor, path: str) -> None:
     """brevitas' own QCDQ ONNX (QuantizeLinear → Clip → DequantizeLinear) of its fake-quant model."""
     from brevitas.export import export_onnx_qcdq
     export_onnx_qcdq(bmodel.eval(), args=example, export_path=str(path))
+
+
+def qcdq_file(bmodel: nn.Module, example: torch.Tensor) -> tuple[dict[str, bytes], str]:
+    """({file name: bytes}, note) of brevitas' QCDQ export, or ({}, why not) when brevitas cannot export
+    this model; the edgevit checkpoint stays the primary artifact either way."""
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "brevitas_qcdq.onnx"
+        try:
+            export_qcdq(bmodel, example, path)
+        except Exception as e:   # brevitas raises many types; the reason goes into the report
+            return {}, f"not written: brevitas QCDQ export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        return {path.name: path.read_bytes()}, path.name

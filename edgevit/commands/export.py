@@ -53,7 +53,7 @@ def _parity_data(spec: str, meta, seed: int):
 @model_options
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="onnx", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Artifact directory to create.")
-@click.option("--parity-data", default="fashion-mnist:256", show_default=True,
+@click.option("--parity-data", default="fashion-mnist:512", show_default=True,
               help="Real test images for the export-time parity check (fashion-mnist:N or folder:PATH[:N]).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the parity subset.")
 @click.option("--opset", type=click.IntRange(17, 23), default=None,
@@ -178,7 +178,7 @@ def bench_cmd(artifacts, threads, warmup, iters, batch, json_out):
 
 @click.command("check-parity")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", default="fashion-mnist:256", show_default=True, help="Real test images (fashion-mnist:N or folder:PATH[:N]).")
+@click.option("--data", default="fashion-mnist:512", show_default=True, help="Real test images (fashion-mnist:N or folder:PATH[:N]).")
 @click.option("--seed", default=1, show_default=True, help="Seed for the image subset (export used 0).")
 @click.option("--model", "model_override", default=None,
               help="Torch model to compare with (default: the one recorded in the manifest).")

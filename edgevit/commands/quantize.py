@@ -13,7 +13,7 @@ from edgevit.commands.common import console, load, model_options, print_table
 from edgevit.errors import UsageError
 from quant.reconstruct import ReconConfig, quantize_with_method
 
-METHODS = ("rtn", "adaround", "brecq")
+METHODS = ("rtn", "adaround", "brecq", "gptq")
 BACKENDS = ("edgevit", "brevitas")
 CALIB_BATCH = 64
 
@@ -38,6 +38,9 @@ def load_checkpoint(path: str):
     if "registry_name" not in info:
         raise UsageError(f"{path} does not record which model it was made from; re-run `edgevit quantize`")
     fmodel, _ = load_model(info["registry_name"], info.get("weights"))
+    if info.get("graph"):   # BN folded / ReLU6 → ChannelClamp at quantisation time: rebuild that structure
+        from quant.equalize import restore_graph
+        restore_graph(fmodel, info["graph"])
     with spec_errors():
         qmodel = quant.load_quantized(path, fmodel)
     return qmodel, ModelMeta.from_dict(info["meta"])
@@ -81,7 +84,8 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
 @click.option("--bits", default="w8a8", show_default=True, help="Weight/activation bits, e.g. w8a8, w4a6, w4a16.")
 @click.option("--method", default=None, type=click.Choice(METHODS),
               help="Weight rounding: rtn (round-to-nearest), adaround (per layer) or brecq (per block, FP4DiT's "
-                   "scale-aware rounding on FP grids); knobs under `reconstruction:` in --recipe. [default: rtn]")
+                   "scale-aware rounding on FP grids); knobs under `reconstruction:` in --recipe; gptq with "
+                   "--backend brevitas. [default: rtn]")
 @click.option("--backend", default="edgevit", show_default=True, type=click.Choice(BACKENDS),
               help="Quantiser: edgevit's own, or brevitas' PTQ (pip install edgevit[brevitas]) into the same checkpoint.")
 @click.option("--calib", default="fashion-mnist:256", show_default=True,
@@ -93,10 +97,24 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
 @click.option("--eval-data", default="fashion-mnist", show_default=True,
               help="Evaluation data: the Fashion-MNIST test set or folder:PATH (agreement with float if unlabelled).")
 @click.option("--eval-limit", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset of N images.")
+@click.option("--fold-bn/--no-fold-bn", default=None, help="Fold BatchNorm into convs first [default: on for models with BN].")
+@click.option("--equalize/--no-equalize", default=None,
+              help="Cross-layer equalisation + high-bias absorption [default: with --fold-bn].")
+@click.option("--bias-correction/--no-bias-correction", default=None,
+              help="Empirical bias correction after rounding [default: on for models with BN].")
+@click.option("--bn-reestimate/--no-bn-reestimate", default=None,
+              help="Re-estimate BN statistics after quantisation [default: on when BN is kept unfolded].")
+@click.option("--candidates", default=None, help="--bits auto: per-layer choices, FAMILY:wNaM or float "
+              "[default: int:w8a8,int:w6a8,int:w4a8,int:w3a8,int:w2a8].")
+@click.option("--max-size", default=None, help="--bits auto: model size budget, e.g. 1.2MB.")
+@click.option("--max-latency-ms", type=float, default=None, help="--bits auto: latency budget (NPU roofline cost model).")
+@click.option("--max-drop", type=float, default=None, help="--bits auto: smallest model losing at most this many top-1 points.")
+@click.option("--sensitivity", default="scaled", show_default=True, type=click.Choice(["scaled", "full"]),
+              help="--bits auto: measure every (layer, candidate) (full) or one per layer scaled by local noise.")
 @click.option("--seed", default=0, show_default=True, help="Seed for calibration and evaluation sampling.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend, calib, out, recipe, keep_float,
-                 eval_data, eval_limit, seed, force):
+                 eval_data, eval_limit, seed, force, **fixes):
     """Post-training quantisation of MODEL to INT / FP / MX formats; writes a packed checkpoint.
 
     \b
@@ -112,7 +130,10 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
 
     # -- validate everything before any work ------------------------------------------------------
     with spec_errors():
-        spec = quant.parse_spec(family, bits, read_recipe(recipe), keep_float)
+        from edgevit.commands import analyze as ptq_fixes
+        recipe_dict = read_recipe(recipe)
+        candidates, budget, family, bits = ptq_fixes.validate_auto(bits, family, recipe_dict, fixes)
+        spec = quant.parse_spec(family, bits, recipe_dict, keep_float)
         quant.check_out_dir(out, force)
         method = method or str(spec.recipe.get("method", "rtn"))
         if method not in METHODS:
@@ -121,6 +142,8 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
     if backend == "brevitas":
         from edgevit.backends import brevitas_backend
         brevitas_backend.check_available(spec, method)
+    elif method == "gptq":
+        raise UsageError("--method gptq is brevitas' algorithm here: add --backend brevitas (pip install edgevit[brevitas])")
     calib_spec = parse_data_spec(calib)
     eval_spec = parse_data_spec(eval_data)
     if eval_limit is not None:
@@ -133,6 +156,14 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
     eval_x, eval_y = load_data(eval_spec, meta.preprocess, split="test", seed=seed)
     if not labelled:
         eval_y = None   # other label spaces: report agreement with the float model only
+    float_model, auto_report, auto_files = fmodel, None, {}
+    fix_opts = ptq_fixes.graph_defaults(fmodel, *(fixes[k] for k in ("fold_bn", "equalize", "bias_correction",
+                                                                      "bn_reestimate")))
+    fmodel, graph, graph_report = ptq_fixes.prepare_graph(fmodel, fix_opts, calib_x)
+    if candidates is not None:
+        with spec_errors():
+            spec, plan, auto_report, auto_files = ptq_fixes.run_auto(fmodel, spec, candidates, budget, calib_x, eval_x,
+                                                                     eval_y, fixes["sensitivity"], seed)
 
     # -- quantise ------------------------------------------------------------------------------------
     torch.manual_seed(seed)
@@ -140,27 +171,33 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
     with spec_errors():
         if backend == "brevitas":
             qmodel, method_report = brevitas_backend.quantize(fmodel, spec, calib_x, plan=plan, method=method,
-                                                              progress=_progress)
+                                                              progress=_progress, keep_brevitas=True)
         else:
             qmodel, method_report = quantize_with_method(fmodel, spec, calib_x, method, recon, plan=plan,
                                                          progress=_progress)
+    fix_report = ptq_fixes.post_fixes(fmodel, qmodel, calib_x, fix_opts)
     quant_s = time.perf_counter() - t0
-    acc = _accuracy(fmodel, qmodel, eval_x, eval_y, 500)
+    extra_files = {}
+    if backend == "brevitas":   # brevitas' own QCDQ ONNX rides along as an alternative artifact
+        extra_files, method_report["qcdq_onnx"] = brevitas_backend.qcdq_file(method_report.pop("brevitas_model"),
+                                                                             calib_x[:1])
+    acc = _accuracy(float_model, qmodel, eval_x, eval_y, 500)
     layers = quant.layer_sqnr(fmodel, qmodel, calib_x[:CALIB_BATCH])
 
     qmeta = meta.with_stage("quantize", fmt=family, bits=bits, method=method, backend=backend, calib=calib, seed=seed)
     report = {"model": model, "spec": spec.to_dict(), "method": method, "backend": backend,
               "method_report": method_report, "calib": calib, "seed": seed,
               "eval": {"data": eval_data, "limit": eval_limit, **acc}, "quantize_wall_s": quant_s,
-              "fp32_bytes": fp32_size_bytes(fmodel), "layers": layers}
+              "fp32_bytes": fp32_size_bytes(float_model), "layers": layers,
+              "graph_fixes": fix_opts | graph_report | fix_report, "mixed_precision": auto_report}
 
     def report_file(sizes: dict) -> dict:
         report["size"] = sizes | {"ratio_vs_fp32": sizes["total_bytes"] / report["fp32_bytes"]}
-        return {"report.json": json.dumps(_finite(report), indent=2)}
+        return {"report.json": json.dumps(_finite(report), indent=2), **extra_files, **auto_files}
 
     with spec_errors():
         sizes = quant.save_quantized(qmodel, out, model_info={"registry_name": model, "weights": weights,
-                                                              "meta": qmeta.to_dict()},
+                                                              "meta": qmeta.to_dict(), "graph": graph},
                                      force=force, extra_files=report_file)
     rows = [["float top-1" if labelled else "images", f"{acc['float_top1']:.2f}%" if labelled else acc["images"]],
             ["quantised top-1" if labelled else "top-1 agreement",

@@ -104,9 +104,16 @@ def _default(kind: str, p: click.Parameter):
     """The flag's default as the CLI would see it (click ≥ 8.2 marks "no default" with a sentinel)."""
     multiple = getattr(p, "multiple", False) or p.nargs == -1
     d = p.get_default(click.Context(command_for(kind)), call=True)
-    if d is None or type(d).__name__ == "Sentinel":
+    if type(d).__name__ == "Sentinel":
         d = [] if multiple else (False if getattr(p, "is_flag", False) else None)
+    elif d is None and multiple:
+        d = []
     return list(d) if multiple else d
+
+
+def stage_defaults(kind: str) -> dict:
+    """Every recipe key of a stage with the value it has when the recipe leaves it out."""
+    return {k: (_default(kind, p) if p is not None else EXTRA[kind][k]) for k, p in stage_keys(kind).items()}
 
 
 def parse_stage(index: int, entry) -> Stage:
@@ -121,7 +128,7 @@ def parse_stage(index: int, entry) -> Stage:
     if not isinstance(opts, dict):
         raise UsageError(f"recipe stages[{index}].{kind} must be a mapping of options")
     keys = stage_keys(kind)
-    options = {k: (_default(kind, p) if p is not None else EXTRA[kind][k]) for k, p in keys.items()}
+    options = stage_defaults(kind)
     for k, v in opts.items():
         k = str(k)
         if k in TOP_LEVEL:

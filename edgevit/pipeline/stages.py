@@ -48,7 +48,9 @@ def quantize_with(float_model, meta, options: dict):
     import quant
     from edgevit.commands.quantize import spec_errors
     from edgevit.data import calibration_tensor, parse_data_spec
-    unknown = sorted(k for k, v in options.items() if k not in QUANT_HANDLED and v not in (None, False, [], ()))
+    from edgevit.pipeline.recipe import stage_defaults
+    defaults = stage_defaults("quantize")
+    unknown = sorted(k for k, v in options.items() if k not in QUANT_HANDLED and v != defaults.get(k))
     if unknown:
         raise UsageError(f"quantize option(s) {', '.join(unknown)} are not wired into the pipeline yet "
                          "(edgevit/pipeline/stages.py quantize_with); drop them from the recipe")

@@ -55,7 +55,7 @@ def distill_conv(teacher, meta, target: Target, recipe: DistillRecipe, work_dir:
                      "qnn": {k: v for k, v in check.get("qnn", {}).items() if k != "host_boundary"}}
     result = compare(teacher, student, teacher_npu, student_npu, meta.input_shape, test, calib, test[0][:128],
                      latency_rounds=latency_rounds)
-    report = {"teacher": meta.name, "target": target.name, "distill": record, "rewrite": rep,
+    report = {"teacher_model": meta.name, "target": target.name, "distill": record, "rewrite": rep,
               "teacher_rewrite_max_rel_err": trep["max_rel_err"], "check": check_summary,
               "check_detail": check, **{k: result[k] for k in ("teacher", "student", "summary", "latency", "robustness")}}
     smeta = meta.with_stage("distill", method="conv", teacher=meta.name, epochs=recipe.epochs, seed=recipe.seed,
@@ -72,11 +72,11 @@ def write_student(out_dir: Path, student_npu, smeta, report: dict, result: dict,
     from safetensors.torch import save_file
     from edgevit.rewrite.artifact import write_artifact
     from edgevit.rewrite.compare import markdown
-    md = markdown(report["teacher"], result, report["distill"], report["check"])
+    md = markdown(report["teacher_model"], result, report["distill"], report["check"])
     extra = {"report.md": md,
              "student.safetensors": lambda p: save_file({k: v.contiguous() for k, v in student.state_dict().items()},
                                                         str(p), metadata={"config": json.dumps(student.config.to_dict())})}
-    write_artifact(out_dir, student_npu, smeta, report, {f"teacher {report['teacher']} (rewritten)":
+    write_artifact(out_dir, student_npu, smeta, report, {f"teacher {report['teacher_model']} (rewritten)":
                                                           result["robustness"]["teacher"],
                                                           "conv student (rewritten)": result["robustness"]["student"]},
                    report_name="distill.json", extra=extra)

@@ -6,9 +6,10 @@
     with make_executor("ray", "out/split") as ex:
         pred = ex.predict(x)          # pred.logits, pred.missing
 
-Modules: partition (class subsets), prune + subvit (class-wise structured pruning), distill (sub-model
-and fusion training), devices (budgets and assignment), pipeline (all of it), artifact + report
-(files, manifest, measured numbers), executors + ray_executor (running it).
+Modules: partition (class subsets), prune + subvit (class-wise structured pruning of branches, heads and
+units), cost (the batch-1 latency model the pruning budget counts in), distill (sub-model and fusion
+training), quantize (`--bits`: quant/ per sub-model), devices (budgets and assignment), pipeline (all of
+it), artifact + report (files, manifest, parity, measured numbers), executors + ray_executor (running it).
 """
 from edgevit.split.devices import Device, parse_devices
 from edgevit.split.distill import DistillRecipe

@@ -7,6 +7,8 @@ used for importance scores and distillation, the next `fusion_images` measure th
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,12 +18,12 @@ from tqdm import tqdm
 
 from edgevit.errors import UsageError
 from edgevit.split import devices as dev
+from edgevit.split.cost import vit_cost
 from edgevit.split.distill import DistillRecipe, batched, distill_submodel, teacher_logits, train_fusion
 from edgevit.split.model import SplitModel
-from edgevit.split.quantize import SplitQuant, quantize_split
 from edgevit.split.partition import confusion_matrix, partition_classes, within_confusion
-from edgevit.split.cost import vit_cost
 from edgevit.split.prune import full_params, min_cost, min_params, prune_for_subset
+from edgevit.split.quantize import SplitQuant, quantize_split
 from edgevit.split.subvit import check_vit
 
 
@@ -59,6 +61,13 @@ def validate(model: nn.Module, devices: list[dev.Device], options: SplitOptions,
             dev.plan_costs(devices, vit_cost(model), options.latency, min_cost(model, outputs)))
 
 
+def _run_key(sub: nn.Module, subset: list[int], recipe: DistillRecipe, options: SplitOptions) -> str:
+    """Checkpoint key: a resumed run must have the same architecture, classes, recipe and data."""
+    key = json.dumps([sub.config, subset, recipe.to_dict(), options.train_images, options.fusion_images,
+                      options.seed], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 def build_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, devices: list[dev.Device],
                 options: SplitOptions, work_dir: Path | None = None, progress: bool = True) -> tuple[SplitModel, dict]:
     """The split model (sub-model i runs on device plan['devices'][i]) and the plan describing it."""
@@ -89,7 +98,7 @@ def build_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, devices: lis
         sub, info = prune_for_subset(model, torch.tensor(subset), budget, xtr, ytr, num_classes,
                                      options.score_images, options.seed + i, cost_budget=cost)
         recipe = DistillRecipe(**{**options.distill.to_dict(), "seed": options.distill.seed + i})
-        ckpt = work_dir / f"{d.name}.pt" if work_dir is not None else None
+        ckpt = work_dir / f"{d.name}-{_run_key(sub, subset, recipe, options)}.pt" if work_dir is not None else None
         history = distill_submodel(sub, subset, xtr, ytr, t_train, recipe, ckpt, desc=f"distill {d.name}",
                                    progress=progress)
         subs.append(sub.eval())

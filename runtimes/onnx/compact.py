@@ -1,4 +1,5 @@
-"""Shrink an ONNX file's non-weight bytes: node names, doc strings, long tensor names, value_info.
+"""Shrink an ONNX file's non-weight bytes: duplicate Constant nodes, node names, doc strings, long tensor
+names, value_info.
 
 The TorchScript exporter names every tensor after its module path ("/blocks.0/attn/Reshape_1_output_0");
 on a 12-block model of a few hundred kB those strings are a sizeable share of the file and hide what the
@@ -19,6 +20,23 @@ def compact(path: str | Path) -> None:
         return  # sub-graphs capture outer names: leave such models as exported
     keep = {v.name for v in (*g.input, *g.output)} | {i.name for i in g.initializer}
     rename: dict[str, str] = {}
+    first: dict[bytes, str] = {}   # the exporter writes one Constant per use: keep one per distinct value
+    nodes = []
+    for node in g.node:
+        if node.op_type == "Constant" and node.output[0] not in keep:
+            key = b"".join(a.SerializeToString() for a in node.attribute)
+            if key in first:
+                rename[node.output[0]] = first[key]
+                continue
+            first[key] = node.output[0]
+        nodes.append(node)
+    for node in nodes:
+        for i, inp in enumerate(node.input):
+            if inp in rename:
+                node.input[i] = rename[inp]
+    del g.node[:]
+    g.node.extend(nodes)
+    rename = {}
     for node in g.node:
         node.name = ""
         node.doc_string = ""

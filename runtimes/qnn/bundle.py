@@ -1,0 +1,276 @@
+"""The QNN-ready QDQ ONNX: edgevit's own integer quantisation carried into encodings QNN HTP accepts.
+
+QNN HTP wants every tensor quantised (8/16-bit activations, 4/8-bit symmetric weights, int32 biases),
+static shapes and rank ≤ 4. onnxruntime's QNN recipe (`get_qnn_qdq_config` + `quantize`) writes such
+a graph and knows the op-specific rules (fixed Softmax/Sigmoid encodings, 16-bit converts); what it
+does not know is edgevit's quantisation. We hand it edgevit's numbers as tensor overrides:
+
+- every quantised Linear/Conv weight: its per-channel scales, with the float weight set to
+  codes × scale, so the recipe's round(W / s) gives back exactly edgevit's codes (AdaRound/BRECQ
+  rounding included; checked after the fact). INT2–4 codes ride in int4 storage, INT5–8 in int8;
+- every static per-tensor input quantiser of those layers: its scale and zero point (uint8/uint16).
+
+Tensors edgevit leaves float (LayerNorm internals, residual adds, attention scores) get min-max
+encodings from calibration on the same images, at the activation width of edgevit's spec.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from runtimes.onnx.export import export_onnx
+from runtimes.onnx.quantspec import QuantSpec, format_bits, spec_from_model
+from runtimes.qnn.errors import QnnExportError
+
+# precision → (weight bits, activation dtype) of the float-model path (edgevit quantises first)
+PRECISIONS = {"w8a16": (8, "uint16"), "w8a8": (8, "uint8"), "w4a16": (4, "uint16")}
+ACT_BITS = {"uint8": 8, "int8": 8, "uint16": 16, "int16": 16}
+OPSET = 21   # standard QuantizeLinear/DequantizeLinear for 16-bit activations and int4 weights
+
+
+@dataclass
+class BundleInfo:
+    """What build_qdq wrote and where each encoding came from."""
+    float_path: Path
+    qdq_path: Path
+    precision: str
+    activation_type: str
+    weights: dict = field(default_factory=dict)       # initializer → {layer, bits, storage, axis}
+    activations: dict = field(default_factory=dict)   # tensor → edgevit quantiser name
+    conflicts: list = field(default_factory=list)     # tensors two edgevit quantisers claimed
+    codes_exact: bool = False
+
+    def summary(self) -> dict:
+        return {"weights_from_edgevit": len(self.weights), "activations_from_edgevit": len(self.activations),
+                "activation_conflicts": self.conflicts, "weight_codes_exact": self.codes_exact,
+                "other_activations": f"{self.activation_type}, min-max calibrated (onnxruntime QNN recipe)"}
+
+
+def is_quantized(model: nn.Module) -> bool:
+    import quant
+    return any(isinstance(m, quant.ActQuantizer) or getattr(m, "weight_quant", None) is not None
+               for m in model.modules())
+
+
+def edgevit_quantize(model: nn.Module, precision: str, calibration: np.ndarray) -> nn.Module:
+    """A float model → quant/'s INT model (per-channel weights, static per-tensor activations)."""
+    import quant
+    if precision not in PRECISIONS:
+        raise QnnExportError(f"QNN precision {precision!r}: use {', '.join(PRECISIONS)} "
+                             "(or pass a model quantised with `edgevit quantize --fmt int`)")
+    spec = quant.parse_spec("int", precision, None, ())
+    return quant.quantize_model(model, spec, torch.from_numpy(np.ascontiguousarray(calibration, np.float32)))
+
+
+def check_spec(spec: QuantSpec) -> str:
+    """Refuse what QNN HTP cannot encode; return the widest activation dtype of the spec."""
+    for name, lq in spec.layers.items():
+        if not lq.fmt.startswith("int"):
+            raise QnnExportError(f"layer {name}: {lq.fmt} weights have no QNN HTP encoding; quantise with --fmt int")
+        if lq.zero_point is not None:
+            raise QnnExportError(f"layer {name}: asymmetric weights; QNN HTP takes symmetric per-channel weights")
+        if lq.scale.shape[1] != 1:
+            raise QnnExportError(f"layer {name}: per-group weight scales ({lq.granularity}); QNN HTP takes "
+                                 "per-channel weights: quantise with weight_granularity: channel")
+    widest = None
+    for name, aq in spec.acts.items():
+        if aq.dynamic:
+            raise QnnExportError(f"activation {name}: dynamic {aq.granularity} quantisation; QNN HTP needs static "
+                                 "per-tensor activations (act_granularity: tensor)")
+        if aq.fmt not in ACT_BITS:
+            raise QnnExportError(f"activation {name}: {aq.fmt} has no QNN HTP encoding; use 8- or 16-bit INT "
+                                 "activations (--bits w8a8, w8a16, w4a16)")
+        if widest is None or ACT_BITS[aq.fmt] > ACT_BITS[widest]:
+            widest = aq.fmt
+    return widest or "uint16"
+
+
+def float_twin(model: nn.Module, spec: QuantSpec) -> nn.Module:
+    """A pure float copy: quantised layers hold codes × scale, activation quantisers become identities."""
+    twin = copy.deepcopy(model).eval()
+    for name, lq in spec.layers.items():
+        layer = twin.get_submodule(name)
+        with torch.no_grad():
+            layer.weight.data = torch.from_numpy(lq.dequantized()).reshape(layer.weight.shape).clone()
+        if hasattr(layer, "weight_quant"):
+            layer.weight_quant, layer._wq_key = None, None
+    for name in spec.acts:
+        twin.set_submodule(name, nn.Identity())
+    return twin
+
+
+def _positive_scales(spec: QuantSpec) -> QuantSpec:
+    """BN folding can make a channel's scale negative; QNN wants s > 0: flip that row's codes instead."""
+    from runtimes.onnx.quantspec import LayerQuant
+    layers = {}
+    for name, lq in spec.layers.items():
+        neg = lq.scale[:, 0] < 0
+        if neg.any():
+            q = lq.q.copy()
+            q[neg] = -q[neg]
+            lo = -(2 ** (format_bits(lq.fmt) - 1))
+            if q.min() < lo:
+                raise QnnExportError(f"layer {name}: a negative BatchNorm scale flips code {lo} out of range; "
+                                     "fold BatchNorm before quantising (edgevit rewrite --target qnn-htp)")
+            lq = LayerQuant(lq.fmt, q, np.abs(lq.scale), None, lq.scale_dtype)
+        layers[name] = lq
+    return QuantSpec(spec.precision, layers, spec.acts)
+
+
+def _locate(graph: onnx.GraphProto, name: str, w: np.ndarray) -> tuple[str, int, onnx.NodeProto]:
+    """(initializer name, output-channel axis, consumer) of layer `name`'s weight: by name, else by value."""
+    inits = {i.name: i for i in graph.initializer}
+    cands = []
+    if f"{name}.weight" in inits:
+        cands.append((f"{name}.weight", 0))
+    else:
+        flat = w.astype(np.float32)
+        for i in graph.initializer:
+            if i.data_type != onnx.TensorProto.FLOAT or int(np.prod(i.dims)) != w.size:
+                continue
+            a = numpy_helper.to_array(i)
+            if a.shape == flat.shape and np.array_equal(a, flat):
+                cands.append((i.name, 0))
+            elif w.ndim == 2 and a.shape == flat.T.shape and np.array_equal(a, flat.T):
+                cands.append((i.name, 1))
+    for init, axis in cands:
+        users = [n for n in graph.node if init in n.input[1:2]]
+        if users and users[0].op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
+            if users[0].op_type == "Gemm" and any(a.name == "transB" and a.i == 0 for a in users[0].attribute):
+                axis = 1
+            return init, axis, users[0]
+    raise QnnExportError(f"cannot find the weight of layer {name} in the exported graph; "
+                         "export the model without custom ops around its Linear/Conv layers")
+
+
+def overrides_for(graph: onnx.GraphProto, spec: QuantSpec, info: BundleInfo) -> dict:
+    """TensorQuantOverrides (onnxruntime's format) carrying edgevit's weight and activation encodings."""
+    from onnxruntime.quantization import QuantType
+    qtype = {"int8": QuantType.QInt8, "int4": QuantType.QInt4, "uint8": QuantType.QUInt8,
+             "uint16": QuantType.QUInt16, "int16": QuantType.QInt16}
+    overrides: dict[str, list[dict]] = {}
+    for name, lq in spec.layers.items():
+        init, axis, consumer = _locate(graph, name, lq.dequantized())
+        bits = format_bits(lq.fmt)
+        storage = "int4" if bits <= 4 else "int8"
+        overrides[init] = [{"axis": axis, "scale": np.float32(s), "zero_point": 0, "quant_type": qtype[storage]}
+                           for s in lq.scale[:, 0]]
+        info.weights[init] = {"layer": name, "bits": bits, "storage": storage, "axis": axis}
+        aq = spec.acts.get(f"{name}.input_quant")
+        if aq is None:
+            continue
+        tensor = consumer.input[0]
+        entry = {"scale": np.array(aq.scale, np.float32), "zero_point": np.array(aq.zero_point or 0, np.dtype(aq.fmt)),
+                 "quant_type": qtype[aq.fmt]}
+        if tensor in overrides and (overrides[tensor][0]["scale"], overrides[tensor][0]["zero_point"]) != \
+                (entry["scale"], entry["zero_point"]):
+            info.conflicts.append(tensor)   # first quantiser wins; both read the same tensor
+            continue
+        overrides[tensor] = [entry]
+        info.activations[tensor] = f"{name}.input_quant"
+    return overrides
+
+
+def _reader(name: str, calibration: np.ndarray):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calibration[i:i + 1] for i in range(len(calibration)))
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {name: np.ascontiguousarray(x, np.float32)}
+    return Reader()
+
+
+def check_static(path: Path) -> None:
+    """Every tensor of the float graph has a static shape of rank ≤ 4 (what QNN HTP compiles)."""
+    m = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    for v in [*m.graph.input, *m.graph.output, *m.graph.value_info]:
+        dims = v.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            raise QnnExportError(f"tensor {v.name} has a dynamic shape; QNN needs static shapes "
+                                 "(edgevit rewrite --target qnn-htp, static batch 1)")
+        if len(dims) > 4:
+            raise QnnExportError(f"tensor {v.name} has rank {len(dims)} > 4; run edgevit rewrite --target qnn-htp "
+                                 "(conv-layout pass) before the QNN export")
+
+
+def _codes_exact(qdq_path: Path, spec: QuantSpec, info: BundleInfo) -> bool:
+    """The int initializers the recipe wrote equal edgevit's codes, layer by layer."""
+    inits = {i.name: i for i in onnx.load(str(qdq_path)).graph.initializer}
+    for init, w in info.weights.items():
+        q = inits.get(f"{init}_quantized")
+        if q is None:
+            return False
+        codes = numpy_helper.to_array(q).astype(np.int32)
+        ref = spec.layers[w["layer"]].q.astype(np.int32)
+        ref = ref.reshape(codes.shape) if w["axis"] == 0 else ref.reshape(codes.T.shape).T
+        if not np.array_equal(codes, ref):
+            return False
+    return True
+
+
+def build_qdq(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path, calibration: np.ndarray,
+              precision: str | None = None, float_name: str = "model.fp32.onnx",
+              qdq_name: str = "model.qdq.onnx") -> tuple[nn.Module, BundleInfo]:
+    """Write the float graph and the QNN QDQ graph of `model` into `out_dir`; returns (torch reference, info).
+
+    `model` is either quantised by quant/ (its encodings are carried) or float, in which case it is
+    quantised here at `precision` (w8a16 | w8a8 | w4a16) on `calibration` first. The torch reference
+    returned is the fake-quant model the QDQ graph must agree with.
+    """
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+    from runtimes.onnx.quantized import fold_batchnorm
+    calibration = np.ascontiguousarray(calibration, np.float32)
+    if len(calibration) == 0:
+        raise QnnExportError("the QNN export needs calibration images (--calib-data)")
+    if not is_quantized(model):
+        model = edgevit_quantize(model, precision or "w8a16", calibration)
+    spec = spec_from_model(model)
+    act_type = check_spec(spec)
+    folded, spec = fold_batchnorm(model, spec)
+    spec = _positive_scales(spec)
+    shape = (1, *input_shape[1:])
+    info = BundleInfo(out_dir / float_name, out_dir / qdq_name, spec.precision, act_type)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "opset 21 not supported": the float ops used exist at 21 unchanged
+        export_onnx(float_twin(folded, spec), shape, info.float_path, opset=OPSET, dynamic_batch=False)
+    check_static(info.float_path)
+    graph = onnx.load(str(info.float_path)).graph
+    overrides = overrides_for(graph, spec, info)
+    qt = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8,
+          "int16": QuantType.QInt16}[act_type]
+    with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
+        cfg = get_qnn_qdq_config(str(info.float_path), _reader(graph.input[0].name, calibration),
+                                 activation_type=qt, weight_type=QuantType.QInt8, per_channel=True,
+                                 init_overrides=overrides)
+        tmp_out = Path(tmp) / qdq_name
+        quantize(str(info.float_path), str(tmp_out), cfg)
+        tmp_out.replace(info.qdq_path)
+    info.codes_exact = _codes_exact(info.qdq_path, spec, info)
+    return model, info
+
+
+class _quiet_logging:
+    """onnxruntime's quantiser warns 'please run pre-processing' through the root logger; not useful here."""
+
+    def __enter__(self):
+        import logging
+        self.logger = logging.getLogger()
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)

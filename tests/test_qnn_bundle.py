@@ -1,0 +1,137 @@
+"""QNN bundle pieces without the HTP emulator: SoC table, QNN-legality checks, edgevit encodings carried
+into the QDQ graph (codes, scales, zero points), AIMET encodings JSON, the missing-extra message."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+import quant
+from runtimes.errors import ExportError, RuntimeArtifactError
+from runtimes.onnx.quantspec import ActQuant, LayerQuant, QuantSpec, spec_from_model
+from runtimes.qnn.bundle import build_qdq, check_spec, check_static
+from runtimes.qnn.compile import SOCS, parse_soc
+from runtimes.qnn.encodings import encodings_from_qdq
+from runtimes.qnn.errors import QnnExportError, QnnMissing, require_qnn
+
+pytest.importorskip("onnxruntime.quantization")
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 10, 1), nn.Flatten()).eval()
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return np.random.default_rng(0).standard_normal((16, 1, 12, 12)).astype(np.float32)
+
+
+def _qdq(tmp_path, model, calib, precision=None):
+    ref, info = build_qdq(model, (1, 1, 12, 12), tmp_path, calib, precision)
+    return ref, info, onnx.load(str(info.qdq_path))
+
+
+def test_soc_table_maps_parts_to_htp_generations():
+    assert parse_soc("sm8650").htp_arch == 75 and parse_soc("SM8550").htp_arch == 73
+    assert {s.htp_arch for s in SOCS.values()} >= {68, 69, 73, 75, 79, 81}
+    with pytest.raises(ExportError, match="SM8650"):
+        parse_soc("SM9999")
+
+
+def test_rejects_what_qnn_cannot_encode():
+    w = LayerQuant("int8", np.ones((4, 4), np.float32), np.ones(4, np.float32))
+    ok = ActQuant("uint8", "per-tensor", 0.1, 3)
+    assert check_spec(QuantSpec("w8a8", {"l": w}, {"l.input_quant": ok})) == "uint8"
+    fp = LayerQuant("fp8_e4m3", np.ones((4, 4), np.float32), np.ones(4, np.float32))
+    with pytest.raises(QnnExportError, match="--fmt int"):
+        check_spec(QuantSpec("w8a8", {"l": fp}, {}))
+    with pytest.raises(QnnExportError, match="static"):
+        check_spec(QuantSpec("w8a8", {"l": w}, {"a": ActQuant("int8", "per-token")}))
+    grouped = LayerQuant("int4", np.ones((4, 8), np.float32), np.ones((4, 2), np.float32))
+    with pytest.raises(QnnExportError, match="per-channel"):
+        check_spec(QuantSpec("w4a16", {"l": grouped}, {}))
+
+
+def test_w8a8_scales_and_codes_are_carried(tmp_path, calib):
+    qmodel = quant.quantize_model(tiny_cnn(), quant.parse_spec("int", "w8a8", None, ()), torch.from_numpy(calib))
+    spec = spec_from_model(qmodel)
+    _, info, qdq = _qdq(tmp_path, qmodel, calib)
+    assert info.codes_exact and len(info.weights) == 3 and len(info.activations) == 3 and not info.conflicts
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    for init, w in info.weights.items():   # per-channel int8, edgevit's scales bit for bit
+        assert inits[f"{init}_quantized"].dtype == np.int8
+        np.testing.assert_array_equal(inits[f"{init}_scale"], spec.layers[w["layer"]].scale[:, 0])
+    q_nodes = {n.input[0]: n for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    for tensor, qname in info.activations.items():
+        aq = spec.acts[qname]
+        node = q_nodes[tensor]
+        assert float(inits[node.input[1]]) == np.float32(aq.scale)
+        assert int(inits[node.input[2]]) == aq.zero_point and inits[node.input[2]].dtype == np.uint8
+
+
+def test_adaptive_rounding_survives(tmp_path, calib):
+    """Codes that are not round-to-nearest (as AdaRound leaves them) come out of the QDQ graph unchanged."""
+    qmodel = quant.quantize_model(tiny_cnn(), quant.parse_spec("int", "w8a16", None, ()), torch.from_numpy(calib))
+    for m in qmodel.modules():
+        if getattr(m, "weight_quant", None) is not None:
+            m.weight_quant.rounding = lambda x, fmt: torch.clamp(torch.floor(x), fmt.qmin, fmt.qmax)
+    floor_codes = {n: lq.q for n, lq in spec_from_model(qmodel).layers.items()}
+    _, info, qdq = _qdq(tmp_path, qmodel, calib)
+    assert info.codes_exact
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    first = next(iter(info.weights))
+    codes = inits[f"{first}_quantized"].astype(np.float32)
+    np.testing.assert_array_equal(codes, floor_codes[info.weights[first]["layer"]].reshape(codes.shape))
+
+
+def test_w4a16_float_model_is_quantised_by_edgevit(tmp_path, calib):
+    ref, info, qdq = _qdq(tmp_path, tiny_cnn(), calib, "w4a16")
+    assert info.codes_exact and info.activation_type == "uint16"
+    assert any(isinstance(m, quant.ActQuantizer) for m in ref.modules())   # the fake-quant reference
+    types = {i.data_type for i in qdq.graph.initializer if i.name.endswith("_quantized")}
+    assert onnx.TensorProto.INT4 in types
+
+
+def test_encodings_follow_aimet_convention(tmp_path, calib):
+    qmodel = quant.quantize_model(tiny_cnn(), quant.parse_spec("int", "w8a8", None, ()), torch.from_numpy(calib))
+    _, info, _ = _qdq(tmp_path, qmodel, calib)
+    enc = encodings_from_qdq(info.qdq_path, info.float_path)
+    json.dumps(enc)
+    float_graph = onnx.load(str(info.float_path)).graph
+    names = {i.name for i in float_graph.initializer} | {o for n in float_graph.node for o in n.output} | {"input"}
+    assert enc["version"] == "1.0.0" and {e["name"] for e in enc["activation_encodings"]} <= names
+    params = {p["name"]: p for p in enc["param_encodings"]}
+    for init in info.weights:
+        p = params[init]
+        assert p["enc_type"] == "PER_CHANNEL" and p["bw"] == 8 and p["is_sym"] and set(p["offset"]) == {-128}
+    acts = {a["name"]: a for a in enc["activation_encodings"]}
+    spec = spec_from_model(qmodel)
+    tensor, qname = next(iter(info.activations.items()))
+    assert acts[tensor]["offset"] == [-spec.acts[qname].zero_point] and acts[tensor]["bw"] == 8
+
+
+def test_dynamic_shapes_are_refused(tmp_path):
+    from runtimes.onnx.export import export_onnx
+    path = export_onnx(tiny_cnn(), (1, 1, 12, 12), tmp_path / "dyn.onnx", dynamic_batch=True)
+    with pytest.raises(QnnExportError, match="static"):
+        check_static(path)
+
+
+def test_missing_extra_names_the_install(monkeypatch, tmp_path, calib):
+    monkeypatch.setitem(sys.modules, "onnxruntime_qnn", None)
+    with pytest.raises(QnnMissing, match=r"pip install 'edgevit\[qnn\]'"):
+        require_qnn()
+    from runtimes.qnn.artifact import export_qnn_artifact
+    out = tmp_path / "art"
+    with pytest.raises(RuntimeArtifactError, match=r"edgevit\[qnn\]"):
+        export_qnn_artifact(tiny_cnn(), out, input_shape=(1, 1, 12, 12), preprocess={}, labels=[],
+                            parity_inputs=calib, calibration=calib)
+    assert not out.exists()
