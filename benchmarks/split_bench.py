@@ -40,6 +40,8 @@ def run_split(model: str, devices: str, results: Path, tag: str, work: Path, ext
         "accuracy_drop_points": round(drop, 2), "eval_images": r["accuracy"]["eval_images"],
         "largest_device_fraction": r["size"]["largest_device_fraction"],
         "total_size_reduction": r["size"]["total_reduction"],
+        "largest_device_file_reduction": r["size"]["largest_device_file_reduction"],
+        "files_bytes": r["size"]["files_bytes"],
         "per_device": {d["device"]: {"params": d["params"], "file_bytes": d["file_bytes"], "branches": d["branches"],
                                      "cost_share": d["cost_share"], "size_reduction": d["size_reduction"],
                                      "latency_ms_b1": d["latency_ms"]["1"]} for d in r["devices"]},
@@ -61,12 +63,13 @@ def checks(s: dict) -> list[tuple[str, bool]]:
 def markdown(runs: dict[str, dict]) -> str:
     lines = ["# ED-ViT split benchmark", "", "Measured by `benchmarks/split_bench.py` on a shared 2-core machine "
              "(load average recorded per run; latency ratios come from interleaved rounds in one process).", "",
-             "| run | top-1 split / original | Δ pts | largest sub-model | total size red. | parallel b1 | "
-             "parallel b64 | parity vs torch | load avg |", "|---|---|---|---|---|---|---|---|---|"]
+             "| run | top-1 split / original | Δ pts | largest sub-model | total params red. | largest file red. | "
+             "parallel b1 | parallel b64 | parity vs torch | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in runs.items():
         p = s["parity_vs_torch"]
         lines.append(f"| {name} | {s['split_top1']:.2f} / {s['original_top1']:.2f} | {-s['accuracy_drop_points']:+.2f} "
                      f"| {s['largest_device_fraction']:.3f}x params | {s['total_size_reduction']:.2f}x | "
+                     f"{s['largest_device_file_reduction']:.1f}x (vs {s['original_file_bytes']} B FP32 ONNX) | "
                      f"{s['parallel_vs_original']['1']:.3f}x ({s['parallel_ms']['1']:.3f} / {s['original_ms']['1']:.3f} ms)"
                      f" | {s['parallel_vs_original']['64']:.3f}x | top-1 agree {100 * p['top1_agreement']:.1f} %, "
                      f"max Δ {p['max_abs']:.1e} | {s['loadavg']} |")

@@ -79,7 +79,7 @@ class ReconConfig:
         if unknown:
             raise SpecError(f"unknown reconstruction key(s) {sorted(unknown)}; allowed: {', '.join(known)}")
         try:
-            typed = {k: (v if isinstance(v, str) else type(getattr(cls, k))(v)) for k, v in d.items()}
+            typed = {k: (v if isinstance(getattr(cls, k), (str, bool)) else type(getattr(cls, k))(v)) for k, v in d.items()}
         except (TypeError, ValueError) as e:
             raise SpecError(f"reconstruction: bad value ({e})") from e
         return cls(**typed)

@@ -19,6 +19,9 @@ THRESHOLDS = {
     "fp32": {"max_abs": 1e-4, "top1_agreement": 1.0},
     "fp16": {"top1_agreement": 0.995, "sqnr_db": 40.0},
     "int8": {"top1_agreement": 0.995, "sqnr_db": 25.0},
+    # the opt-in `integer` graph form adds requantisation points the torch model lacks (runtimes.onnx.requant):
+    # measured 99.2-100 % agreement on 512-image subsets, so its declared bar is lower; it is not the INT8 bar
+    "int8-requant": {"top1_agreement": 0.99, "sqnr_db": 25.0},
     "lowbit": {"top1_agreement": 0.99, "sqnr_db": 20.0},
 }
 

@@ -16,12 +16,12 @@ from edgevit.models.bundled import FASHION_MNIST_PREPROCESS
 from edgevit.models.registry import load_model
 from edgevit.rewrite import load_target, rewrite_model
 from edgevit.rewrite.checker import check_model
-from edgevit.rewrite.distill import DistillRecipe, distill, token_layout
+from edgevit.rewrite.distill import DistillRecipe, QuantNoise, distill, token_layout
 from edgevit.rewrite.student import UIB, ConvStudent, StudentConfig
 
 torch.set_num_threads(1)
 SHAPE = (1, 1, 28, 28)
-SMALL = DistillRecipe(epochs=1, batch_size=64, hflip=True)
+SMALL = DistillRecipe(epochs=1, robust_epochs=1, batch_size=64, hflip=True)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,26 @@ def test_distill_is_seeded_and_resumes(tmp_path, data, teacher):
         direct = teacher(train[0][:4].flip(-1))
     assert torch.allclose(cache["logits"][1, :4], direct, atol=0.15)      # bf16 teacher, mirrored view
     again, rec2 = distill(teacher, train, test, SMALL, tmp_path / "a", progress=False)   # finished: nothing to do
+    assert [h["phase"] for h in rec["history"]] == ["distil", "robust"]
     assert rec2["history"] == rec["history"] and rec2["train_s"] < 5
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), again.state_dict().values()))
+
+
+def test_quant_noise_is_one_quantiser_step():
+    lin = nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(4))
+    x = torch.linspace(0, 255, 4000).reshape(1000, 4)          # range 255 → 8-bit step 1
+    noise = QuantNoise(lin, 8, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clean = lin(x)
+        noise.on = True
+        noisy = lin(x)
+    d = noisy - clean
+    assert d.abs().max() <= 0.5 + 1e-4 and d.std() == pytest.approx(1 / 12 ** 0.5, rel=0.1)
+    noise.remove()
+    with torch.no_grad():
+        assert torch.equal(lin(x), clean)
 
 
 def test_distill_refuses_another_recipe_in_work_dir(tmp_path, data, teacher):
@@ -131,3 +149,11 @@ def test_cli_distill_end_to_end(tmp_path):
     assert not (tmp_path / "student.work").exists()       # work dir removed after success
     r = CliRunner().invoke(cli, ["check", str(out), "--target", "qnn-htp", "--no-compile"])
     assert r.exit_code == 0 and "0 violations" in r.output
+
+
+def test_interleaved_latency_reports_both_models():
+    from edgevit.rewrite.compare import ort_latency_interleaved
+    models = {"student": ConvStudent().eval(), "conv": nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU6()).eval()}
+    lat = ort_latency_interleaved(models, SHAPE, rounds=2, iters=3, warmup=1)
+    assert set(lat["models"]) == {"student", "conv"} and len(lat["loadavg_before"]) == 3
+    assert all(v["median_ms"] > 0 and len(v["round_medians_ms"]) == 2 for v in lat["models"].values())

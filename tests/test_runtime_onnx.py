@@ -149,6 +149,9 @@ def test_vit_w8a8_quantises_every_activation_in_graph(tmp_path, images):
     assert art.manifest["quant"]["graph_form"] == "qdq-int8"
     assert art.manifest["parity"]["metrics"]["top1_agreement"] >= 0.995
     assert art.manifest["quant"]["precision"] == "w8a8"
+    import quant
+    from runtimes.onnx.quantized import float_twin   # other exporters' twin: low-bit weights, float activations
+    assert not any(isinstance(m, quant.ActQuantizer) for m in float_twin(q, spec).modules())
 
 
 def test_cnn_integer_form_requantises_and_keeps_parity(tmp_path, images):
@@ -235,7 +238,7 @@ def test_cli_quantize_export_parity_run_bench(tmp_path, cli_runner):
     from edgevit.data.fashion_mnist import load_fashion_mnist
     q, a8, f32 = tmp_path / "q8", tmp_path / "a8", tmp_path / "f32"
     steps = [["quantize", "mobilenet-mini", "--fmt", "int", "--bits", "w8a8", "--out", str(q), "--eval-limit", "200"],
-             ["export", str(q), "--out", str(a8), "--graph-form", "integer", "--parity-data", "fashion-mnist:512"],
+             ["export", str(q), "--out", str(a8), "--parity-data", "fashion-mnist:512"],
              ["export", "mobilenet-mini", "--out", str(f32), "--parity-data", "fashion-mnist:64"],
              ["check-parity", str(a8), "--data", "fashion-mnist:512"]]
     for args in steps:

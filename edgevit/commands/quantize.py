@@ -103,13 +103,13 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
 @click.option("--bias-correction/--no-bias-correction", default=None,
               help="Empirical bias correction after rounding [default: on for models with BN].")
 @click.option("--bn-reestimate/--no-bn-reestimate", default=None,
-              help="Re-estimate BN statistics after quantisation [default: on when BN is kept unfolded].")
+              help="Re-estimate BN statistics after quantisation (with --no-fold-bn; helps W4, hurts W8) [default: off].")
 @click.option("--candidates", default=None, help="--bits auto: per-layer choices, FAMILY:wNaM or float "
               "[default: int:w8a8,int:w6a8,int:w4a8,int:w3a8,int:w2a8].")
 @click.option("--max-size", default=None, help="--bits auto: model size budget, e.g. 1.2MB.")
 @click.option("--max-latency-ms", type=float, default=None, help="--bits auto: latency budget (NPU roofline cost model).")
 @click.option("--max-drop", type=float, default=None, help="--bits auto: smallest model losing at most this many top-1 points.")
-@click.option("--sensitivity", default="scaled", show_default=True, type=click.Choice(["scaled", "full"]),
+@click.option("--sensitivity", default="full", show_default=True, type=click.Choice(["scaled", "full"]),
               help="--bits auto: measure every (layer, candidate) (full) or one per layer scaled by local noise.")
 @click.option("--seed", default=0, show_default=True, help="Seed for calibration and evaluation sampling.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")

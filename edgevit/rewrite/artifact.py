@@ -1,5 +1,6 @@
 """Write a rewrite result directory atomically: model.pt, model.onnx, meta.json, rewrite.json (or
-distill.json + report.md + student.safetensors for the conv student), robustness.png and a manifest with the sha256 of every file."""
+distill.json + report.md + student.safetensors for the conv student), robustness.png and a manifest
+with the sha256 of every file."""
 from __future__ import annotations
 
 import hashlib

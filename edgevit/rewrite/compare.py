@@ -98,7 +98,8 @@ def markdown(name: str, result: dict, record: dict, check: dict) -> str:
     for p in precs:
         te, se = t["encoder"][p], s["encoder"][p]
         lines.append(f"| {p.upper()} encoder relRMS / SQNR | {100 * te['encoder_rel_rms']:.2f} % / "
-                     f"{te['encoder_sqnr_db']:.1f} dB | {100 * se['encoder_rel_rms']:.2f} % / {se['encoder_sqnr_db']:.1f} dB |")
+                     f"{te['encoder_sqnr_db']:.1f} dB | {100 * se['encoder_rel_rms']:.2f} % / "
+                     f"{se['encoder_sqnr_db']:.1f} dB |")
     sm = result["summary"]
     lat = result["latency"]
     lines += ["", f"Gap {sm['top1_gap_points']:+.2f} points; "

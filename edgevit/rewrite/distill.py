@@ -10,6 +10,11 @@ Cost on two CPU cores: the teacher runs once over the training set (and once ove
 the only augmentation, so every target is the teacher's real output for the image the student sees)
 and its logits and tokens are cached in `work_dir`; the student then trains a few epochs in bf16
 autocast, channels-last. The run is seeded and resumes from `work_dir/last.pt` after an interruption.
+
+A last phase (fp32: bf16's rounding is as large as 8-bit noise) makes the student robust to integer
+activations: each batch also runs with the noise of a per-tensor 8-bit quantiser added to every
+conv input, and relRMS² between the clean and noisy encoder outputs joins the loss — AutoNeural's
+robustness metric, optimised directly instead of hoped for.
 """
 from __future__ import annotations
 
@@ -41,13 +46,20 @@ class DistillRecipe:
     beta: float = 1.0               # weight of the feature distillation
     label_smoothing: float = 0.1
     hflip: bool = True              # mirrored copies, with their own cached teacher outputs
+    robust_epochs: int = 1          # then this many epochs of quantisation-noise consistency
+    robust_weight: float = 200.0    # weight of relRMS² between clean and noisy encoder outputs
+    noise_bits: int = 8             # the noise is that of a per-tensor uniform quantiser of this many bits
+    robust_lr_scale: float = 0.1    # phase-2 learning rate relative to `lr`
     train_samples: int = 0          # 0: the whole training split
     bf16: bool = True
     seed: int = 0
 
     def validate(self) -> "DistillRecipe":
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
-            raise UsageError("distillation needs epochs ≥ 1, batch size ≥ 1, lr > 0 and temperature > 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0 or self.robust_epochs < 0:
+            raise UsageError("distillation needs epochs ≥ 1, robust epochs ≥ 0, batch size ≥ 1, lr > 0 "
+                             "and temperature > 0")
+        if not 2 <= self.noise_bits <= 16:
+            raise UsageError(f"noise_bits must be 2-16, not {self.noise_bits}")
         if not 0 <= self.alpha <= 1 or self.beta < 0:
             raise UsageError(f"alpha must be in [0, 1] and beta ≥ 0 (got {self.alpha}, {self.beta})")
         return self
@@ -135,6 +147,29 @@ def token_layout(n_tokens: int) -> tuple[int, bool]:
                      "feature distillation needs a ViT teacher")
 
 
+class QuantNoise:
+    """Forward pre-hooks adding, to the input of every Conv2d/Linear (the tensors an integer NPU
+    quantises), uniform noise of one step of a per-tensor `bits`-bit quantiser over that tensor's
+    batch range: the error round-to-nearest would add, without its zero gradient."""
+
+    def __init__(self, model: nn.Module, bits: int, gen: torch.Generator):
+        self.levels, self.gen, self.on = 2 ** bits - 1, gen, False
+        self.handles = [m.register_forward_pre_hook(self._hook) for m in model.modules()
+                        if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+    def _hook(self, _module, args):
+        if not self.on:
+            return None
+        x = args[0]
+        step = (x.detach().amax() - x.detach().amin()).clamp_min(1e-8) / self.levels
+        u = torch.rand(x.shape, generator=self.gen, dtype=torch.float32).to(x.dtype) - 0.5
+        return (x + u * step,)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def distill(teacher: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
             recipe: DistillRecipe, work_dir: Path, config: StudentConfig | None = None,
             progress: bool = True) -> tuple[ConvStudent, dict]:
@@ -172,6 +207,7 @@ def distill(teacher: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: 
                              {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
     steps = math.ceil(len(xtr) / recipe.batch_size)
     total, warmup = recipe.epochs * steps, int(recipe.warmup_epochs * steps)
+    noise = QuantNoise(student, recipe.noise_bits, gen)
     start, history = 0, []
     if state is not None:
         student.load_state_dict(state["student"])
@@ -180,12 +216,14 @@ def distill(teacher: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: 
         gen.set_state(state["gen"])
         start, history = state["epoch"], state["history"]
     T, t_start = recipe.temperature, time.time()
-    for epoch in range(start, recipe.epochs):
+    n_epochs = recipe.epochs + recipe.robust_epochs
+    for epoch in range(start, n_epochs):
+        robust = epoch >= recipe.epochs
         student.train()
         adapter.train()
         perm = torch.randperm(len(xtr), generator=gen)
         flips = (torch.rand(len(xtr), generator=gen) < 0.5) if recipe.hflip else torch.zeros(len(xtr), dtype=torch.bool)
-        bar = tqdm(range(steps), desc=f"distil {epoch + 1}/{recipe.epochs}", disable=not progress)
+        bar = tqdm(range(steps), desc=f"{'robust' if robust else 'distil'} {epoch + 1}/{n_epochs}", disable=not progress)
         for i in bar:
             idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
             view = flips[idx].long()
@@ -194,8 +232,10 @@ def distill(teacher: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: 
             tl = t_logits[view, idx]
             tt = t_tokens[view, idx].float()
             for g in opt.param_groups:
-                g["lr"] = _lr_at(epoch * steps + i, total, warmup, recipe.lr)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+                g["lr"] = _lr_at(epoch * steps + i, total, warmup, recipe.lr) if not robust else \
+                    _lr_at((epoch - recipe.epochs) * steps + i, recipe.robust_epochs * steps, 0,
+                           recipe.lr * recipe.robust_lr_scale)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16 and not robust):   # noise ≈ bf16 ulp
                 fmap = student.forward_features(xb)
                 logits = student.forward_head(fmap)
                 patches, cls = adapter(fmap)
@@ -207,20 +247,29 @@ def distill(teacher: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: 
             if cls is not None:
                 feat = (feat * grid * grid + F.mse_loss(cls.float(), tt[:, 0])) / (grid * grid + 1)
             loss = (1 - recipe.alpha) * ce + recipe.alpha * kd + recipe.beta * feat / t_var
+            if robust:      # the same batch through the noisy network: its encoder output must not move
+                noise.on = True
+                noisy = student.forward_features(xb)
+                noise.on = False
+                rel2 = (noisy.float() - fmap.float()).pow(2).sum() / fmap.float().pow(2).sum().clamp_min(1e-12)
+                loss = loss + recipe.robust_weight * rel2
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 2.0)
             opt.step()
             if i % 20 == 0:
-                bar.set_postfix(ce=f"{ce.item():.3f}", kd=f"{kd.item():.3f}", feat=f"{feat.item() / t_var:.3f}")
+                bar.set_postfix(ce=f"{ce.item():.3f}", kd=f"{kd.item():.3f}", feat=f"{feat.item() / t_var:.3f}",
+                                **({"noise_rel": f"{rel2.item() ** 0.5:.4f}"} if robust else {}))
         acc = evaluate(student, test[0], test[1])
-        history.append({"epoch": epoch + 1, "test_top1": acc, "elapsed_s": round(time.time() - t_start, 1)})
+        history.append({"epoch": epoch + 1, "phase": "robust" if robust else "distil", "test_top1": acc,
+                        "elapsed_s": round(time.time() - t_start, 1)})
         tqdm.write(f"epoch {epoch + 1}: student test top-1 {acc:.2f}%")
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"student": student.state_dict(), "adapter": adapter.state_dict(), "opt": opt.state_dict(),
                     "gen": gen.get_state(), "epoch": epoch + 1, "history": history, "recipe": asdict(recipe),
                     "config": config.to_dict()}, tmp)
         tmp.replace(ckpt)
+    noise.remove()
     student = student.to(memory_format=torch.contiguous_format).eval()
     record = {"recipe": asdict(recipe), "student_config": config.to_dict(), "history": history,
               "train_samples": len(xtr), "teacher_cache_s": round(cache_s, 1),

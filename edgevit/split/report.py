@@ -61,6 +61,7 @@ def build_report(split: SplitModel, plan: dict, original: nn.Module, input_shape
             "macs": count_macs(sub, input_shape), "heads": sum(d["heads"]), "hidden": sum(d["hidden"]),
             "branches": d["branches"], "cost_share": d["cost_share"],
             "size_reduction": round(o_params / p, 2),
+            "file_reduction": round(files["original"].stat().st_size / files[d["name"]].stat().st_size, 2),
             "latency_ms": {str(b): round(latency[b][d["name"]], 4) for b in batches},
             "expected_latency_ms": {str(b): round(latency[b][d["name"]] / d["compute"], 4) for b in batches}})
     sub_params = sum(d["params"] for d in devices)
@@ -78,7 +79,11 @@ def build_report(split: SplitModel, plan: dict, original: nn.Module, input_shape
         "size": {"total_params": sub_params + fusion_params,
                  "total_reduction": round(o_params / (sub_params + fusion_params), 3),
                  "largest_device_fraction": round(max(d["params"] for d in devices) / o_params, 4),
-                 "largest_device_reduction": round(o_params / max(d["params"] for d in devices), 2)},
+                 "largest_device_reduction": round(o_params / max(d["params"] for d in devices), 2),
+                 "files_bytes": sum(d["file_bytes"] for d in devices) + files["fusion"].stat().st_size,
+                 "largest_device_file_reduction": round(files["original"].stat().st_size
+                                                        / max(d["file_bytes"] for d in devices), 2),
+                 "note": "reductions vs the FP32 original: params, and ONNX file bytes (quantised files with --bits)"},
         "latency": {"parallel_ms": {b: round(v, 4) for b, v in parallel.items()},
                     "original_ms": {str(b): round(latency[b]["original"], 4) for b in batches},
                     "parallel_vs_original": {str(b): round(parallel[str(b)] / latency[b]["original"], 4)

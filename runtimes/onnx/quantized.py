@@ -70,11 +70,12 @@ def fold_batchnorm(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, QuantS
     return model, QuantSpec(spec.precision, layers, spec.acts)
 
 
-def float_twin(model: nn.Module, spec: QuantSpec) -> nn.Module:
-    """A copy of `model` computing what it computes, in ops the exporter understands.
+def float_twin(model: nn.Module, spec: QuantSpec, activations: bool = False) -> nn.Module:
+    """A copy of `model` with the dequantised low-bit weights, in ops any exporter can trace.
 
     Quantised layers keep their class but hold the dequantised weight (their weight quantiser is
-    dropped); every activation quantiser named in `spec.acts` becomes an ActQuantOp.
+    dropped). Activation quantisers named in `spec.acts` become identities, or with `activations`
+    an ActQuantOp each (same values in torch, explicit rounding ops in ONNX).
     """
     twin = copy.deepcopy(model).eval()
     for name, lq in spec.layers.items():
@@ -88,7 +89,7 @@ def float_twin(model: nn.Module, spec: QuantSpec) -> nn.Module:
             layer._wq_key = None
     for name, aq in spec.acts.items():
         parent, _, leaf = name.rpartition(".")
-        setattr(twin.get_submodule(parent) if parent else twin, leaf, ActQuantOp(aq))
+        setattr(twin.get_submodule(parent) if parent else twin, leaf, ActQuantOp(aq) if activations else nn.Identity())
     return twin
 
 
@@ -302,7 +303,7 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
             raise ExportError("the integer graph form needs calibration images for its requantisation scales")
     path = Path(path)
     model, spec = fold_batchnorm(model, spec)
-    twin = float_twin(model, spec)
+    twin = float_twin(model, spec, activations=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:

@@ -27,11 +27,13 @@ ENTRY, FLOAT, ENCODINGS = "model.qdq.onnx", "model.fp32.onnx", "model.encodings"
 
 # Against the torch fake-quant model. QNN quantises every tensor edgevit keeps float (LayerNorm
 # internals, residual adds, scores) and requantises with its own integer kernels, so agreement, not
-# bit-equality, is the bar. Measured (benchmarks/qnn_compare.py, Fashion-MNIST test): see the
-# results file; the bars sit below the weakest measured model so real models export, while a wrong
-# scale or layout (SQNR near 0 dB) fails them.
-THRESHOLDS = {"a16": {"top1_agreement": 0.99, "sqnr_db": 20.0},
-              "a8": {"top1_agreement": 0.9, "sqnr_db": 8.0}}
+# bit-equality, is the bar. Measured on the HTP emulator (benchmarks/qnn_compare.py, 96 Fashion-MNIST
+# test images, rewritten vit-tiny and mobilenet-mini): 16-bit activations 98.96-100 % agreement,
+# SQNR 33.6-37.0 dB; 8-bit 98.96-100 %, 25.2-31.1 dB. Export checks only a handful of images, so the
+# agreement bar allows one miss in 16; SQNR (well under the measured minimum, far above the ~0 dB of a
+# wrong scale or layout) is the real guard.
+THRESHOLDS = {"a16": {"top1_agreement": 0.9, "sqnr_db": 25.0},
+              "a8": {"top1_agreement": 0.9, "sqnr_db": 18.0}}
 CONTEXT_CHECK_IMAGES = 4
 
 

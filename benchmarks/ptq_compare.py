@@ -1,0 +1,263 @@
+"""Side-by-side PTQ: edgevit RTN / AdaRound / BRECQ vs onnxruntime's quantizer vs brevitas, one run.
+
+Every quantiser sees the same calibration images and is scored on the same evaluation images:
+- bundled vit-small and mobilenet-mini: calibration = Fashion-MNIST train subset (--calib), evaluation =
+  a seeded subset of the Fashion-MNIST test set (--eval-limit), top-1 vs labels;
+- mobilenetv2 (real ImageNet weights): the 42 real photos (7 scenes × 6 views); calibration on views
+  1-3 (21 images), evaluation on views 4-6 (the other 21): top-1 agreement with FP32 and logit SQNR.
+A peer that cannot express a precision gets a row with "n/a" and the reason.
+
+    OMP_NUM_THREADS=1 python benchmarks/ptq_compare.py [--models vit-small mobilenet-mini mobilenetv2]
+        [--eval-limit 2000] [--iters 150]   # writes benchmarks/results/ptq_compare.{json,md,png}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import quant
+from edgevit.data import calibration_tensor, load_data
+from edgevit.data.photos import real_photos
+from edgevit.models.registry import load_model
+from quant.reconstruct import ReconConfig, quantize_with_method
+
+PRECISIONS = [("int", "w8a8"), ("int", "w4a8"), ("int", "w4a6"), ("fp4", "w4a8"), ("fp4", "w4a6"), ("mxfp4", "w4a8")]
+# which (method, precision) pairs run per model: BRECQ everywhere, AdaRound where the issue's claims are
+EDGEVIT_PLAN = {
+    "vit-small": {"rtn": PRECISIONS, "adaround": [("int", "w4a8"), ("int", "w4a6"), ("fp4", "w4a6")], "brecq": PRECISIONS},
+    "mobilenet-mini": {"rtn": PRECISIONS, "adaround": [("int", "w4a8")], "brecq": [("int", "w4a8"), ("int", "w4a6"), ("fp4", "w4a6")]},
+    "mobilenetv2": {"rtn": PRECISIONS, "adaround": [("int", "w8a8"), ("int", "w4a8")], "brecq": [("int", "w4a8")]},
+}
+RESULTS = Path(__file__).parent / "results"
+
+
+# -- data and scoring ---------------------------------------------------------------------------------
+def data_for(name: str, meta, args):
+    if name == "mobilenetv2":
+        photos = real_photos(meta.preprocess)          # view-major: 6 blocks of 7 scenes
+        return photos[:21], photos[21:], None, "real photos: calibrate on views 1-3, evaluate on views 4-6 (21 each)"
+    calib = calibration_tensor(args.calib, meta.preprocess, seed=args.seed)
+    x, y = load_data(f"fashion-mnist:{args.eval_limit}", meta.preprocess, split="test", seed=args.seed)
+    return calib, x, y, f"Fashion-MNIST: calibrate on {args.calib} (train), evaluate on {args.eval_limit} test images"
+
+
+def logits(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([torch.as_tensor(fn(x[i:i + batch])) for i in range(0, len(x), batch)])
+
+
+def score(out: torch.Tensor, ref: torch.Tensor, y) -> dict:
+    s = {"agreement": 100.0 * (out.argmax(-1) == ref.argmax(-1)).double().mean().item(),
+         "sqnr_db": quant.sqnr_db(ref, out)}
+    if y is not None:
+        s["top1"] = 100.0 * (out.argmax(-1) == y).double().mean().item()
+    return s
+
+
+def edgevit_size(qmodel) -> int:
+    with tempfile.TemporaryDirectory() as d:
+        return quant.save_quantized(qmodel, Path(d) / "ck")["total_bytes"]
+
+
+# -- peers --------------------------------------------------------------------------------------------
+def run_edgevit(model, fam, bits, method, calib, cfg):
+    spec = quant.parse_spec(fam, bits)
+    t0 = time.perf_counter()
+    q, rep = quantize_with_method(model, spec, calib, method, cfg)
+    return q, time.perf_counter() - t0, {"units": len(rep.get("units", []))} if method != "rtn" else {}
+
+
+def ort_capability(fam, bits):
+    if fam != "int":
+        return "onnxruntime quantize_static has INT8/INT4/INT16 QDQ types (FP8 only via its float8 path); no FP4/FP6/MX"
+    if bits == "w4a6":
+        return "onnxruntime QDQ types are 4/8/16 bit: no 6-bit activations"
+    return None
+
+
+def run_ort(model, meta, fam, bits, calib, x, tmp: Path, calib_method: str):
+    """onnxruntime.quantization.quantize_static: QDQ, per-channel weights, static activations."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from runtimes.onnx.export import export_onnx
+    fp32 = tmp / "fp32.onnx"
+    if not fp32.exists():
+        export_onnx(model, (1, *x.shape[1:]), fp32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": calib[i:i + 1].numpy()} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = tmp / f"ort_{bits}_{calib_method}.onnx"
+    wtype = QuantType.QInt4 if bits.startswith("w4") else QuantType.QInt8
+    t0 = time.perf_counter()
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=wtype, activation_type=QuantType.QUInt8,
+                    calibrate_method=getattr(CalibrationMethod, calib_method),
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    secs = time.perf_counter() - t0
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    fn = lambda b: sess.run(None, {"input": b.numpy()})[0]   # noqa: E731
+    return fn, secs, out.stat().st_size
+
+
+def brevitas_recipe(fam, bits):
+    """The spec brevitas' core quantisers can express for a precision (per-channel FP weights,
+    static per-tensor activations), or (None, reason)."""
+    if fam == "mxfp4":
+        return None, "brevitas core has MX weights but no MX/per-token activation quantiser for the A side"
+    if fam == "int":
+        return {}, None
+    return {"weight_granularity": "channel", "act_granularity": "tensor"}, None
+
+
+def run_brevitas(model, fam, bits, method, calib, recipe):
+    from edgevit.backends import brevitas_backend as bb
+    spec = quant.parse_spec(fam, bits, recipe)
+    t0 = time.perf_counter()
+    q, rep = bb.quantize(model, spec, calib, method=method, keep_brevitas=True)
+    secs = time.perf_counter() - t0
+    return rep.pop("brevitas_model"), q, secs
+
+
+# -- main ---------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(EDGEVIT_PLAN))
+    ap.add_argument("--calib", default="fashion-mnist:256")
+    ap.add_argument("--eval-limit", type=int, default=2000)
+    ap.add_argument("--iters", type=int, default=150, help="reconstruction steps per unit (CLI default: 400)")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS / "ptq_compare.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    import onnxruntime
+    onnxruntime.set_default_logger_severity(3)
+    rows, notes, t_start = [], {}, time.perf_counter()
+
+    def add(model, tool, method, fam, bits, s=None, secs=None, size=None, na=None, extra=None):
+        row = {"model": model, "tool": tool, "method": method, "fmt": fam, "bits": bits,
+               **(s or {}), "quantize_s": secs, "packed_bytes": size, "na": na, **(extra or {})}
+        rows.append(row)
+        shown = "n/a: " + na if na else " ".join(f"{k}={v:.2f}" for k, v in (s or {}).items())
+        print(f"  {tool:9s} {method:22s} {fam:5s} {bits}: {shown}" + (f"  ({secs:.0f}s)" if secs else ""), flush=True)
+
+    for name in args.models:
+        model, meta = load_model(name)
+        model.eval()
+        calib, x, y, note = data_for(name, meta, args)
+        notes[name] = note
+        ref = logits(model, x)
+        fp = score(ref, ref, y)
+        print(f"{name}: {note}; FP32 {fp}", flush=True)
+        add(name, "fp32", "-", "fp32", "w32a32", fp, 0.0, sum(p.numel() * 4 for p in model.parameters()))
+        bs = 8 if name == "mobilenetv2" else 32
+        cfg = ReconConfig(iters=min(args.iters, 100) if name == "mobilenetv2" else args.iters,
+                          batch_size=min(bs, len(calib)), seed=args.seed,
+                          capture_batch=16 if name == "mobilenetv2" else 64)
+        for method, precs in EDGEVIT_PLAN[name].items():
+            for fam, bits in precs:
+                torch.manual_seed(args.seed)
+                q, secs, extra = run_edgevit(model, fam, bits, method, calib, cfg)
+                add(name, "edgevit", method, fam, bits, score(logits(q, x), ref, y), secs, edgevit_size(q), extra=extra)
+        if args.no_peers:
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            for fam, bits in PRECISIONS:
+                why = ort_capability(fam, bits)
+                if why:
+                    add(name, "onnxruntime", "quantize_static", fam, bits, na=why)
+                    continue
+                for cm in ("MinMax", "Percentile"):
+                    try:
+                        fn, secs, size = run_ort(model, meta, fam, bits, calib, x, Path(d), cm)
+                        add(name, "onnxruntime", f"quantize_static/{cm}", fam, bits, score(logits(fn, x), ref, y), secs, size)
+                    except Exception as e:   # a peer failing is a result, not a crash
+                        add(name, "onnxruntime", f"quantize_static/{cm}", fam, bits, na=f"{type(e).__name__}: {str(e)[:160]}")
+        add(name, "onnxruntime", "MatMul4BitsQuantizer", "int", "w4a8",
+            na="int4 weight-only for MatMul (activations stay float): not a W4A8 scheme; convs untouched")
+        for fam, bits in PRECISIONS:
+            recipe, why = brevitas_recipe(fam, bits)
+            if why:
+                add(name, "brevitas", "calib+bias-corr", fam, bits, na=why)
+                continue
+            methods = ["rtn"] + (["gptq"] if bits == "w4a8" and fam == "int" else [])
+            for bm in methods:
+                label = {"rtn": "calib+bias-corr", "gptq": "calib+GPTQ+bias-corr"}[bm]
+                try:
+                    bmodel, q, secs = run_brevitas(model, fam, bits, bm, calib, recipe)
+                    scheme = "per-channel W, static per-tensor A" if recipe else "per-channel W, static A"
+                    add(name, "brevitas", label, fam, bits, score(logits(bmodel, x), ref, y), secs, edgevit_size(q),
+                        extra={"scheme": scheme, "as_edgevit_checkpoint": score(logits(q, x), ref, y)})
+                except Exception as e:
+                    add(name, "brevitas", label, fam, bits, na=f"{type(e).__name__}: {str(e)[:160]}")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta_info = {"benchmark": "ptq_compare", "data": notes, "seed": args.seed, "iters_per_unit": args.iters,
+                 "iters_mobilenetv2": min(args.iters, 100), "threads": 1, "torch": torch.__version__, "machine": platform.machine(),
+                 "loadavg_end": os.getloadavg(), "total_s": time.perf_counter() - t_start,
+                 "note": "2-core machine shared with other jobs: wall times are inflated, accuracy/size are not"}
+    out.write_text(json.dumps({**meta_info, "results": rows}, indent=2, default=float))
+    out.with_suffix(".md").write_text(markdown(rows, meta_info))
+    plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out} (+ .md, .png) in {meta_info['total_s']:.0f}s")
+
+
+def markdown(rows, info) -> str:
+    lines = ["# PTQ side by side", "", *(f"- {m}: {n}" for m, n in info["data"].items()),
+             f"- reconstruction: {info['iters_per_unit']} steps per unit; 1 torch thread; {info['note']}", "",
+             "| model | tool | method | fmt | bits | top-1 % | agree % | SQNR dB | size | time s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["na"]:
+            lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | {r['fmt']} | {r['bits']} | n/a | n/a | n/a | "
+                         f"n/a | {r['na']} |")
+            continue
+        t1 = f"{r['top1']:.2f}" if "top1" in r else "-"
+        sq = "inf" if r["sqnr_db"] == float("inf") else f"{r['sqnr_db']:.1f}"
+        lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | {r['fmt']} | {r['bits']} | {t1} | "
+                     f"{r['agreement']:.1f} | {sq} | {r['packed_bytes'] / 1e3:.0f} kB | {r['quantize_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        sub = [r for r in rows if r["model"] == m and not r["na"] and r["tool"] != "fp32"]
+        key = "top1" if any("top1" in r for r in sub) else "agreement"
+        labels = [f"{r['fmt']} {r['bits']}\n{r['tool']} {r['method']}" for r in sub]
+        colors = {"edgevit": "tab:blue", "onnxruntime": "tab:orange", "brevitas": "tab:green"}
+        ax.barh(range(len(sub)), [r[key] for r in sub], color=[colors[r["tool"]] for r in sub])
+        ax.set_yticks(range(len(sub)), labels, fontsize=5)
+        fp = next(r for r in rows if r["model"] == m and r["tool"] == "fp32")
+        ax.axvline(fp[key], color="k", ls="--", lw=0.8)
+        lo = min(r[key] for r in sub)
+        ax.set_xlim(max(0, lo - 2), 100 if key == "agreement" else fp[key] + 2)
+        ax.set_title(f"{m}: {'top-1 %' if key == 'top1' else 'top-1 agreement with FP32 %'}")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""edgevit's QNN bundle vs onnxruntime's own QNN flow, both run on the QNN HTP emulator.
+
+For each bundled model, after `edgevit rewrite --target qnn-htp` (static shapes, rank ≤ 4, Gelu op):
+  edgevit   quant/ quantises the rewritten model (per-channel symmetric INT weights, static per-tensor
+            activations) and runtimes.qnn.bundle carries those codes and scales into the QDQ graph;
+  ort-qnn   onnxruntime.quantization.execution_providers.qnn (get_qnn_qdq_config + quantize, its
+            defaults: per-tensor uint8 weights) on the same float graph and calibration images.
+Both graphs are compiled for HTP with CPU fallback disabled; reported: nodes placed / refused,
+top-1 accuracy on labelled Fashion-MNIST test images, top-1 agreement and SQNR against the FP32
+torch model and (edgevit) against its torch fake-quant model — the number the export's parity bar
+guards. Accuracy numbers do not depend on machine load; no latency is reported (emulator times
+say nothing about a phone).
+
+  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qnn_compare.py --images 96 --out benchmarks/results
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgevit.data import load_data, parse_data_spec  # noqa: E402
+from edgevit.models.registry import load_model  # noqa: E402
+from edgevit.rewrite import load_target, rewrite_model  # noqa: E402
+from runtimes import parity  # noqa: E402
+from runtimes.onnx.export import export_onnx  # noqa: E402
+from runtimes.qnn.bundle import build_qdq  # noqa: E402
+from runtimes.qnn.compile import qnn_session  # noqa: E402
+from runtimes.qnn.session import htp_placement, quantize_for_qnn  # noqa: E402
+
+ACT = {"w8a16": "uint16", "w8a8": "uint8", "w4a16": "uint16"}
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    s = qnn_session(path)
+    name = s.get_inputs()[0].name
+    return np.concatenate([s.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def _row(flow, model, precision, path, x, y, fp32, fq=None, build_s=0.0) -> dict:
+    p = htp_placement(path)
+    t = time.perf_counter()
+    out = _run(path, x)
+    row = {"model": model, "precision": precision, "flow": flow, "nodes_on_htp": p.on_qnn,
+           "refused": len(p.refused), "finalized": p.finalized, "build_s": round(build_s, 1),
+           "emulator_s_per_image": round((time.perf_counter() - t) / len(x), 3),
+           "top1_pct": round(float((out.argmax(1) == y).mean() * 100), 2),
+           "top1_fp32_torch_pct": round(float((fp32.argmax(1) == y).mean() * 100), 2),
+           "vs_fp32": parity.compare(fp32, out), "qdq_bytes": path.stat().st_size}
+    if fq is not None:
+        row["top1_fake_quant_torch_pct"] = round(float((fq.argmax(1) == y).mean() * 100), 2)
+        row["vs_fake_quant"] = parity.compare(fq, out)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["vit-tiny", "mobilenet-mini"])
+    ap.add_argument("--precisions", nargs="+", default=["w8a16", "w8a8", "w4a16"])
+    ap.add_argument("--images", type=int, default=96)
+    ap.add_argument("--calib", type=int, default=64)
+    ap.add_argument("--out", default="benchmarks/results")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    rows, load0 = [], os.getloadavg()
+    for name in a.models:
+        model, meta = load_model(name)
+        x, y = load_data(parse_data_spec(f"fashion-mnist:{a.images}"), meta.preprocess, split="test", seed=0)
+        cal = load_data(parse_data_spec(f"fashion-mnist:{a.calib}"), meta.preprocess, split="train", seed=0)[0]
+        npu, _ = rewrite_model(model, load_target("qnn-htp"), x[:32], (1, *meta.input_shape[1:]))
+        with torch.no_grad():
+            fp32 = npu(x).numpy()
+        xn, yn, caln = x.numpy(), y.numpy(), cal.numpy()
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            float_path = export_onnx(npu, (1, *meta.input_shape[1:]), tmp / "float.onnx", dynamic_batch=False)
+            for prec in a.precisions:
+                t = time.perf_counter()
+                (tmp / prec).mkdir()
+                ref, info = build_qdq(npu, meta.input_shape, tmp / prec, caln, prec)
+                with torch.no_grad():
+                    fq = ref(x).numpy()
+                rows.append({**_row("edgevit", name, prec, info.qdq_path, xn, yn, fp32, fq, time.perf_counter() - t),
+                             "carried": info.summary()})
+                print(json.dumps(rows[-1]), flush=True)
+                if prec == "w4a16":
+                    continue   # onnxruntime's QNN helper offers no int4 weights (uint8/uint16/int8 only)
+                t = time.perf_counter()
+                ort_path = quantize_for_qnn(float_path, tmp / f"ort-{prec}.onnx", caln, activation_type=ACT[prec])
+                rows.append(_row("ort-qnn", name, prec, ort_path, xn, yn, fp32, None, time.perf_counter() - t))
+                print(json.dumps(rows[-1]), flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": "qnn_compare", "device": "QNN HTP emulated on x86 (onnxruntime-qnn), shared 2-core machine",
+              "images": a.images, "calibration_images": a.calib, "data": "Fashion-MNIST test (seed 0) / train (seed 0)",
+              "loadavg_start": [round(v, 2) for v in load0], "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+              "rows": rows}
+    (out / "qnn_compare.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{'model':15} {'prec':6} {'flow':8} {'on HTP':>7} {'refused':>7} {'top1%':>6} {'agree fp32':>10} "
+          f"{'SQNR fp32':>9} {'agree fq':>8} {'SQNR fq':>7}")
+    for r in rows:
+        fq = r.get("vs_fake_quant")
+        fq_agree, fq_sqnr = ("", "") if fq is None else (f"{100 * fq['top1_agreement']:.2f}", fq["sqnr_db"])
+        print(f"{r['model']:15} {r['precision']:6} {r['flow']:8} {r['nodes_on_htp']:7d} {r['refused']:7d} "
+              f"{r['top1_pct']:6.2f} {100 * r['vs_fp32']['top1_agreement']:10.2f} {r['vs_fp32']['sqnr_db']:>9} "
+              f"{fq_agree:>8} {fq_sqnr:>7}")
+    print(f"wrote {out / 'qnn_compare.json'}")
+
+
+if __name__ == "__main__":
+    main()
