@@ -13,7 +13,8 @@ import numpy as np
 from runtimes.artifact import Artifact, load_artifact
 from runtimes.errors import RuntimeArtifactError
 
-RUNNERS = {"onnx": "runtimes.onnx.runner:OnnxRunner"}
+RUNNERS = {"onnx": "runtimes.onnx.runner:OnnxRunner", "tflite": "runtimes.tflite.runner:TfliteRunner",
+           "qnn": "runtimes.qnn.runner:QnnRunner"}
 
 
 class Runner(Protocol):

@@ -223,15 +223,14 @@ def analyze_cmd(model, weights, trust_checkpoint, family, bits, calib, eval_data
     """
     import quant
     from quant.sensitivity import layer_sensitivity, ranked
-    with_errors = _spec_errors()
-    with with_errors:
+    with _spec_errors():
         spec = quant.parse_spec(family, bits)
         quant.check_out_dir(out, force)
     fmodel, meta = load(model, weights, trust_checkpoint)
     calib_x, eval_x, eval_y, note = load_sets(calib, eval_data, eval_limit, meta, seed)
     opts = graph_defaults(fmodel, fold_bn, equalize, False, False)
     prepared, _, greport = prepare_graph(fmodel, opts, calib_x)
-    with with_errors:
+    with _spec_errors():
         qmodel = quant.quantize_model(prepared, spec, calib_x.split(64))
     result = layer_sensitivity(prepared, qmodel, eval_x, eval_y, leave_one_out=leave_one_out,
                                progress=lambda it: tqdm(list(it), desc="layers", leave=False))

@@ -10,7 +10,8 @@ from edgevit.commands.common import console, load, model_options, print_table
 from edgevit.errors import StageError, UsageError
 
 RUNTIMES = ("onnx", "tflite", "qnn")
-BUILT = {"onnx"}
+BUILT = {"onnx", "tflite", "qnn"}
+DEFAULT_PRECISION = {"onnx": "fp32", "tflite": "fp32", "qnn": "w8a16"}
 
 
 def _usage(fn, *args, **kwargs):
@@ -64,9 +65,18 @@ def _parity_data(spec: str, meta, seed: int):
                    "also requantises conv outputs and residual adds so onnxruntime runs integer kernels end to end.")
 @click.option("--calib-data", default="fashion-mnist:256", show_default=True,
               help="Training images calibrating the integer form's requantisation scales.")
+@click.option("--precision", type=click.Choice(["fp32", "w8a8", "w8a16", "w4a16"]), default=None,
+              help="TFLite (fp32|w8a8|w8a16, via ai-edge-quantizer) and QNN (w8a16 default|w8a8|w4a16) precision "
+                   "for float models, calibrated on --calib-data. ONNX precision comes from `edgevit quantize`.")
+@click.option("--soc", multiple=True, default=("SM8650",), show_default=True,
+              help="QNN only: Snapdragon SoC(s) to compile a context binary for (repeat for several).")
+@click.option("--parity-images", default=16, show_default=True, type=click.IntRange(1),
+              help="QNN only: images run on the (slow) HTP emulator for the parity check.")
+@click.option("--weight-scales", type=click.Choice(["minmax", "model"]), default="minmax", show_default=True,
+              help="TFLite integer export: 'model' keeps edgevit's own int8 weights and scales.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at --out.")
 def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed, opset, static_batch, graph_form,
-               calib_data, overwrite):
+               calib_data, precision, soc, parity_images, weight_scales, overwrite):
     """Export MODEL (a model name, or a directory written by `edgevit quantize`) as a runtime artifact.
 
     The artifact is parity-checked on real test images before it is written; a failing check leaves
@@ -77,12 +87,25 @@ def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed
       edgevit export vit-small --runtime onnx --out out/vit-small-onnx
       edgevit export out/q-w8a8 --runtime onnx --out out/vit-small-w8a8-onnx
       edgevit export out/cnn-w8a8 --graph-form integer --out out/cnn-w8a8-int-onnx
+      edgevit export mobilenet-mini --runtime tflite --precision w8a8 --out out/cnn-int8-tflite
+      edgevit export vit-tiny --runtime qnn --precision w8a16 --soc SM8650 --soc SM8550 --out out/vit-qnn
     """
     from edgevit import __version__
     from edgevit.data import parse_data_spec
     from runtimes.artifact import check_destination
     if runtime not in BUILT:
-        raise UsageError(f"the {runtime} exporter is not built yet; use --runtime onnx")
+        raise UsageError(f"the {runtime} exporter is not built yet; use --runtime onnx or tflite")
+    if runtime == "onnx" and precision not in (None, "fp32"):
+        raise UsageError("ONNX precision comes from the quantised checkpoint: run `edgevit quantize` and export its directory")
+    if runtime != "tflite" and weight_scales != "minmax":
+        raise UsageError("--weight-scales applies to --runtime tflite")
+    precision = precision or DEFAULT_PRECISION[runtime]
+    if runtime == "qnn":
+        from runtimes.qnn.compile import parse_soc
+        from runtimes.qnn.errors import require_qnn
+        for s in soc:
+            _usage(parse_soc, s)
+        _usage(require_qnn)
     parse_data_spec(parity_data)
     parse_data_spec(calib_data)
     _usage(check_destination, out, overwrite)
@@ -94,19 +117,59 @@ def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed
     if graph_form == "integer":
         from edgevit.data import load_data
         calib = load_data(parse_data_spec(calib_data), meta.preprocess, split="train", seed=seed)[0].numpy()
-    from runtimes.onnx.artifact import export_onnx_artifact
-    with console.status(f"exporting {meta.name} to ONNX and checking parity on {len(x)} images"):
-        art = _usage(export_onnx_artifact, module, out, input_shape=meta.input_shape,
-                     preprocess=meta.preprocess.to_dict(), labels=list(meta.labels), parity_inputs=x,
-                     parity_labels=y, parity_data=f"{parity_data} (test split, seed {seed})",
-                     model_info={"name": meta.name, "source": meta.source, "family": meta.family,
-                                 "reload": reload, "history": meta.history},
-                     quant_spec=spec, opset=opset, dynamic_batch=not static_batch, overwrite=overwrite,
-                     tools={"edgevit": __version__}, graph_form=graph_form, calib_inputs=calib)
+    common = dict(input_shape=meta.input_shape, preprocess=meta.preprocess.to_dict(), labels=list(meta.labels),
+                  parity_inputs=x, parity_labels=y, parity_data=f"{parity_data} (test split, seed {seed})",
+                  model_info={"name": meta.name, "source": meta.source, "family": meta.family,
+                              "reload": reload, "history": meta.history},
+                  overwrite=overwrite, tools={"edgevit": __version__})
+    if runtime == "tflite":
+        art = _export_tflite(module, spec, meta, out, precision, weight_scales, calib_data, seed, common)
+    elif runtime == "qnn":
+        art = _export_qnn(module, spec, meta, out, x, precision, soc, parity_images, calib_data, seed, common)
+    else:
+        art = _export_onnx(module, spec, meta, out, x, opset, static_batch, graph_form, calib, common)
     m = art.manifest["parity"]["metrics"]
     console.print(f"wrote {out} ({art.precision()}, {art.size_bytes / 1e6:.3f} MB); parity on {m['n']} images: "
                   f"top-1 agreement {100 * m['top1_agreement']:.2f}%, max abs {m['max_abs']:.2e}, "
                   f"SQNR {m['sqnr_db']} dB")
+
+
+def _export_tflite(module, spec, meta, out, precision, weight_scales, calib_data, seed, common):
+    """litert-torch cannot trace fake-quant modules: a quantised checkpoint goes in as its float twin
+    (dequantised low-bit weights); `--weight-scales model` then keeps its int8 weights exactly."""
+    from edgevit.data import calibration_tensor
+    from runtimes.onnx.quantized import float_twin
+    from runtimes.tflite.artifact import export_tflite_artifact
+    model = float_twin(module, spec) if spec is not None else module
+    calib = calibration_tensor(calib_data, meta.preprocess, seed).numpy() if precision != "fp32" else None
+    with console.status(f"converting {meta.name} to TFLite ({precision}) and checking parity"):
+        return _usage(export_tflite_artifact, model, out, precision=precision, calibration=calib,
+                      calibration_data=calib_data, weight_scales=weight_scales, **common)
+
+
+def _export_qnn(module, spec, meta, out, x, precision, soc, parity_images, calib_data, seed, common):
+    """A float model is made NPU-native first (the qnn-htp rewrite: ViTs need it, CNNs get BN folded);
+    a quantised checkpoint is carried with its own scales."""
+    import torch
+
+    from edgevit.data import calibration_tensor
+    from runtimes.qnn.artifact import export_qnn_artifact
+    if spec is None:
+        from edgevit.rewrite import load_target, rewrite_model
+        with console.status(f"rewriting {meta.name} for qnn-htp"):
+            module, _ = rewrite_model(module, load_target("qnn-htp"), torch.from_numpy(x[:32]),
+                                      (1, *meta.input_shape[1:]))
+    calib = calibration_tensor(calib_data, meta.preprocess, seed).numpy()
+    with console.status(f"building the QNN bundle ({precision}), compiling for {', '.join(soc)}, emulator parity"):
+        return _usage(export_qnn_artifact, module, out, calibration=calib, calibration_data=calib_data,
+                      precision=precision, socs=tuple(soc), parity_images=parity_images, **common)
+
+
+def _export_onnx(module, spec, meta, out, x, opset, static_batch, graph_form, calib, common):
+    from runtimes.onnx.artifact import export_onnx_artifact
+    with console.status(f"exporting {meta.name} to ONNX and checking parity on {len(x)} images"):
+        return _usage(export_onnx_artifact, module, out, quant_spec=spec, opset=opset,
+                      dynamic_batch=not static_batch, graph_form=graph_form, calib_inputs=calib, **common)
 
 
 @click.command("run")
