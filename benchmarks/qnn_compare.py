@@ -62,6 +62,21 @@ def _row(flow, model, precision, path, x, y, fp32, fq=None, build_s=0.0) -> dict
     return row
 
 
+def markdown(result: dict) -> str:
+    """The README table: placement, accuracy and SQNR of each flow on the HTP emulator."""
+    lines = [f"QNN HTP emulator (onnxruntime-qnn), {result['images']} Fashion-MNIST test images, "
+             f"{result['calibration_images']} calibration images, after the qnn-htp rewrite. `ort-qnn` = onnxruntime's "
+             "own QNN QDQ flow; `fake-quant` = edgevit's torch model of the same quantisation.", "",
+             "| model | precision | flow | nodes on HTP / refused | top-1 % | agreement vs FP32 | SQNR vs FP32 dB "
+             "| agreement vs fake-quant | SQNR vs fake-quant dB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        fq = r.get("vs_fake_quant")
+        lines.append(f"| {r['model']} | {r['precision']} | {r['flow']} | {r['nodes_on_htp']} / {r['refused']} | "
+                     f"{r['top1_pct']:.2f} | {100 * r['vs_fp32']['top1_agreement']:.2f} % | {r['vs_fp32']['sqnr_db']} | "
+                     + (f"{100 * fq['top1_agreement']:.2f} % | {fq['sqnr_db']} |" if fq else "– | – |"))
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["vit-tiny", "mobilenet-mini"])
@@ -105,6 +120,7 @@ def main() -> None:
               "loadavg_start": [round(v, 2) for v in load0], "loadavg_end": [round(v, 2) for v in os.getloadavg()],
               "rows": rows}
     (out / "qnn_compare.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "qnn_compare.md").write_text(markdown(result))
     print(f"{'model':15} {'prec':6} {'flow':8} {'on HTP':>7} {'refused':>7} {'top1%':>6} {'agree fp32':>10} "
           f"{'SQNR fp32':>9} {'agree fq':>8} {'SQNR fq':>7}")
     for r in rows:
