@@ -63,10 +63,26 @@ def main() -> None:
                   f"quantise {quant_s:.1f}s, eval {eval_s:.1f}s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "quant_rtn", "calib": args.calib, "test": test_spec, "seed": args.seed,
-                               "threads": args.threads, "torch": torch.__version__, "machine": platform.processor()
-                               or platform.machine(), "results": results}, indent=2))
+    result = {"benchmark": "quant_rtn", "calib": args.calib, "test": test_spec, "seed": args.seed,
+              "threads": args.threads, "torch": torch.__version__,
+              "machine": platform.processor() or platform.machine(), "results": results}
+    out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(markdown(result))
     print(f"wrote {out}")
+
+
+def markdown(result: dict) -> str:
+    """The README table: RTN top-1 change and packed size per model and precision."""
+    lines = [f"Round-to-nearest PTQ (`benchmarks/quant_rtn.py`): top-1 on {result['test']} (seeded test subset), "
+             f"calibration {result['calib']}; size = packed checkpoint / FP32 file.", "",
+             "| model | FP32 top-1 | INT W8A8 | INT W4A8 | FP W4A6 | FP W4A8 | MXFP4 W4A8 |", "|---|---|---|---|---|---|---|"]
+    by_model: dict[str, list] = {}
+    for r in result["results"]:
+        by_model.setdefault(r["model"], []).append(r)
+    for model, rows in by_model.items():
+        cells = [f"{r['quant_top1']:.2f} ({r['delta']:+.2f}), {r['size_ratio']:.3f}×" for r in rows]
+        lines.append(f"| {model} | {rows[0]['float_top1']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

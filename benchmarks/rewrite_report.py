@@ -28,6 +28,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=["vit-small", "vit-base"])
     ap.add_argument("--student", default=None, help="output dir of `edgevit rewrite MODEL --distill conv`")
+    ap.add_argument("--variants", nargs="*", default=[], metavar="NAME=CKPT",
+                    help="more students: work-dir last.pt checkpoints (e.g. other recipes), same measurements")
     ap.add_argument("--target", default="qnn-htp")
     ap.add_argument("--samples", type=int, default=256, help="test images for equivalence")
     ap.add_argument("--report-samples", type=int, default=128, help="test images for the SQNR report")
@@ -73,10 +75,10 @@ def main() -> None:
         dist = json.loads((sdir / "distill.json").read_text())
         meta = ModelMeta.from_dict(json.loads((sdir / "meta.json").read_text()))
         student = torch.load(sdir / "model.pt", weights_only=False).eval()     # our own artifact
-        x, _ = load_data(f"fashion-mnist:{args.report_samples}", meta.preprocess, split="test")
+        x, _ = load_data(f"fashion-mnist:{args.samples}", meta.preprocess, split="test")   # the ViTs' images
         cal, _ = load_data("fashion-mnist:128", meta.preprocess, split="train")
         check = check_model(student, meta.input_shape, target, cal[:8].numpy())
-        rb = robustness(student, cal, x)
+        rb = robustness(student, cal, x[:args.report_samples])
         plots["conv-student"] = rb
         results["conv-student"] = {
             "teacher": dist["teacher_model"], "violations": total_violations(check),
@@ -85,6 +87,10 @@ def main() -> None:
             "distill_comparison": {k: dist[k] for k in ("teacher", "student", "summary", "latency")},
             "distill_record": dist["distill"]}
         print("  " + summary_line("conv student", rb))
+    for spec in args.variants:
+        name, _, path = spec.partition("=")
+        results[f"variant:{name}"] = _variant(Path(path), target)
+        print(f"  variant {name}: {results[f'variant:{name}']['summary']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {"target": args.target, "threads": args.threads, "torch": torch.__version__,
@@ -100,11 +106,39 @@ def main() -> None:
     print(f"wrote {out / 'rewrite_report.json'}, .md, .png")
 
 
+def _variant(ckpt: Path, target) -> dict:
+    """A student checkpoint (work_dir/last.pt): rewritten like the CLI does, accuracy on the full test
+    split, encoder error under each precision — the same calibration and evaluation images as above."""
+    from edgevit.data import load_data
+    from edgevit.models.bundled import FASHION_MNIST_PREPROCESS as pre
+    from edgevit.models.train import evaluate
+    from edgevit.rewrite import rewrite_model
+    from edgevit.rewrite.robustness import robustness
+    from edgevit.rewrite.student import ConvStudent, StudentConfig
+    state = torch.load(ckpt, weights_only=False, map_location="cpu")
+    student = ConvStudent(StudentConfig.from_dict(state["config"]))
+    student.load_state_dict(state["student"])
+    student.eval()
+    x, y = load_data("fashion-mnist", pre, split="test")
+    cal, _ = load_data("fashion-mnist:128", pre, split="train")
+    ev, _ = load_data("fashion-mnist:256", pre, split="test")        # the ViTs' equivalence/report images
+    npu, rep = rewrite_model(student, target, ev, (1, 1, 28, 28))
+    rb = robustness(npu, cal, ev[:128])
+    r = state["recipe"]
+    return {"checkpoint": str(ckpt), "recipe": r, "history": state["history"], "robustness": _robust_summary(rb),
+            "summary": {"test_top1": evaluate(student, x, y), "robust_epochs_done": max(0, state["epoch"] - r["epochs"]),
+                        "robust_weight": r.get("robust_weight", 0.0),
+                        **{f"{p}_encoder_rel_rms_pct": round(100 * v["encoder_rel_rms"], 3)
+                           for p, v in rb["precisions"].items()}}}
+
+
 def _markdown(results: dict, runs: list[dict]) -> str:
     lines = [f"# NPU rewrite report ({runs[-1]['target']})", "",
              "| model | FP32 max rel err | violations before → after | W8A16 enc SQNR | W8A8 enc SQNR / relRMS | "
              "W4A16 enc SQNR | dominant (W8A8) |", "|---|---:|---:|---:|---:|---:|---|"]
     for name, r in results.items():
+        if name.startswith("variant:"):
+            continue
         if name == "conv-student":
             rob, viol, err = r["robustness"], f"– → {r['violations']}", "exact (BN fold)"
         else:
@@ -126,6 +160,15 @@ def _markdown(results: dict, runs: list[dict]) -> str:
                   *[f"| {p.upper()} encoder relRMS | {100 * t['encoder'][p]['encoder_rel_rms']:.2f} % | "
                     f"{100 * s['encoder'][p]['encoder_rel_rms']:.2f} % |" for p in t["encoder"]],
                   "", f"Summary: {sm}. Latency load average {c['latency']['loadavg_before']}."]
+    variants = {k[8:]: v["summary"] for k, v in results.items() if k.startswith("variant:")}
+    if variants:
+        lines += ["", "## Student variants (robustness phase ablation)", "",
+                  "| variant | robust epochs × weight | test top-1 | W8A16 enc relRMS | W8A8 enc relRMS | W4A16 enc relRMS |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for k, v in variants.items():
+            lines.append(f"| {k} | {v['robust_epochs_done']} × {v['robust_weight']:g} | {v['test_top1']:.2f} % | "
+                         f"{v['w8a16_encoder_rel_rms_pct']:.2f} % | {v['w8a8_encoder_rel_rms_pct']:.2f} % | "
+                         f"{v['w4a16_encoder_rel_rms_pct']:.2f} % |")
     lines.append("")
     for env in runs:
         lines.append(f"Run ({', '.join(env['models'])}): {env['wall_s']} s, {env['threads']} thread(s), load average "

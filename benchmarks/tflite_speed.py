@@ -98,7 +98,8 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--models", nargs="+", default=["vit-small", "mobilenet-mini"])
     ap.add_argument("--precisions", nargs="+", default=["w8a8"], choices=["w8a8", "w8a16"])
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tflite")
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "tflite-bench", help="Artifacts (not committed).")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--test-n", type=int, default=None, help="Test images (default: all 10,000).")
     ap.add_argument("--calib-n", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
@@ -110,8 +111,26 @@ def main() -> None:
         return _worker(a.worker, a.threads, a.warmup, a.iters)
     a.out.mkdir(parents=True, exist_ok=True)
     rows = run(a.models, a.out, a.precisions, a.test_n, a.calib_n, a.threads, a.warmup, a.iters, a.seed)
-    (a.out / "tflite_speed.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {a.out / 'tflite_speed.json'}")
+    a.results.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": "tflite_speed", "threads": a.threads, "loadavg": [round(v, 2) for v in os.getloadavg()],
+              "rows": rows}
+    (a.results / "tflite_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    (a.results / "tflite_speed.md").write_text(markdown(result))
+    print(f"wrote {a.results / 'tflite_speed.json'}")
+
+
+def markdown(result: dict) -> str:
+    """The README table: FP32 vs INT8 TFLite in ai-edge-litert, same run."""
+    load = f"load average {result['loadavg'][0]}" if result.get("loadavg") else "load not recorded"
+    lines = [f"TFLite in ai-edge-litert ({result['threads']} thread, batch 1, shared machine, {load}); "
+             "INT8 by ai-edge-quantizer on 256 calibration images.", "",
+             "| model | precision | top-1 TFLite (torch FP32) | agreement vs torch | max abs vs torch | p50 ms | speed-up | size |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} | {r['precision']} | {r['top1_tflite']:.2f} ({r['top1_torch_fp32']:.2f}) on "
+                     f"{r['images']} | {r['top1_agreement_vs_torch']:.2f} % | {r['max_abs_vs_torch']:.2e} | "
+                     f"{r['p50_ms']:.3f} | {r.get('speedup_vs_fp32', 1.0):.2f}× | {r['file_bytes'] / 1e6:.2f} MB |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
