@@ -29,18 +29,45 @@ def _is_plain_sequential(m: nn.Module) -> bool:
     return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
 
 
+def wrapped_child(m: nn.Module) -> str | None:
+    """Name of the one plain-Sequential child whose output `m` returns unchanged (`forward = self.conv(x)`,
+    e.g. an inverted-residual block without its skip), found by tracing `m`; None for anything else."""
+    if not any(_is_plain_sequential(c) for c in m.children()):
+        return None
+    import torch.fx
+
+    class ChildrenAsLeaves(torch.fx.Tracer):
+        def is_leaf_module(self, mod: nn.Module, qualname: str) -> bool:
+            return "." not in qualname   # a direct child of m is one call, whatever it is
+
+    try:
+        graph = ChildrenAsLeaves().trace(m)
+    except Exception:   # untraceable forward: keep the module opaque
+        return None
+    nodes = list(graph.nodes)
+    if [n.op for n in nodes] != ["placeholder", "call_module", "output"]:
+        return None
+    call = nodes[1]
+    ok = call.args == (nodes[0],) and not call.kwargs and nodes[2].args == (call,)
+    return call.target if ok and _is_plain_sequential(m.get_submodule(call.target)) else None
+
+
 def chains(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
     """Leaf modules in dataflow order, one list per outermost plain nn.Sequential (nested ones inlined).
 
-    A composite child inside a chain (e.g. a residual block) is one opaque element that breaks
-    adjacency; its own Sequentials become chains of their own."""
+    A composite child that only wraps a Sequential (see `wrapped_child`) is inlined too, so the stem conv
+    of MobileNetV2 pairs with the first depthwise; any other composite child (e.g. a residual block) is one
+    opaque element that breaks adjacency, and its own Sequentials become chains of their own."""
     out: list[list[tuple[str, nn.Module]]] = []
 
     def flatten(seq: nn.Module, prefix: str, chain: list) -> None:
         for n, c in seq.named_children():
             name = _join(prefix, n)
+            inner = None if _is_plain_sequential(c) else wrapped_child(c)
             if _is_plain_sequential(c):
                 flatten(c, name, chain)
+            elif inner is not None:
+                flatten(c.get_submodule(inner), _join(name, inner), chain)
             else:
                 chain.append((name, c))
                 visit(c, name)

@@ -9,7 +9,11 @@ ReLU is homogeneous; ReLU6 is not (min(x, 6) clips at a fixed value), so it beco
 ReLU with a per-channel upper bound 6/s_c: still exact. Pairs are found in plain nn.Sequential chains
 (see quant.bn.chains) with only Identity/Dropout and at most one ReLU/ReLU6 between them; layer 2 may
 be depthwise. Triplets (expand → depthwise → project) interact, so the pairs are swept until the
-scales settle.
+scales settle. With per-channel weight grids that weight criterion buys little; the activation criterion
+(`equalize(..., criterion="activation", calib=x)`) uses the same exact rescaling to fill the per-tensor
+activation grid instead: on MobileNetV2 the stem's ReLU6 output feeds the first depthwise conv with
+channels spanning [0.19, 0.52] next to [0, 3.2], and quantisation noise on such a narrow channel, amplified
+by its large folded depthwise gain, was the biggest single activation error of W8A8.
 
 High-bias absorption: after folding, channel c's pre-activation has mean β_c and std |γ_c| (bn_prior);
 h_c = max(0, β_c − 3|γ_c|) is (almost) always below it, so it moves from b1 into b2 (b2 += W2·h) and the
@@ -104,12 +108,24 @@ def _axis(m1: nn.Module) -> int:
 
 @torch.no_grad()
 def equalize(model: nn.Module, sweeps: int = 20, tol: float = 1e-4, absorb: bool = True,
-             calib: torch.Tensor | None = None) -> dict:
+             calib: torch.Tensor | None = None, criterion: str = "weight", alpha: float = 0.5) -> dict:
     """Equalise all pairs in place (ReLU6 between them becomes ChannelClamp); returns a report
-    {"pairs", "sweeps", "clamps": [names of replaced ReLU6], "absorbed": [layer1 names]}.
+    {"pairs", "sweeps", "criterion", "clamps": [names of replaced ReLU6], "absorbed": [layer1 names]}.
+
+    criterion "weight" (DFQ): match the per-channel weight ranges, for per-tensor weight grids.
+    criterion "activation" (needs `calib`): with per-channel weight grids a pair's row/column scaling costs
+    layer 1 nothing, so spend it on the per-tensor activation grid between the layers instead — every
+    channel of a depthwise consumer's input is stretched to the widest channel's range (its weight rows are
+    per-channel too, so that is free); for a dense consumer the SmoothQuant balance s = R^α / W^(1−α) of
+    activation range R and layer-2 column range W. One pass: each pair leaves the other pairs' activations
+    unchanged, so the ranges measured before scaling stay valid.
 
     With `calib`, the absorbed amount is the pre-activation's per-channel minimum on that data (exact
     there) instead of the data-free β − 3|γ| (which clips the ~0.1 % of values below it)."""
+    if criterion not in ("weight", "activation"):
+        raise ValueError(f"unknown equalisation criterion {criterion!r}; use weight or activation")
+    if criterion == "activation" and calib is None:
+        raise ValueError("activation-range equalisation needs calibration data")
     pairs = find_pairs(model)
     clamps = []
     modules = dict(model.named_modules())
@@ -120,7 +136,12 @@ def equalize(model: nn.Module, sweeps: int = 20, tol: float = 1e-4, absorb: bool
             clamps.append(act)
     modules = dict(model.named_modules())
     done = 0
-    for done in range(1, sweeps + 1):
+    if criterion == "activation":
+        highs = _channel_highs(model, modules, pairs, calib)
+        for n1, n2, act in pairs:
+            _rescale(modules, n1, n2, act, _activation_scales(highs[act or n1], modules[n2], alpha))
+        done = 1
+    for done in range(1, sweeps + 1 if criterion == "weight" else 0):
         worst = 0.0
         for n1, n2, act in pairs:
             m1, m2 = modules[n1], modules[n2]
@@ -128,21 +149,62 @@ def equalize(model: nn.Module, sweeps: int = 20, tol: float = 1e-4, absorb: bool
             r2 = _in_view(m2).abs().amax(1)
             ok = (r1 > 0) & (r2 > 0)
             s = torch.where(ok, torch.sqrt(r1 / torch.where(ok, r2, 1)), torch.ones_like(r1))
-            m1.weight.div_(s.view(-1, *([1] * (m1.weight.ndim - 1))))
-            if m1.bias is not None:
-                m1.bias.div_(s)
-            if getattr(m1, "bn_prior", None) is not None:
-                m1.bn_prior = (m1.bn_prior[0] / s, m1.bn_prior[1] / s)
-            _scale_in(m2, s)
-            if act is not None and isinstance(modules[act], ChannelClamp):
-                modules[act].upper.div_(s)
+            _rescale(modules, n1, n2, act, s)
             worst = max(worst, s.log().abs().max().item())
         if worst < tol:
             break
     if absorb and calib is not None:
         _observed_floor(model, modules, pairs, calib)
     absorbed = _absorb_high_bias(modules, pairs) if absorb else []
-    return {"pairs": [[a, b] for a, b, _ in pairs], "sweeps": done, "clamps": clamps, "absorbed": absorbed}
+    return {"pairs": [[a, b] for a, b, _ in pairs], "sweeps": done, "criterion": criterion, "clamps": clamps,
+            "absorbed": absorbed}
+
+
+def _rescale(modules: dict, n1: str, n2: str, act: str | None, s: torch.Tensor) -> None:
+    """Divide layer 1's output channel c (weights, bias, BN prior, clamp bound) by s_c; multiply layer 2's input."""
+    m1, m2 = modules[n1], modules[n2]
+    m1.weight.div_(s.view(-1, *([1] * (m1.weight.ndim - 1))))
+    if m1.bias is not None:
+        m1.bias.div_(s)
+    if getattr(m1, "bn_prior", None) is not None:
+        m1.bn_prior = (m1.bn_prior[0] / s, m1.bn_prior[1] / s)
+    _scale_in(m2, s)
+    if act is not None and isinstance(modules[act], ChannelClamp):
+        modules[act].upper.div_(s)
+
+
+def _activation_scales(high: torch.Tensor, m2: nn.Module, alpha: float) -> torch.Tensor:
+    """Per-channel s for the activation criterion; dead channels (range 0) keep s = 1."""
+    ok = high > 0
+    if _depthwise(m2):
+        s = high / high.max().clamp(min=1e-12)
+    else:
+        w = _in_view(m2).abs().amax(1)
+        ok &= w > 0
+        s = high.clamp(min=1e-12) ** alpha / w.clamp(min=1e-12) ** (1 - alpha)
+        s = s / s[ok].max() if ok.any() else s
+    return torch.where(ok, s, torch.ones_like(s))
+
+
+@torch.no_grad()
+def _channel_highs(model: nn.Module, modules: dict, pairs, calib: torch.Tensor) -> dict:
+    """Per-channel absolute maximum, on `calib`, of what layer 2 of each pair reads (after the activation)."""
+    highs: dict[str, torch.Tensor] = {}
+
+    def hook(m, _i, y, name):
+        dims = (0, *range(2, y.ndim)) if _axis(modules[name_to_l1[name]]) == 1 else tuple(range(y.ndim - 1))
+        h = y.abs().amax(dim=dims)
+        highs[name] = h if name not in highs else torch.maximum(highs[name], h)
+
+    name_to_l1 = {act or n1: n1 for n1, _, act in pairs}
+    hooks = [modules[k].register_forward_hook(lambda m, i, y, k=k: hook(m, i, y, k)) for k in name_to_l1]
+    try:
+        for x in calib.split(64):
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return highs
 
 
 @torch.no_grad()

@@ -55,21 +55,23 @@ def prepare_graph(fmodel, opts: dict, calib: torch.Tensor | None = None):
         r = qbn.fold_bn(model)
         report["fold_bn"] = {"folded": len(r["folded"]), "unfolded": r["unfolded"]}
     if opts["equalize"]:
-        r = qeq.equalize(model, calib=calib)
-        report["equalize"] = {"pairs": len(r["pairs"]), "sweeps": r["sweeps"], "relu6_to_clamp": len(r["clamps"]),
+        criterion = opts.get("equalize_criterion") or ("activation" if calib is not None else "weight")
+        r = qeq.equalize(model, calib=calib, criterion=criterion, absorb=opts.get("absorb_high_bias", True))
+        report["equalize"] = {"pairs": len(r["pairs"]), "criterion": r["criterion"], "sweeps": r["sweeps"],
+                              "relu6_to_clamp": len(r["clamps"]),
                               "high_bias_absorbed": len(r["absorbed"])}
     return model, qeq.describe_graph(model, bool(opts["fold_bn"])), report
 
 
 def post_fixes(prepared, qmodel, calib: torch.Tensor, opts: dict, batch: int = 64) -> dict:
-    """After rounding: empirical bias correction (then re-calibrate activations), BN re-estimation."""
-    import quant
+    """After rounding: empirical bias correction, BN re-estimation. The correction comes last on purpose:
+    re-calibrating the activation ranges after it would move every grid and undo the rounding bias it
+    measured (MobileNetV2 W8A8 logit SQNR 16.5 → 16.1 dB when re-calibrated)."""
     import quant.bn as qbn
     from quant.bias_correction import correct_bias
     report = {}
     if opts["bias_correction"]:
         report["bias_correction"] = correct_bias(prepared, qmodel, calib)
-        quant.calibrate(qmodel, calib.split(batch))
     if opts["bn_reestimate"]:
         report["bn_reestimate"] = qbn.reestimate_bn(qmodel, calib, batch)
     return report
@@ -200,8 +202,8 @@ def plot_sensitivity(rows: list, path: Path, metric: str) -> None:
 @click.option("--fmt", "family", default="int", show_default=True,
               type=click.Choice(["int", "fp4", "fp6", "fp8", "mxfp4", "mxfp6", "mxfp8", "mxint8"]))
 @click.option("--bits", default="w4a8", show_default=True, help="Precision every layer is tried at, e.g. w4a8.")
-@click.option("--calib", default="fashion-mnist:256", show_default=True, help="Calibration data (or `photos`).")
-@click.option("--eval-data", default="fashion-mnist", show_default=True, help="Evaluation data (or `photos`).")
+@click.option("--calib", default="fashion-mnist:256", show_default=True, help="Calibration data (`photos` for ImageNet models).")
+@click.option("--eval-data", default="fashion-mnist", show_default=True, help="Evaluation data (`photos` for ImageNet models).")
 @click.option("--eval-limit", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--fold-bn/--no-fold-bn", default=None, help="Fold BatchNorm first [default: on for models with BN].")
 @click.option("--equalize/--no-equalize", default=None, help="Cross-layer equalisation first [default: with --fold-bn].")
@@ -248,24 +250,18 @@ def analyze_cmd(model, weights, trust_checkpoint, family, bits, calib, eval_data
 
 
 def load_sets(calib: str, eval_data: str, eval_limit: int | None, meta, seed: int):
-    """(calib, eval x, eval y or None, note); `photos` = the 42 real photos: calibration on views 1, 3, 5,
-    evaluation (agreement with FP32) on views 2, 4, 6 — same scenes, different crops and flips."""
+    """(calib, eval x, eval y or None, note). `photos[:N]` are the real photos: calibration on the even views,
+    evaluation (agreement with FP32) on the disjoint odd views — same scenes, different crops and flips."""
     from edgevit.data import calibration_tensor, load_data, parse_data_spec
-    if calib == "photos" or eval_data == "photos":
-        from edgevit.data.photos import real_photos
-        x = real_photos(meta.preprocess)
-        view = torch.arange(len(x)) // 7
-        cal_x = x[view % 2 == 0] if calib == "photos" else calibration_tensor(parse_data_spec(calib), meta.preprocess, seed)
-        ev_x = x[view % 2 == 1] if eval_data == "photos" else load_data(parse_data_spec(eval_data), meta.preprocess,
-                                                                        "test", seed)[0]
-        return cal_x, ev_x, None, "photos: calibration on views center/topleft/zoom70, evaluation on the other 21"
     cal_x = calibration_tensor(parse_data_spec(calib), meta.preprocess, seed=seed)
     spec = parse_data_spec(eval_data)
     if eval_limit is not None:
         spec = type(spec)(spec.kind, spec.path, eval_limit)
     ev_x, ev_y = load_data(spec, meta.preprocess, split="test", seed=seed)
     labelled = spec.kind == "fashion-mnist" and len(meta.labels) == 10
-    return cal_x, ev_x, ev_y if labelled else None, f"calib {calib}, eval {eval_data} ({len(ev_x)} images)"
+    return (cal_x, ev_x, ev_y if labelled else None,
+            f"calib {calib} ({len(cal_x)} images), eval {eval_data} ({len(ev_x)} images"
+            f"{'' if labelled else ', top-1 agreement with FP32'})")
 
 
 def _spec_errors():

@@ -230,4 +230,64 @@ def _finite(o):
     return o
 
 
+FIX_KEYS = ("fold_bn", "equalize", "bias_correction", "bn_reestimate", "candidates", "max_size", "max_latency_ms",
+            "max_drop", "sensitivity")
+
+
+def ptq(fmodel, meta, opts: dict, eval_x=None, eval_y=None, plan_hook=None, progress=None):
+    """`edgevit quantize`'s PTQ from its parameters by name (family, bits, method, backend, calib, recipe
+    — a path or a dict —, keep_float, seed and FIX_KEYS): validate, prepare the graph, optional --bits auto
+    (needs eval_x/eval_y), quantise, post-fixes. Returns (qmodel, prepared float model, spec, info).
+
+    Why here: `edgevit pipeline` re-applies exactly this after split/rewrite/stitch, so the CLI and the
+    pipeline must not drift; `plan_hook(prepared, plan) -> plan` lets a caller adjust per-layer configs.
+    """
+    import quant
+    from edgevit.commands import analyze as ptq_fixes
+    from edgevit.data import calibration_tensor, parse_data_spec
+    seed = int(opts.get("seed", 0))
+    fixes = {k: opts.get(k) for k in FIX_KEYS}
+    with spec_errors():
+        recipe = opts.get("recipe") if isinstance(opts.get("recipe"), dict) else read_recipe(opts.get("recipe"))
+        candidates, budget, family, bits = ptq_fixes.validate_auto(opts["bits"], opts["family"], recipe, fixes)
+        spec = quant.parse_spec(family, bits, recipe, list(opts.get("keep_float") or ()))
+        method = opts.get("method") or str(spec.recipe.get("method", "rtn"))
+        if method not in METHODS:
+            raise quant.SpecError(f"recipe method {method!r} is not one of {', '.join(METHODS)}")
+        recon = ReconConfig.from_dict({"seed": seed} | (spec.recipe.get("reconstruction") or {}))
+    backend = opts.get("backend") or "edgevit"
+    if backend == "brevitas":
+        from edgevit.backends import brevitas_backend
+        brevitas_backend.check_available(spec, method)
+    elif method == "gptq":
+        raise UsageError("--method gptq is brevitas' algorithm here: add --backend brevitas (pip install edgevit[brevitas])")
+    calib_x = calibration_tensor(parse_data_spec(opts["calib"]), meta.preprocess, seed=seed)
+    with spec_errors():
+        plan = quant.plan_model(fmodel, spec)
+    fix_opts = ptq_fixes.graph_defaults(fmodel, *(fixes[k] for k in ("fold_bn", "equalize", "bias_correction",
+                                                                      "bn_reestimate")))
+    prepared, graph, graph_report = ptq_fixes.prepare_graph(fmodel, fix_opts, calib_x)
+    auto_report = auto_files = None
+    if candidates is not None:
+        if eval_x is None:
+            raise UsageError("--bits auto needs evaluation images")
+        with spec_errors():
+            spec, plan, auto_report, auto_files = ptq_fixes.run_auto(prepared, spec, candidates, budget, calib_x,
+                                                                     eval_x, eval_y, fixes["sensitivity"], seed)
+    if plan_hook is not None:
+        plan = plan_hook(prepared, plan)
+    torch.manual_seed(seed)
+    with spec_errors():
+        if backend == "brevitas":
+            qmodel, method_report = brevitas_backend.quantize(prepared, spec, calib_x, plan=plan, method=method,
+                                                              progress=progress, keep_brevitas=True)
+        else:
+            qmodel, method_report = quantize_with_method(prepared, spec, calib_x, method, recon, plan=plan,
+                                                         progress=progress)
+    fix_report = ptq_fixes.post_fixes(prepared, qmodel, calib_x, fix_opts)
+    return qmodel, prepared, spec, {"method": method, "backend": backend, "method_report": method_report,
+                                    "graph": graph, "graph_fixes": fix_opts | graph_report | fix_report,
+                                    "mixed_precision": auto_report, "auto_files": auto_files, "calib_x": calib_x}
+
+
 COMMANDS = [quantize_cmd]

@@ -1,7 +1,9 @@
 """Data sets and calibration sampling.
 
 A data spec is `fashion-mnist` (the test split for evaluation, the train split for calibration),
-`fashion-mnist:512` (a seeded random subset of 512), or `folder:PATH[:N]` for users' own images.
+`fashion-mnist:512` (a seeded random subset of 512), `folder:PATH[:N]` for users' own images, or
+`photos[:N]`: the unlabelled real colour photos of edgevit.data.photos for ImageNet models (evaluation
+uses the odd views, calibration the disjoint even views; N keeps the first N, which span all scenes).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ __all__ = ["DataSpec", "parse_data_spec", "load_data", "calibration_tensor", "Pr
 
 @dataclass(frozen=True)
 class DataSpec:
-    kind: str            # "fashion-mnist" | "folder"
+    kind: str            # "fashion-mnist" | "folder" | "photos"
     path: str | None = None
     limit: int | None = None
 
@@ -31,12 +33,14 @@ def parse_data_spec(spec: str) -> DataSpec:
     head, _, rest = spec.partition(":")
     if head in ("fashion-mnist", "fmnist"):
         return DataSpec("fashion-mnist", None, _parse_limit(rest, spec) if rest else None)
+    if head == "photos":
+        return DataSpec("photos", None, _parse_limit(rest, spec) if rest else None)
     if head == "folder" and rest:
         path, sep, n = rest.rpartition(":")
         if sep and n.isdigit():
             return DataSpec("folder", path, _parse_limit(n, spec))
         return DataSpec("folder", rest, None)
-    raise UsageError(f"unknown data spec {spec!r}; use fashion-mnist, fashion-mnist:512 or folder:PATH[:N]")
+    raise UsageError(f"unknown data spec {spec!r}; use fashion-mnist, fashion-mnist:512, photos[:N] or folder:PATH[:N]")
 
 
 def _parse_limit(text: str, spec: str) -> int:
@@ -52,6 +56,11 @@ def load_data(spec: str | DataSpec, preprocess: Preprocess, split: str = "test",
     A limit draws a seeded random subset (the same seed gives the same images).
     """
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind == "photos":
+        from edgevit.data.photos import real_photos, split_indices
+        half = "calib" if split == "train" else "eval"
+        n = None if spec.limit is None else min(spec.limit, len(split_indices(half)))
+        return real_photos(preprocess, n, half), None
     if spec.kind == "fashion-mnist":
         images, labels = load_fashion_mnist(split)
     else:

@@ -1,8 +1,13 @@
 """Real colour photographs for ImageNet models when no labelled ImageNet is at hand.
 
 The sample photos that ship inside scikit-image and scikit-learn (offline, license-clean), each seen
-through a fixed set of crops/flips: 7 scenes × 6 views = 42 images. They have no ImageNet labels; use
+through a fixed set of crops/flips: 7 scenes × 18 views = 126 images. They have no ImageNet labels; use
 them to compare a transformed model against its FP32 self (agreement, SQNR) and as calibration data.
+
+Views alternate between two disjoint halves: even-numbered views calibrate, odd-numbered ones evaluate
+(`split_indices`), so a PTQ run never scores itself on the images it calibrated on. The first six views
+are the original 42-image set, in the original order; later views were appended to make one image
+worth 1.6 agreement points instead of 4.8.
 """
 from __future__ import annotations
 
@@ -21,10 +26,17 @@ INSTALL_HINT = "pip install scikit-image scikit-learn"
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
 SKLEARN_PHOTOS = ("china", "flower")
 
-# (name, anchor, crop side as a fraction of the image's short side, mirror)
+# (name, anchor, crop side as a fraction of the image's short side, mirror); append only, never reorder
 VIEWS = (("center", "center", 1.0, False), ("center-flip", "center", 1.0, True),
          ("topleft", "start", 0.8, False), ("bottomright-flip", "end", 0.8, True),
-         ("zoom70", "center", 0.7, False), ("zoom50-flip", "center", 0.5, True))
+         ("zoom70", "center", 0.7, False), ("zoom50-flip", "center", 0.5, True),
+         ("bottomright", "end", 0.8, False), ("topleft-flip", "start", 0.8, True),
+         ("topright", "topright", 0.8, False), ("bottomleft-flip", "bottomleft", 0.8, True),
+         ("zoom85", "center", 0.85, False), ("zoom85-flip", "center", 0.85, True),
+         ("bottomleft60", "bottomleft", 0.6, False), ("topright60-flip", "topright", 0.6, True),
+         ("topleft60", "start", 0.6, False), ("bottomright60-flip", "end", 0.6, True),
+         ("zoom50", "center", 0.5, False), ("zoom70-flip", "center", 0.7, True))
+SPLITS = ("calib", "eval")
 
 
 def source_photos() -> dict[str, np.ndarray]:
@@ -50,7 +62,8 @@ def _view(image: torch.Tensor, anchor: str, scale: float, mirror: bool, size: in
     """A square crop of a (3, H, W) float image, resized to size×size with antialiasing."""
     _, h, w = image.shape
     side = int(round(min(h, w) * scale))
-    offsets = {"start": (0, 0), "end": (h - side, w - side), "center": ((h - side) // 2, (w - side) // 2)}
+    offsets = {"start": (0, 0), "end": (h - side, w - side), "center": ((h - side) // 2, (w - side) // 2),
+               "topright": (0, w - side), "bottomleft": (h - side, 0)}
     top, left = offsets[anchor]
     crop = image[:, top:top + side, left:left + side]
     if mirror:
@@ -70,9 +83,11 @@ def _photo_stack(size: int) -> np.ndarray:
     return stack.numpy()
 
 
-def photo_names(n: int | None = None) -> list[str]:
-    """`scene/view` for each image real_photos returns, in the same order."""
+def photo_names(n: int | None = None, split: str | None = None) -> list[str]:
+    """`scene/view` for each image real_photos returns (same arguments), in the same order."""
     names = [f"{scene}/{view[0]}" for view in VIEWS for scene in (*SKIMAGE_PHOTOS, *SKLEARN_PHOTOS)]
+    if split is not None:
+        names = [names[i] for i in split_indices(split)]
     return names[:_check_n(n, len(names))]
 
 
@@ -84,8 +99,19 @@ def _check_n(n: int | None, total: int) -> int:
     return n
 
 
-def real_photos(preprocess: Preprocess, n: int | None = None) -> torch.Tensor:
-    """The first `n` (default all 42) photos as a model-ready float tensor (n, C, size, size)."""
-    total = len(VIEWS) * (len(SKIMAGE_PHOTOS) + len(SKLEARN_PHOTOS))
-    n = _check_n(n, total)
-    return preprocess(_photo_stack(preprocess.size)[:n])
+def split_indices(split: str) -> np.ndarray:
+    """Image indices of one half: "calib" = views 0, 2, 4, … and "eval" = views 1, 3, 5, … (view-major)."""
+    if split not in SPLITS:
+        raise UsageError(f"unknown real-photo split {split!r}; use one of {', '.join(SPLITS)}")
+    scenes = len(SKIMAGE_PHOTOS) + len(SKLEARN_PHOTOS)
+    view = np.arange(len(VIEWS) * scenes) // scenes
+    return np.flatnonzero(view % 2 == SPLITS.index(split))
+
+
+def real_photos(preprocess: Preprocess, n: int | None = None, split: str | None = None) -> torch.Tensor:
+    """The first `n` photos (default all) of the whole set or of one `split` half, as a model-ready float
+    tensor (n, C, size, size)."""
+    stack = _photo_stack(preprocess.size)
+    if split is not None:
+        stack = stack[split_indices(split)]
+    return preprocess(stack[:_check_n(n, len(stack))])

@@ -17,8 +17,6 @@ import torch
 from edgevit.errors import StageError, UsageError
 from edgevit.pipeline.state import State
 
-CALIB_BATCH = 64
-QUANT_HANDLED = {"fmt", "bits", "method", "backend", "calib", "recipe", "keep-float", "eval-data", "eval-limit", "seed"}
 
 
 @dataclass
@@ -38,44 +36,47 @@ def _quant_recipe(value) -> dict | None:
     return read_recipe(value)
 
 
-def quantize_with(float_model, meta, options: dict):
-    """PTQ of `float_model` with the quantize stage's options: (quantised copy, spec, method report).
+def quantize_with(float_model, meta, options: dict, eval_xy=(None, None)):
+    """PTQ of `float_model` with the quantize stage's options: (quantised copy, spec, info).
 
-    The single call the quantize stage and every re-application use; it mirrors `edgevit quantize`
-    (method from the flag or the quant recipe, reconstruction knobs from the recipe, edgevit or
-    brevitas backend). A flag this adapter does not know yet is refused rather than silently ignored.
+    The single call the quantize stage and every re-application use: `edgevit quantize`'s own `ptq`
+    with every recipe key passed through by its parameter name, so the CLI and the pipeline cannot drift.
     """
+    from edgevit.commands.quantize import ptq
+    from edgevit.pipeline.recipe import stage_keys
+    opts = {p.name: options[k] for k, p in stage_keys("quantize").items() if p is not None and k in options}
+    opts["recipe"] = _quant_recipe(options.get("recipe"))
+    qmodel, _, spec, info = ptq(float_model, meta, opts, *eval_xy, plan_hook=exportable_groups)
+    return qmodel, spec, info
+
+
+def exportable_groups(model, plan: dict) -> dict:
+    """Per-row weight scales for layers whose fan-in is not a multiple of the group size.
+
+    Why: split pruning leaves widths like 247 that a 128-group spec covers with a ragged last group;
+    quant/ pads it, but runtimes/onnx tiles scales over whole groups only. One scale per row keeps
+    those layers exportable at the same grid and a similar scale overhead; the layers are listed in
+    the quantize report (`ragged_layers`) and the summary notes.
+    """
+    import dataclasses
+    modules = dict(model.named_modules())
+    for name, p in plan.items():
+        w, m = p.config.weight, modules[name]
+        weight = getattr(m, "weight", None)
+        if w is None or w.granularity != "group" or weight is None:
+            continue
+        cols = weight[0].numel()
+        if cols > w.group_size and cols % w.group_size:
+            plan[name] = dataclasses.replace(p, config=dataclasses.replace(
+                p.config, weight=dataclasses.replace(w, granularity="channel", group_size=0)))
+    return plan
+
+
+def ragged_layers(model, spec) -> list[str]:
     import quant
-    from edgevit.commands.quantize import spec_errors
-    from edgevit.data import calibration_tensor, parse_data_spec
-    from edgevit.pipeline.recipe import stage_defaults
-    defaults = stage_defaults("quantize")
-    unknown = sorted(k for k, v in options.items() if k not in QUANT_HANDLED and v != defaults.get(k))
-    if unknown:
-        raise UsageError(f"quantize option(s) {', '.join(unknown)} are not wired into the pipeline yet "
-                         "(edgevit/pipeline/stages.py quantize_with); drop them from the recipe")
-    with spec_errors():
-        spec = quant.parse_spec(options["fmt"], options["bits"], _quant_recipe(options.get("recipe")),
-                                list(options.get("keep-float") or []))
-        plan = quant.plan_model(float_model, spec)
-        method = options.get("method") or str(spec.recipe.get("method", "rtn"))
-    calib = calibration_tensor(parse_data_spec(options["calib"]), meta.preprocess, seed=options["seed"])
-    torch.manual_seed(options["seed"])
-    with spec_errors():
-        if options.get("backend", "edgevit") == "brevitas":
-            from edgevit.backends import brevitas_backend
-            brevitas_backend.check_available(spec, method)
-            qmodel, _ = brevitas_backend.quantize(float_model, spec, calib, plan=plan, method=method)
-            return qmodel, spec
-        try:
-            from quant.reconstruct import ReconConfig, quantize_with_method
-        except ImportError:   # a quant without adaptive rounding: round-to-nearest only
-            if method != "rtn":
-                raise UsageError(f"quantize method {method} needs quant.reconstruct, missing here") from None
-            return quant.quantize_model(float_model, spec, calib.split(CALIB_BATCH), plan=plan), spec
-        recon = ReconConfig.from_dict({"seed": options["seed"]} | (spec.recipe.get("reconstruction") or {}))
-        qmodel, _ = quantize_with_method(float_model, spec, calib, method, recon, plan=plan)
-        return qmodel, spec
+    before = quant.plan_model(model, spec)
+    after = exportable_groups(model, dict(before))
+    return [n for n in before if before[n] is not after[n]]
 
 
 def _requant(state: State, why: str) -> State:
@@ -83,41 +84,73 @@ def _requant(state: State, why: str) -> State:
     if state.quant is None:
         return state
     t0 = time.perf_counter()
-    state.qmodel, _ = quantize_with(state.float_model, state.meta, state.quant)
+    state.qmodel, spec, _ = quantize_with(state.float_model, state.meta, state.quant)
+    rag = ragged_layers(state.float_model, spec)
     state.notes.append(f"quantisation re-applied after {why}: same spec ({state.quant['fmt']} {state.quant['bits']}, "
                        f"{state.quant.get('method') or 'rtn'}) and the same {state.quant['calib']} calibration "
-                       f"images, seed {state.quant['seed']} ({time.perf_counter() - t0:.1f} s)")
+                       f"images, seed {state.quant['seed']} ({time.perf_counter() - t0:.1f} s)"
+                       + (f"; {len(rag)} layer(s) whose fan-in is not a multiple of the group size use one "
+                          f"scale per row ({', '.join(rag[:3])}{', ...' if len(rag) > 3 else ''})" if rag else ""))
     return state
 
 
+STRUCTURAL = ("rewrite", "split", "stitch")
+
+
 def check_quantize(options: dict, recipe) -> None:
+    """`edgevit quantize`'s up-front checks (spec, method, backend, --bits auto budget, data specs)."""
     import quant
-    from edgevit.commands.quantize import spec_errors
+    from edgevit.commands import analyze as ptq_fixes
+    from edgevit.commands.quantize import FIX_KEYS, METHODS, spec_errors
     from edgevit.data import parse_data_spec
+    from edgevit.pipeline.recipe import stage_keys
+    named = {p.name: options[k] for k, p in stage_keys("quantize").items() if p is not None and k in options}
+    qrecipe = _quant_recipe(options.get("recipe"))
     with spec_errors():
-        quant.parse_spec(options["fmt"], options["bits"], _quant_recipe(options.get("recipe")),
-                         list(options.get("keep-float") or []))
-    parse_data_spec(options["calib"])
+        candidates, _, family, bits = ptq_fixes.validate_auto(options["bits"], options["fmt"], qrecipe,
+                                                               {k: named.get(k) for k in FIX_KEYS})
+        spec = quant.parse_spec(family, bits, qrecipe, list(options.get("keep-float") or []))
+        method = options.get("method") or str(spec.recipe.get("method", "rtn"))
+        if method not in METHODS:
+            raise quant.SpecError(f"recipe method {method!r} is not one of {', '.join(METHODS)}")
+    if options.get("backend") == "brevitas":
+        from edgevit.backends import brevitas_backend
+        brevitas_backend.check_available(spec, method)
+    elif method == "gptq":
+        raise UsageError("method gptq is brevitas' algorithm: add `backend: brevitas`")
+    kinds = [s.kind for s in recipe.stages]
+    later = [k for k in kinds[kinds.index("quantize") + 1:] if k in STRUCTURAL]
+    if candidates is not None and later:
+        raise UsageError(f"bits auto picks formats per layer name, and {later[0]} renames the layers; "
+                         "use a uniform spec here, or put quantize after it")
+    parse_data_spec(options["calib"]), parse_data_spec(options["eval-data"])
 
 
 def run_quantize(state: State, options: dict, ctx: Context) -> State:
     from edgevit.data import load_data, parse_data_spec
     from edgevit.models.train import evaluate
-    t0 = time.perf_counter()
-    state.qmodel, spec = quantize_with(state.float_model, state.meta, options)
-    wall = time.perf_counter() - t0
-    state.quant = dict(options)
     spec_ = parse_data_spec(options["eval-data"])
     if options.get("eval-limit"):
         spec_ = type(spec_)(spec_.kind, spec_.path, options["eval-limit"])
     x, y = load_data(spec_, state.meta.preprocess, split="test", seed=options["seed"])
-    report = {"spec": spec.to_dict(), "quantize_wall_s": wall, "eval_images": len(x),
-              "method": options.get("method") or "rtn", "backend": options.get("backend", "edgevit")}
-    if y is not None:
+    labelled = y is not None and spec_.kind == "fashion-mnist" and len(state.meta.labels) == 10
+    t0 = time.perf_counter()
+    state.qmodel, spec, info = quantize_with(state.float_model, state.meta, options, (x, y if labelled else None))
+    wall = time.perf_counter() - t0
+    # the spec as applied: `bits: auto` becomes the per-layer recipe it chose, so re-applying (resume) is exact
+    state.quant = dict(options)
+    if info["mixed_precision"] is not None:
+        for k in ("max-size", "max-latency-ms", "max-drop", "candidates"):
+            state.quant[k] = None
+        state.quant |= {"recipe": spec.recipe, "fmt": spec.family, "bits": spec.bits}
+    report = {"spec": spec.to_dict(), "quantize_wall_s": wall, "eval_images": len(x), "method": info["method"],
+              "backend": info["backend"], "graph_fixes": info["graph_fixes"], "mixed_precision": info["mixed_precision"],
+              "ragged_layers": ragged_layers(state.float_model, spec)}
+    if labelled:
         report |= {"float_top1": evaluate(state.float_model, x, y), "quant_top1": evaluate(state.qmodel, x, y)}
     (ctx.stage_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    state.meta = state.meta.with_stage("quantize", fmt=options["fmt"], bits=options["bits"],
-                                       method=options.get("method") or "rtn", calib=options["calib"], seed=options["seed"])
+    state.meta = state.meta.with_stage("quantize", fmt=spec.family, bits=spec.bits, method=info["method"],
+                                       backend=info["backend"], calib=options["calib"], seed=options["seed"])
     return state
 
 
@@ -171,6 +204,14 @@ def check_split(options: dict, recipe) -> None:
     parse_data_spec(options["data"]), parse_data_spec(options["eval-data"])
     if options["lr"] <= 0:
         raise UsageError("recipe key split.lr must be positive")
+    if not 0 < options["latency"] <= 1:
+        raise UsageError(f"recipe key split.latency must be in (0, 1], got {options['latency']}")
+    if options.get("bits") or options.get("quantize-fusion"):
+        # one spec per pipeline: split's own --bits knows only fmt/bits (RTN, no keep-float, no recipe) and
+        # returns no float split for later stages; the quantize stage's full spec is re-applied instead
+        raise UsageError("recipe keys split.bits/fmt/quantize-fusion are for `edgevit split` alone; in a pipeline "
+                         "put a quantize stage before split (its spec and calibration are re-applied to the "
+                         "distilled sub-models)")
 
 
 def run_split(state: State, options: dict, ctx: Context) -> State:
@@ -178,7 +219,7 @@ def run_split(state: State, options: dict, ctx: Context) -> State:
     from edgevit.split import DistillRecipe, SplitOptions, build_split, parse_devices, write_split_artifact
     from edgevit.split.pipeline import validate
     devices = parse_devices(str(options["devices"]))
-    opts = SplitOptions(keep=options["keep"], train_images=options["train-images"],
+    opts = SplitOptions(keep=options["keep"], latency=options["latency"], train_images=options["train-images"],
                         fusion_images=options["fusion-images"],
                         distill=DistillRecipe(epochs=options["epochs"], batch_size=options["batch-size"],
                                               lr=options["lr"], seed=options["seed"]), seed=options["seed"])
@@ -250,68 +291,103 @@ def run_stitch(state: State, options: dict, ctx: Context) -> State:
 
 # -- export -----------------------------------------------------------------------------------------
 
-BUILT_RUNTIMES = ("onnx", "tflite")
+def _runtimes(options: dict) -> list[str]:
+    r = options["runtime"] or ["onnx"]
+    return [r] if isinstance(r, str) else list(r)       # the CLI default is one runtime, a recipe may list several
 
 
 def check_export(options: dict, recipe) -> None:
+    """`edgevit export`'s own up-front checks, per listed runtime."""
+    from edgevit.commands.export import BUILT
     from edgevit.data import parse_data_spec
-    runtimes = options["runtime"] or ["onnx"]
+    runtimes = _runtimes(options)
     for r in runtimes:
-        if r not in BUILT_RUNTIMES:
-            raise UsageError(f"recipe key export.runtime: the {r} exporter is not built into the pipeline yet; "
-                             f"use {' or '.join(BUILT_RUNTIMES)}")
+        if r not in BUILT:
+            raise UsageError(f"recipe key export.runtime: the {r} exporter is not built; use {', '.join(sorted(BUILT))}")
     if len(set(runtimes)) != len(runtimes):
         raise UsageError("recipe key export.runtime lists a runtime twice")
     if "tflite" in runtimes and importlib.util.find_spec("litert_torch") is None:
         raise UsageError("recipe key export.runtime: tflite needs litert-torch; pip install 'edgevit[tflite]'")
-    parse_data_spec(options["parity-data"])
+    if "qnn" in runtimes:
+        from edgevit.commands.export import _usage
+        from runtimes.qnn.compile import parse_soc
+        from runtimes.qnn.errors import require_qnn
+        for soc in options["soc"]:
+            _usage(parse_soc, soc)
+        _usage(require_qnn)
+    if options.get("precision") not in (None, "fp32") and runtimes == ["onnx"]:
+        raise UsageError("recipe key export.precision applies to tflite/qnn; ONNX precision comes from a quantize stage")
+    if options.get("weight-scales", "minmax") != "minmax" and "tflite" not in runtimes:
+        raise UsageError("recipe key export.weight-scales applies to runtime tflite")
+    if options.get("graph-form", "exact") == "integer" and "quantize" not in [s.kind for s in recipe.stages]:
+        raise UsageError("recipe key export.graph-form integer needs a quantize stage before export")
+    parse_data_spec(options["parity-data"]), parse_data_spec(options["calib-data"])
 
 
-def _export_one(state: State, runtime: str, options: dict, out: Path) -> tuple[dict, str]:
-    """Write one artifact; returns (row for the summary, how the precision is carried)."""
+def _is_static(model) -> bool:
+    """True once the static-shape rewrite ran (on the model or, for a split, on its sub-models)."""
+    return any(getattr(m, "edgevit_static_shape", None) is not None for m in model.modules())
+
+
+CARRIED = {
+    "onnx": "quantised graph (low-bit weights + activation rounding in-graph)",
+    "tflite": "the {p} grid weights stored as fp32 (float twin), float activations: litert-torch cannot trace "
+              "activation rounding",
+    "qnn": "QNN bundle carrying the model's own scales",
+}
+
+
+def _export_one(state: State, runtime: str, options: dict, out: Path) -> dict:
+    """One artifact via `edgevit export`'s own helpers, so the pipeline and the CLI export identically."""
     from edgevit import __version__
-    from edgevit.data import load_data
-    from runtimes.errors import ExportError, ParityError, RuntimeArtifactError
-    meta = state.meta
-    x, y = load_data(options["parity-data"], meta.preprocess, split="test", seed=options["seed"])
-    x, y = x.numpy(), (y.numpy() if y is not None else None)
+    from edgevit.commands import export as E
+    meta, seed = state.meta, options["seed"]
+    x, y = E._parity_data(options["parity-data"], meta, seed)
     common = dict(input_shape=meta.input_shape, preprocess=meta.preprocess.to_dict(), labels=list(meta.labels),
-                  parity_inputs=x, parity_labels=y, parity_data=f"{options['parity-data']} (test, seed {options['seed']})",
+                  parity_inputs=x, parity_labels=y, parity_data=f"{options['parity-data']} (test split, seed {seed})",
                   model_info={"name": meta.name, "source": meta.source, "family": meta.family,
                               "reload": {"kind": "pipeline", "state": str(out.parent / "state.pt")},
                               "history": meta.history},
                   overwrite=True, tools={"edgevit": __version__})
     spec = None
     if state.qmodel is not None:
-        from runtimes.onnx.quantized import spec_from_model
-        spec = spec_from_model(state.qmodel)
+        from runtimes.onnx.quantspec import spec_from_model
+        spec = E._usage(spec_from_model, state.qmodel)
+    precision = options.get("precision") if runtime != "onnx" else None
+    precision = precision or E.DEFAULT_PRECISION[runtime]
+    static = options.get("static-batch") or _is_static(state.model)
     try:
-        if runtime == "onnx":
-            from runtimes.onnx.artifact import export_onnx_artifact
-            art = export_onnx_artifact(state.model, out, quant_spec=spec, opset=options.get("opset"),
-                                       dynamic_batch=not options.get("static-batch"), **common)
-            how = "quantised graph (low-bit weights + activation rounding in-graph)" if spec else "fp32"
-        else:
-            from runtimes.onnx.quantized import float_twin
-            from runtimes.tflite.artifact import export_tflite_artifact
-            # litert-torch cannot trace fake-quant modules: a quantised model goes in as its float twin
-            # (the dequantised low-bit weights; activations float)
-            model = float_twin(state.qmodel, spec) if spec is not None else state.float_model
-            art = export_tflite_artifact(model, out, **common)
-            how = (f"fp32 storage of the {spec.precision} grid weights, float activations "
-                   "(activation rounding not expressible via litert-torch)") if spec else "fp32"
-    except (ExportError, ParityError, RuntimeArtifactError) as e:
+        art = _export_with(E, state, runtime, options, spec, precision, static, x, common, out)
+    except UsageError as e:   # bad input was refused before any stage ran: here it is the model that failed
         raise StageError(f"{runtime} export: {e}") from e
+    how = CARRIED[runtime].format(p=spec.precision) if spec is not None else art.precision()
+    if spec is not None and runtime == "tflite" and precision != "fp32":
+        how = f"float twin of the {spec.precision} model, re-quantised to {precision} by ai-edge-quantizer"
     return {"runtime": runtime, "path": str(out), "precision": art.precision(), "carried": how,
-            "size_bytes": art.size_bytes, "parity": art.manifest["parity"]["metrics"]}, how
+            "size_bytes": art.size_bytes, "parity": art.manifest["parity"]["metrics"]}
+
+
+def _export_with(E, state, runtime, options, spec, precision, static, x, common, out):
+    from edgevit.data import load_data, parse_data_spec
+    meta, seed = state.meta, options["seed"]
+    if runtime == "onnx":
+        calib = None
+        if options.get("graph-form") == "integer":
+            calib = load_data(parse_data_spec(options["calib-data"]), meta.preprocess, split="train", seed=seed)[0].numpy()
+        art = E._export_onnx(state.model, spec, meta, out, x, options.get("opset"), static,
+                             options.get("graph-form", "exact"), calib, common)
+    elif runtime == "tflite":
+        art = E._export_tflite(state.model, spec, meta, out, precision, options.get("weight-scales", "minmax"),
+                               options["calib-data"], seed, common)
+    else:
+        art = E._export_qnn(state.model, spec, meta, out, x, precision, tuple(options["soc"]),
+                            options["parity-images"], options["calib-data"], seed, common)
+    return art
 
 
 def run_export(state: State, options: dict, ctx: Context) -> State:
-    state.artifacts = []
-    for runtime in options["runtime"] or ["onnx"]:
-        row, _ = _export_one(state, runtime, options, ctx.stage_dir / runtime)
-        state.artifacts.append(row)
-    state.meta = state.meta.with_stage("export", runtimes=list(options["runtime"] or ["onnx"]))
+    state.artifacts = [_export_one(state, r, options, ctx.stage_dir / r) for r in _runtimes(options)]
+    state.meta = state.meta.with_stage("export", runtimes=_runtimes(options))
     return state
 
 

@@ -30,6 +30,7 @@ def write_artifact(out: Path, model, meta, report: dict, robustness_reports: dic
     from edgevit.rewrite.robustness import plot
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".rewrite-", dir=out.parent))
+    os.chmod(tmp, 0o755)                         # mkdtemp's 0700 would survive the rename
     try:
         torch.save(model, tmp / "model.pt")
         export_for_check(model, meta.input_shape, tmp / "model.onnx")

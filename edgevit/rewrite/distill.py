@@ -47,9 +47,9 @@ class DistillRecipe:
     label_smoothing: float = 0.1
     hflip: bool = True              # mirrored copies, with their own cached teacher outputs
     robust_epochs: int = 1          # then this many epochs of quantisation-noise consistency
-    robust_weight: float = 200.0    # weight of relRMS² between clean and noisy encoder outputs
+    robust_weight: float = 2000.0   # weight of relRMS² between clean and noisy encoder outputs
     noise_bits: int = 8             # the noise is that of a per-tensor uniform quantiser of this many bits
-    robust_lr_scale: float = 0.1    # phase-2 learning rate relative to `lr`
+    robust_lr_scale: float = 0.25   # phase-2 learning rate relative to `lr`
     train_samples: int = 0          # 0: the whole training split
     bf16: bool = True
     seed: int = 0
@@ -95,6 +95,7 @@ def cache_teacher(teacher: nn.Module, x: torch.Tensor, recipe: DistillRecipe, pa
         if cached.get("key") == key:
             return cached
     teacher.eval()
+    t0 = time.time()
     views = [False, True] if recipe.hflip else [False]
     logits, tokens = [], []
     total = math.ceil(len(x) / batch) * len(views)
@@ -112,7 +113,8 @@ def cache_teacher(teacher: nn.Module, x: torch.Tensor, recipe: DistillRecipe, pa
         logits.append(torch.cat(lo))
         tokens.append(torch.cat(tok))
     bar.close()
-    cached = {"key": key, "logits": torch.stack(logits), "tokens": torch.stack(tokens)}
+    cached = {"key": key, "logits": torch.stack(logits), "tokens": torch.stack(tokens),
+              "seconds": torch.tensor(time.time() - t0)}
     tmp = path.with_suffix(".tmp")
     torch.save(cached, tmp)
     tmp.replace(path)
@@ -190,9 +192,8 @@ def distill(teacher: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: 
     state = torch.load(ckpt, weights_only=False, map_location="cpu") if ckpt.exists() else None
     if state is not None and (state.get("recipe") != asdict(recipe) or state.get("config") != config.to_dict()):
         raise UsageError(f"{work_dir} holds a distillation with another recipe; delete it or pass another --work-dir")
-    t0 = time.time()
     cache = cache_teacher(teacher, xtr, recipe, work_dir / "teacher.pt", progress=progress)
-    cache_s = time.time() - t0
+    cache_s = float(cache.get("seconds", 0.0))        # when it was computed, not when it was reused
     t_logits, t_tokens = cache["logits"], cache["tokens"]
     t_var = float(t_tokens[:, :4096].float().var())
 
@@ -208,13 +209,13 @@ def distill(teacher: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: 
     steps = math.ceil(len(xtr) / recipe.batch_size)
     total, warmup = recipe.epochs * steps, int(recipe.warmup_epochs * steps)
     noise = QuantNoise(student, recipe.noise_bits, gen)
-    start, history = 0, []
+    start, history, spent = 0, [], 0.0
     if state is not None:
         student.load_state_dict(state["student"])
         adapter.load_state_dict(state["adapter"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
-        start, history = state["epoch"], state["history"]
+        start, history, spent = state["epoch"], state["history"], state.get("train_s", 0.0)
     T, t_start = recipe.temperature, time.time()
     n_epochs = recipe.epochs + recipe.robust_epochs
     for epoch in range(start, n_epochs):
@@ -262,17 +263,18 @@ def distill(teacher: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: 
                                 **({"noise_rel": f"{rel2.item() ** 0.5:.4f}"} if robust else {}))
         acc = evaluate(student, test[0], test[1])
         history.append({"epoch": epoch + 1, "phase": "robust" if robust else "distil", "test_top1": acc,
-                        "elapsed_s": round(time.time() - t_start, 1)})
+                        "elapsed_s": round(spent + time.time() - t_start, 1)})
         tqdm.write(f"epoch {epoch + 1}: student test top-1 {acc:.2f}%")
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"student": student.state_dict(), "adapter": adapter.state_dict(), "opt": opt.state_dict(),
                     "gen": gen.get_state(), "epoch": epoch + 1, "history": history, "recipe": asdict(recipe),
-                    "config": config.to_dict()}, tmp)
+                    "config": config.to_dict(), "train_s": spent + time.time() - t_start}, tmp)
         tmp.replace(ckpt)
     noise.remove()
     student = student.to(memory_format=torch.contiguous_format).eval()
     record = {"recipe": asdict(recipe), "student_config": config.to_dict(), "history": history,
               "train_samples": len(xtr), "teacher_cache_s": round(cache_s, 1),
-              "train_s": round(time.time() - t_start, 1), "test_top1": history[-1]["test_top1"],
+              "train_s": round(history[-1]["elapsed_s"], 1), "resumed_at_epoch": start,
+              "test_top1": history[-1]["test_top1"],
               "teacher_tokens": int(n_tokens), "teacher_dim": int(t_dim), "grid": grid}
     return student, record

@@ -118,9 +118,10 @@ def fold_constants(model: nn.Module, ctx: PassContext):
                     m.qkv.bias[:c] *= m.scale
                 m.scale, info["scale"] = 1.0, info["scale"] + 1
             if isinstance(m, NpuBlock):
-                for attr, conv in (("ls1", m.attn.proj), ("ls2", m.mlp.fc2)):
+                for attr, branch, conv_name in (("ls1", m.attn, "proj"), ("ls2", m.mlp, "fc2")):
                     gamma = getattr(m, attr)
-                    if gamma is not None:
+                    if gamma is not None and branch is not None:   # a pruned (None) branch has no gamma to fold
+                        conv = getattr(branch, conv_name)
                         conv.weight.mul_(gamma.reshape(-1, 1, 1, 1))
                         if conv.bias is not None:
                             conv.bias.mul_(gamma.reshape(-1))
@@ -160,8 +161,10 @@ PASSES = [
     Pass("split-heads", "attention split per head (rank-4 per-head matmuls)", True, split_heads),
     Pass("fold-constants", "fold attention scale, LayerScale, class-token position; drop Dropout", True,
          fold_constants),
+    Pass("static-shape", "static input shape (batch included) for export", True, static_shape),
+    # last: outputs are checked against the original model, so an exact pass after this non-exact one
+    # would be charged with the GELU approximation's change
     Pass("gelu", "erf-GELU → the target's GELU form (one Gelu op is exact; tanh/sigmoid change outputs)", False,
          replace_gelu),
-    Pass("static-shape", "static input shape (batch included) for export", True, static_shape),
 ]
 PASS_NAMES = [p.name for p in PASSES]
