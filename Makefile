@@ -23,7 +23,7 @@ data:
 	@test -f $(FMNIST) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 
 demo: install
-	$(VENV)/bin/edgevit demo
+	$(VENV)/bin/edgevit pipeline recipes/demo.yaml
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

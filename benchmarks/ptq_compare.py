@@ -241,14 +241,14 @@ def plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 7), squeeze=False)
     for ax, m in zip(axes[0], models):
         sub = [r for r in rows if r["model"] == m and not r["na"] and r["tool"] != "fp32"]
         key = "top1" if any("top1" in r for r in sub) else "agreement"
-        labels = [f"{r['fmt']} {r['bits']}\n{r['tool']} {r['method']}" for r in sub]
+        labels = [f"{r['fmt']} {r['bits']} · {r['tool']} {r['method']}" for r in sub]
         colors = {"edgevit": "tab:blue", "onnxruntime": "tab:orange", "brevitas": "tab:green"}
         ax.barh(range(len(sub)), [r[key] for r in sub], color=[colors[r["tool"]] for r in sub])
-        ax.set_yticks(range(len(sub)), labels, fontsize=5)
+        ax.set_yticks(range(len(sub)), labels, fontsize=6)
         fp = next(r for r in rows if r["model"] == m and r["tool"] == "fp32")
         ax.axvline(fp[key], color="k", ls="--", lw=0.8)
         lo = min(r[key] for r in sub)

@@ -1,6 +1,6 @@
 """PTQ toolbox numbers: graph fixes on mobilenet-mini (Fashion-MNIST top-1) and MobileNetV2 (ImageNet weights,
-top-1 agreement with FP32 on the 21 held-out real-photo views, calibrated on the other 21), and mixed precision
-at the size of uniform W4A8 on mobilenet-mini. One torch thread; writes benchmarks/results/ptq_toolbox.json.
+top-1 agreement with FP32 on the 63 held-out real-photo views, calibrated on the other 63), and mixed precision
+at the size of uniform W4A8 on mobilenet-mini. One torch thread; writes benchmarks/results/ptq_toolbox.json + .md.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ptq_toolbox.py
 """
@@ -31,28 +31,59 @@ def score(fmodel, q, x, y):
             "logit_sqnr_db": round(quant.sqnr_db(ref, out), 2)}
 
 
-def fixes_table(name, calib, eval_data, limit, bits_list):
+OFF = dict(fold_bn=False, equalize=False, bias_correction=False, bn_reestimate=False)
+VARIANTS = {"none": OFF,
+            "bn_reestimate": OFF | dict(bn_reestimate=True),
+            "fold": OFF | dict(fold_bn=True),
+            "fold+bc": OFF | dict(fold_bn=True, bias_correction=True),
+            "fold+cle[w]": OFF | dict(fold_bn=True, equalize=True, equalize_criterion="weight"),
+            "fold+cle[w]+bc": OFF | dict(fold_bn=True, equalize=True, equalize_criterion="weight", bias_correction=True),
+            "fold+cle[act]": OFF | dict(fold_bn=True, equalize=True, equalize_criterion="activation"),
+            "fold+cle[act]+bc": OFF | dict(fold_bn=True, equalize=True, equalize_criterion="activation",
+                                           bias_correction=True)}
+
+
+def fixes_table(name, calib, eval_data, limit, bits_list, observers=("minmax", "mse")):
+    """One row per (bits, graph fixes, activation observer); rows with 'mse' use the MSE clipping search
+    (recipe act_observer: mse) instead of the 8-bit default min-max."""
     fmodel, meta = load_model(name)
     cal, x, y, note = load_sets(calib, eval_data, limit, meta, 0)
     rows = {"data": note, "float_top1": score(fmodel, fmodel, x, y)["top1"]}
-    variants = {"none": dict(fold_bn=False, equalize=False, bias_correction=False, bn_reestimate=False),
-                "bn_reestimate": dict(fold_bn=False, equalize=False, bias_correction=False, bn_reestimate=True),
-                "fold": dict(fold_bn=True, equalize=False, bias_correction=False, bn_reestimate=False),
-                "fold+bc": dict(fold_bn=True, equalize=False, bias_correction=True, bn_reestimate=False),
-                "fold+cle": dict(fold_bn=True, equalize=True, bias_correction=False, bn_reestimate=False),
-                "fold+cle+bc": dict(fold_bn=True, equalize=True, bias_correction=True, bn_reestimate=False)}
-    for bits in bits_list:
-        spec = quant.parse_spec("int", bits)
-        for v, opts in variants.items():
-            prepared, _, grep = prepare_graph(fmodel, opts, cal)
-            if v in ("fold", "fold+cle"):
-                rows.setdefault("fp32_equivalence_rel_err", {})[v] = float(
-                    ((logits(prepared, x) - logits(fmodel, x)).norm() / logits(fmodel, x).norm()))
-            q = quant.quantize_model(prepared, spec, cal.split(64))
-            post_fixes(prepared, q, cal, opts)
-            rows[f"{bits} {v}"] = score(fmodel, q, x, y)
-            print(name, bits, v, rows[f"{bits} {v}"], flush=True)
+    for v, opts in VARIANTS.items():
+        prepared, _, grep = prepare_graph(fmodel, opts, cal)
+        if opts["fold_bn"]:
+            rows.setdefault("fp32_equivalence_rel_err", {})[v.removesuffix("+bc")] = float(
+                ((logits(prepared, x) - logits(fmodel, x)).norm() / logits(fmodel, x).norm()))
+        for bits in bits_list:
+            for obs in observers:
+                spec = quant.parse_spec("int", bits, {"act_observer": obs})
+                q = quant.quantize_model(prepared, spec, cal.split(64))
+                post_fixes(prepared, q, cal, opts)
+                key = f"{bits} {v}" + ("" if obs == "minmax" else f" act:{obs}")
+                rows[key] = score(fmodel, q, x, y)
+                print(name, key, rows[key], flush=True)
     return rows
+
+
+def markdown(results) -> str:
+    lines = [f"# PTQ toolbox ({results['machine']}; load average {results['loadavg_start'][0]:.1f} at start)", ""]
+    for model in ("mobilenetv2", "mobilenet-mini"):
+        r = results[model]
+        metric = "top-1 agreement with FP32" if model == "mobilenetv2" else "top-1"
+        lines += [f"## {model}: {r['data']}; float {r['float_top1']} %", "",
+                  f"| precision | graph fixes | act observer | {metric} (%) | logit SQNR (dB) |", "|---|---|---|---|---|"]
+        for k, v in r.items():
+            if isinstance(v, dict) and "top1" in v:
+                bits, rest = k.split(" ", 1)
+                fixes, _, obs = rest.partition(" act:")
+                lines.append(f"| {bits} | {fixes} | {obs or 'minmax'} | {v['top1']} | {v['logit_sqnr_db']} |")
+        lines += ["", "FP32 equivalence of the prepared graph (relative logit error): "
+                  + ", ".join(f"{k} {v:.1e}" for k, v in r["fp32_equivalence_rel_err"].items()), ""]
+    lines += ["## mixed precision, mobilenet-mini (Fashion-MNIST top-1, weight bytes)", "",
+              "| assignment | top-1 (%) | logit SQNR (dB) | weight bytes |", "|---|---|---|---|"]
+    for k, v in results["mixed_precision_mobilenet-mini"].items():
+        lines.append(f"| {k} | {v['top1']} | {v['logit_sqnr_db']} | {v.get('weight_bytes', '')} |")
+    return "\n".join(lines) + "\n"
 
 
 def mixed_precision_mini():
@@ -94,11 +125,13 @@ if __name__ == "__main__":
     t0 = time.time()
     results = {"machine": "2 shared CPU cores, 1 torch thread; accuracy/size numbers are load-independent",
                "loadavg_start": os.getloadavg()}
-    results["mobilenet-mini"] = fixes_table("mobilenet-mini", "fashion-mnist:256", "fashion-mnist", 2000, ["w8a8", "w4a8"])
+    results["mobilenet-mini"] = fixes_table("mobilenet-mini", "fashion-mnist:256", "fashion-mnist", 2000, ["w8a8", "w4a8"],
+                                            observers=("minmax",))
     results["mixed_precision_mobilenet-mini"] = mixed_precision_mini()
     results["mobilenetv2"] = fixes_table("mobilenetv2", "photos", "photos", None, ["w8a8"])
     results["loadavg_end"] = os.getloadavg()
     results["wall_s"] = round(time.time() - t0, 1)
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2))
-    print(f"wrote {OUT}")
+    OUT.with_suffix(".md").write_text(markdown(results))
+    print(f"wrote {OUT} and {OUT.with_suffix('.md')}")

@@ -29,9 +29,25 @@ def zoo_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def pipeline_table(path: Path) -> str:
+    """The `make demo` summary (written by `edgevit pipeline`, copied into results/)."""
+    d = json.loads(path.read_text())
+    rows = ["| runtime | precision | size | top-1 | p50 latency |", "|---|---|---|---|---|"]
+    for r in d["rows"]:
+        size = f"{r['size_bytes'] / 1e6:.3f} MB" if r.get("size_bytes") else "-"
+        rows.append(f"| {r['runtime']} | {r['precision']} | {size} | {r['top1']:.2f} % | {r['latency_p50_ms']:.3f} ms |")
+    lat = d["latency"]
+    rows += ["", f"`{d['command']}`: {d['wall_s_total']:.0f} s in all on {d['machine']}; top-1 on {d['eval_images']} "
+             f"test images; latency batch {lat['batch']}, {lat['threads']} thread, median of {lat['rounds']} interleaved rounds.",
+             "", *[f"- {n}" for n in d["notes"]]]
+    return "\n".join(rows) + "\n"
+
+
 def table(name: str) -> str:
     if name == "zoo":
         return zoo_table()
+    if name == "pipeline_demo":
+        return pipeline_table(RESULTS / "pipeline_demo.json")
     path = RESULTS / f"{name}.md"
     return path.read_text().rstrip() + "\n" if path.exists() else f"_(no results yet: run the benchmark that writes {path.relative_to(ROOT)})_\n"
 

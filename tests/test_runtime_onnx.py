@@ -225,8 +225,8 @@ def test_cli_run_and_errors(tmp_path, images, cli_runner):
     (tmp_path / "a" / "model.onnx").write_bytes(b"junk")
     r = cli_runner.invoke(cli, ["run", str(tmp_path / "a"), str(img)])
     assert r.exit_code == 2 and "sha256" in r.output
-    r = cli_runner.invoke(cli, ["export", "vit-tiny", "--runtime", "tflite", "--out", str(tmp_path / "t")])
-    assert r.exit_code == 2 and not (tmp_path / "t").exists()
+    r = cli_runner.invoke(cli, ["export", "vit-tiny", "--runtime", "onnx", "--precision", "w8a8", "--out", str(tmp_path / "t")])
+    assert r.exit_code == 2 and "edgevit quantize" in r.output and not (tmp_path / "t").exists()
 
 
 @pytest.mark.slow

@@ -125,60 +125,48 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
       edgevit quantize mobilenetv2 --bits w4a8 --method adaround --calib folder:photos/ --eval-data folder:photos/ --out out/mnv2
     """
     import quant
-    from edgevit.data import calibration_tensor, load_data, parse_data_spec
+    from edgevit.data import load_data, parse_data_spec
     from edgevit.report.metrics import fp32_size_bytes, human_bytes
 
-    # -- validate everything before any work ------------------------------------------------------
+    # -- validate everything before any work (ptq() validates again; that is cheap) ----------------
+    asked = dict(family=family, bits=bits)   # `--bits auto` is resolved inside ptq()
     with spec_errors():
         from edgevit.commands import analyze as ptq_fixes
         recipe_dict = read_recipe(recipe)
-        candidates, budget, family, bits = ptq_fixes.validate_auto(bits, family, recipe_dict, fixes)
+        _, _, family, bits = ptq_fixes.validate_auto(bits, family, recipe_dict, fixes)
         spec = quant.parse_spec(family, bits, recipe_dict, keep_float)
         quant.check_out_dir(out, force)
         method = method or str(spec.recipe.get("method", "rtn"))
         if method not in METHODS:
             raise quant.SpecError(f"recipe method {method!r} is not one of {', '.join(METHODS)}")
-        recon = ReconConfig.from_dict({"seed": seed} | (spec.recipe.get("reconstruction") or {}))
     if backend == "brevitas":
         from edgevit.backends import brevitas_backend
         brevitas_backend.check_available(spec, method)
     elif method == "gptq":
         raise UsageError("--method gptq is brevitas' algorithm here: add --backend brevitas (pip install edgevit[brevitas])")
-    calib_spec = parse_data_spec(calib)
+    parse_data_spec(calib)
     eval_spec = parse_data_spec(eval_data)
     if eval_limit is not None:
         eval_spec = type(eval_spec)(eval_spec.kind, eval_spec.path, eval_limit)
-    fmodel, meta = load(model, weights, trust_checkpoint)
+    float_model, meta = load(model, weights, trust_checkpoint)
     with spec_errors():
-        plan = quant.plan_model(fmodel, spec)
+        quant.plan_model(float_model, spec)
     labelled = eval_spec.kind == "fashion-mnist" and len(meta.labels) == 10
-    calib_x = calibration_tensor(calib_spec, meta.preprocess, seed=seed)
     eval_x, eval_y = load_data(eval_spec, meta.preprocess, split="test", seed=seed)
     if not labelled:
         eval_y = None   # other label spaces: report agreement with the float model only
-    float_model, auto_report, auto_files = fmodel, None, {}
-    fix_opts = ptq_fixes.graph_defaults(fmodel, *(fixes[k] for k in ("fold_bn", "equalize", "bias_correction",
-                                                                      "bn_reestimate")))
-    fmodel, graph, graph_report = ptq_fixes.prepare_graph(fmodel, fix_opts, calib_x)
-    if candidates is not None:
-        with spec_errors():
-            spec, plan, auto_report, auto_files = ptq_fixes.run_auto(fmodel, spec, candidates, budget, calib_x, eval_x,
-                                                                     eval_y, fixes["sensitivity"], seed)
 
-    # -- quantise ------------------------------------------------------------------------------------
-    torch.manual_seed(seed)
+    # -- quantise: the same function `edgevit pipeline` calls ---------------------------------------
     t0 = time.perf_counter()
-    with spec_errors():
-        if backend == "brevitas":
-            qmodel, method_report = brevitas_backend.quantize(fmodel, spec, calib_x, plan=plan, method=method,
-                                                              progress=_progress, keep_brevitas=True)
-        else:
-            qmodel, method_report = quantize_with_method(fmodel, spec, calib_x, method, recon, plan=plan,
-                                                         progress=_progress)
-    fix_report = ptq_fixes.post_fixes(fmodel, qmodel, calib_x, fix_opts)
+    opts = dict(**asked, method=method, backend=backend, calib=calib, recipe=recipe_dict,
+                keep_float=keep_float, seed=seed, **fixes)
+    qmodel, fmodel, spec, info = ptq(float_model, meta, opts, eval_x, eval_y, progress=_progress)
     quant_s = time.perf_counter() - t0
+    calib_x, method_report, graph = info["calib_x"], info["method_report"], info["graph"]
+    auto_report, auto_files = info["mixed_precision"], info["auto_files"] or {}
     extra_files = {}
     if backend == "brevitas":   # brevitas' own QCDQ ONNX rides along as an alternative artifact
+        from edgevit.backends import brevitas_backend
         extra_files, method_report["qcdq_onnx"] = brevitas_backend.qcdq_file(method_report.pop("brevitas_model"),
                                                                              calib_x[:1])
     acc = _accuracy(float_model, qmodel, eval_x, eval_y, 500)
@@ -189,7 +177,7 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
               "method_report": method_report, "calib": calib, "seed": seed,
               "eval": {"data": eval_data, "limit": eval_limit, **acc}, "quantize_wall_s": quant_s,
               "fp32_bytes": fp32_size_bytes(float_model), "layers": layers,
-              "graph_fixes": fix_opts | graph_report | fix_report, "mixed_precision": auto_report}
+              "graph_fixes": info["graph_fixes"], "mixed_precision": auto_report}
 
     def report_file(sizes: dict) -> dict:
         report["size"] = sizes | {"ratio_vs_fp32": sizes["total_bytes"] / report["fp32_bytes"]}

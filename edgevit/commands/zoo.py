@@ -1,4 +1,4 @@
-"""Model-zoo commands: models, info, eval, train, demo."""
+"""Model-zoo commands: models, info, eval, train, zoo-eval."""
 from __future__ import annotations
 
 import json
@@ -110,13 +110,15 @@ def train_cmd(model, train_all, epochs, seed, out, work_dir, device):
         console.print(f"{name}: test top-1 {record['test_top1']:.2f}% in {record['train_wall_s']:.0f}s")
 
 
-@click.command("demo")
-def demo_cmd():
-    """The main job on the embedded default: evaluate the bundled models on Fashion-MNIST.
+@click.command("zoo-eval")
+def zoo_eval_cmd():
+    """Evaluate every bundled model on the full Fashion-MNIST test set (params, MACs, top-1).
+
+    The whole pipeline on the embedded default is `make demo` = `edgevit pipeline recipes/demo.yaml`.
 
     \b
     Example:
-      edgevit demo
+      edgevit zoo-eval
     """
     from edgevit.data import load_data
     from edgevit.models import bundled
@@ -134,4 +136,4 @@ def demo_cmd():
                 ["model", "params", "MACs", "top-1"], rows)
 
 
-COMMANDS = [models_cmd, info_cmd, eval_cmd, train_cmd, demo_cmd]
+COMMANDS = [models_cmd, info_cmd, eval_cmd, train_cmd, zoo_eval_cmd]
