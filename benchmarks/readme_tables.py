@@ -49,7 +49,10 @@ def table(name: str) -> str:
     if name == "pipeline_demo":
         return pipeline_table(RESULTS / "pipeline_demo.json")
     path = RESULTS / f"{name}.md"
-    return path.read_text().rstrip() + "\n" if path.exists() else f"_(no results yet: run the benchmark that writes {path.relative_to(ROOT)})_\n"
+    if path.exists():  # demote the file's own headings below the README section that embeds it
+        return "\n".join("###" + line if line.startswith("#") else line
+                         for line in path.read_text().rstrip().splitlines()) + "\n"
+    return f"_(no results yet: run the benchmark that writes {path.relative_to(ROOT)})_\n"
 
 
 def render(text: str) -> str:

@@ -15,7 +15,6 @@ encodings from calibration on the same images, at the activation width of edgevi
 """
 from __future__ import annotations
 
-import copy
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,20 +90,6 @@ def check_spec(spec: QuantSpec) -> str:
         if widest is None or ACT_BITS[aq.fmt] > ACT_BITS[widest]:
             widest = aq.fmt
     return widest or "uint16"
-
-
-def float_twin(model: nn.Module, spec: QuantSpec) -> nn.Module:
-    """A pure float copy: quantised layers hold codes × scale, activation quantisers become identities."""
-    twin = copy.deepcopy(model).eval()
-    for name, lq in spec.layers.items():
-        layer = twin.get_submodule(name)
-        with torch.no_grad():
-            layer.weight.data = torch.from_numpy(lq.dequantized()).reshape(layer.weight.shape).clone()
-        if hasattr(layer, "weight_quant"):
-            layer.weight_quant, layer._wq_key = None, None
-    for name in spec.acts:
-        twin.set_submodule(name, nn.Identity())
-    return twin
 
 
 def _positive_scales(spec: QuantSpec) -> QuantSpec:
@@ -246,6 +231,7 @@ def build_qdq(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path, cal
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # "opset 21 not supported": the float ops used exist at 21 unchanged
+        from runtimes.onnx.quantized import float_twin
         export_onnx(float_twin(folded, spec), shape, info.float_path, opset=OPSET, dynamic_batch=False)
     check_static(info.float_path)
     graph = onnx.load(str(info.float_path)).graph
