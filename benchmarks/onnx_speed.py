@@ -85,7 +85,7 @@ def main() -> None:
     calib_t = calibration_tensor("fashion-mnist:256", PRE, seed=0)
     calib = calib_t.numpy()
     results = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                           "note": "shared 2-core machine; ratios from interleaved rounds in one process"},
+                           "note": "ratios from interleaved rounds in one process", "loadavg": [round(v, 2) for v in os.getloadavg()]},
                "models": {}}
     for name in a.models.split(","):
         model = load_model(name)[0].eval()
@@ -138,7 +138,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "onnx_speed.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# ONNX Runtime CPU: INT8 speed, W4 size (batch 1, 1 thread)", "",
-             "Interleaved A/B in one process (median of rounds); shared 2-core machine (load average in the JSON).",
+             "Interleaved A/B in one process (median of rounds); 2-core machine; load average in the JSON.",
              "Top-1 on 1000 Fashion-MNIST test images; `torch` is the model that was exported (fake-quant).", "",
              "| model | variant | graph form | median ms | speed-up | size | size/FP32 | top-1 runtime | top-1 torch |",
              "|---|---|---|---|---|---|---|---|---|"]
