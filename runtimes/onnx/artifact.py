@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from runtimes import parity
@@ -12,14 +11,9 @@ from runtimes.artifact import Artifact, ArtifactWriter, tool_versions
 from runtimes.errors import ParityError
 from runtimes.onnx.compact import compact
 from runtimes.onnx.export import export_onnx
+from runtimes.reference import torch_logits
 
 MODEL_FILE = "model.onnx"
-
-
-def _torch_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model(torch.from_numpy(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]).numpy()
 
 
 def export_onnx_artifact(model: nn.Module, out: str | Path, *, input_shape: tuple[int, ...], preprocess: dict,
@@ -55,7 +49,7 @@ def export_onnx_artifact(model: nn.Module, out: str | Path, *, input_shape: tupl
         runner = OnnxRunner(Artifact(w.dir, {"entry": MODEL_FILE, "quant": quant_block}), threads=threads)
         bs = len(parity_inputs) if dynamic_batch else 1
         got = np.concatenate([runner.run(parity_inputs[i:i + bs]) for i in range(0, len(parity_inputs), bs)])
-        ref = _torch_logits(model, parity_inputs)
+        ref = torch_logits(model, parity_inputs)
         metrics = {**parity.compare(ref, got), "data": parity_data}
         bad = parity.failures(metrics, thresholds)
         if bad:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from runtimes import parity
@@ -22,6 +21,7 @@ from runtimes.artifact import Artifact, ArtifactWriter, load_artifact, tool_vers
 from runtimes.errors import ExportError, ParityError
 from runtimes.qnn.compile import compile_context, parse_soc
 from runtimes.qnn.errors import QnnMissing, require_qnn
+from runtimes.reference import torch_logits
 
 ENTRY, FLOAT, ENCODINGS = "model.qdq.onnx", "model.fp32.onnx", "model.encodings"
 
@@ -35,11 +35,6 @@ ENTRY, FLOAT, ENCODINGS = "model.qdq.onnx", "model.fp32.onnx", "model.encodings"
 THRESHOLDS = {"a16": {"top1_agreement": 0.9, "sqnr_db": 25.0},
               "a8": {"top1_agreement": 0.9, "sqnr_db": 18.0}}
 CONTEXT_CHECK_IMAGES = 4
-
-
-def _logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model.eval()(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
 
 
 def export_qnn_artifact(model: nn.Module, out: str | Path, *, input_shape: tuple[int, ...], preprocess: dict,
@@ -79,7 +74,7 @@ def export_qnn_artifact(model: nn.Module, out: str | Path, *, input_shape: tuple
             contexts.append({"path": rel, **compile_context(info.qdq_path, w.dir / rel, soc)})
         runner = QnnRunner(Artifact(w.dir, {"entry": ENTRY}), threads=threads)
         got = runner.run(x)
-        ref = _logits(reference, x)
+        ref = torch_logits(reference, x)
         pclass = "a16" if info.activation_type.endswith("16") else "a8"
         thresholds = THRESHOLDS[pclass]
         metrics = {**parity.compare(ref, got), "data": parity_data}

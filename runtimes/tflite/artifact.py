@@ -10,13 +10,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from runtimes import parity
 from runtimes.artifact import Artifact, ArtifactWriter, load_artifact, tool_versions
 from runtimes.errors import ExportError, ParityError
 from runtimes.tflite.convert import ACTIVATION_BITS, check_precision, convert_fp32, quantize_static
+from runtimes.reference import torch_logits
 
 MODEL_FILE = "model.tflite"
 SCALES_NOTE = {"minmax": "min-max", "model": "from the model (dequantized-weight recovery; depthwise: min-max)"}
@@ -29,12 +29,6 @@ SCALES_NOTE = {"minmax": "min-max", "model": "from the model (dequantized-weight
 THRESHOLDS = {"fp32": parity.THRESHOLDS["fp32"],
               "w8a8": {"top1_agreement": 0.94, "sqnr_db": 12.0},
               "w8a16": {"top1_agreement": 0.97, "sqnr_db": 18.0}}
-
-
-def _torch_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model(torch.from_numpy(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]).numpy()
 
 
 def export_tflite_artifact(model: nn.Module, out: str | Path, *, input_shape: tuple[int, ...], preprocess: dict,
@@ -77,7 +71,7 @@ def export_tflite_artifact(model: nn.Module, out: str | Path, *, input_shape: tu
                            "tool": "ai-edge-quantizer"}
         runner = TfliteRunner(Artifact(w.dir, {"entry": MODEL_FILE}), threads=threads)
         got = runner.run(parity_inputs)
-        ref = _torch_logits(model, parity_inputs)
+        ref = torch_logits(model, parity_inputs)
         metrics = {**parity.compare(ref, got), "data": parity_data}
         bad = parity.failures(metrics, thresholds)
         if bad:
