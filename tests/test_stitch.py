@@ -10,10 +10,11 @@ from edgevit.models.vit import VisionTransformer
 from edgevit.stitch.anchors import block_inputs
 from edgevit.stitch.evaluate import config_macs, evaluate_configs, parse_amount, pareto_front, select
 from edgevit.stitch.init import fit_affine, least_squares_init
-from edgevit.stitch.model import ConfigView, StitchedModel
+from edgevit.stitch.model import ConfigNet, ConfigView, StitchedModel
 from edgevit.stitch.space import (count_configs, count_paired, enumerate_configs, layers_needed,
                                   paired_positions)
-from edgevit.stitch.train import StitchRecipe, flops_groups, sample_configs, train_stitched
+from edgevit.stitch.train import (DeviceError, StitchRecipe, flops_groups, resolve_device, sample_configs,
+                                  train_stitched)
 
 SHAPE = (1, 1, 28, 28)
 
@@ -155,6 +156,62 @@ def test_set_config_switches_without_moving_weights():
         model.set_config(model.num_configs)
 
 
+def test_config_net_is_the_route_alone():
+    """The standalone network the pipeline quantises: same outputs as the view, only the route's
+    parameters, LoRA merged into plain Linears, and independent of the family's weights."""
+    model = StitchedModel(_family(), two_way=True, lora_rank=2)
+    least_squares_init(model, _images(32))
+    for layers in model.stitch_layers.values():
+        for layer in layers:
+            torch.nn.init.normal_(layer.lora_b)               # a non-zero low-rank update to merge
+    x = _images(4)
+    with torch.no_grad():
+        for cid in range(model.num_configs):
+            net, cfg = ConfigNet(model, cid), model.configs[cid]
+            assert torch.equal(net(x), ConfigView(model, cid)(x)), cfg.name
+            assert sum(p.numel() for p in net.parameters()) == model.config_params(cfg)
+            assert all(type(m) is torch.nn.Linear for m in net.stitches)
+    net = ConfigNet(model, 0)
+    with torch.no_grad():
+        model.anchors[0].head.weight.add_(1.0)
+        assert not torch.equal(net(x), ConfigView(model, 0)(x))
+
+
+def test_device_resolution(monkeypatch):
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(DeviceError, match="sees no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match="not a torch device"):
+        resolve_device("gpu0")
+    with pytest.raises(DeviceError, match="auto, cpu or cuda"):
+        resolve_device("meta")
+
+
+def test_training_on_an_explicit_device_leaves_cpu_weights(tmp_path):
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        model = StitchedModel(_family())
+        least_squares_init(model, _images(32))
+        x, y = _images(64, 7), _labels(64)
+        info = train_stitched(model, StitchRecipe(epochs=1, batch_size=32), x, y, tmp_path / dev,
+                              progress=False, device=dev)
+        assert info["device"] == dev and sum(info["samples_per_config"]) == 2
+        assert {p.device.type for p in model.state_dict().values()} == {"cpu"}
+        ckpt = torch.load(tmp_path / dev / "last.pt", weights_only=False, map_location="cpu")
+        assert ckpt["recipe"]["epochs"] == 1
+
+
+def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path):
+    from edgevit.errors import UsageError
+    model = StitchedModel(_family())
+    x, y = _images(32, 7), _labels(32)
+    train_stitched(model, StitchRecipe(epochs=1, batch_size=32), x, y, tmp_path, progress=False)
+    with pytest.raises(UsageError, match="another recipe"):
+        train_stitched(model, StitchRecipe(epochs=1, batch_size=32, lr=1e-3), x, y, tmp_path, progress=False)
+
+
 def test_cached_evaluation_equals_plain_forward():
     model = StitchedModel(_family(), two_way=True)
     least_squares_init(model, _images(32))
@@ -281,6 +338,9 @@ def test_export_shares_weights_and_matches_torch(tmp_path):
     (("stitch", "--anchors", "vit-tiny,vit-small", "--weights", "a.pt", "--out", "x"), "one per anchor"),
     (("stitch", "--anchors", "vit-tiny,vit-small", "--train-data", "imagenet", "--out", "x"), "unknown data spec"),
     (("stitch", "select", "/nonexistent/stitch", "--max-macs", "20M"), "not an artifact directory"),
+    (("stitch", "--anchors", "vit-tiny,vit-small", "--device", "tpu", "--out", "x"), "--device 'tpu'"),
+    pytest.param(("stitch", "--anchors", "vit-tiny,vit-small", "--device", "cuda", "--out", "x"), "sees no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
 ])
 def test_cli_rejects_bad_input_with_one_line(cli_runner, args, message):
     from edgevit.cli import cli

@@ -13,7 +13,7 @@ def test_stitch_cli_end_to_end(cli_runner, tmp_path):
     out = tmp_path / "stitch"
     args = ["stitch", "--anchors", "vit-small,vit-tiny", "--epochs", "1", "--train-data", "fashion-mnist:256",
             "--eval-data", "fashion-mnist:500", "--latency-iters", "3", "--out", str(out),
-            "--work-dir", str(tmp_path / "work")]
+            "--work-dir", str(tmp_path / "work"), "--device", "cpu"]
     result = cli_runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
@@ -21,6 +21,7 @@ def test_stitch_cli_end_to_end(cli_runner, tmp_path):
     assert len(configs) == 2 + 34 and manifest["metrics"]["num_configs"] == 36
     assert (out / "pareto.png").stat().st_size > 1000 and (out / "configs.md").exists()
     assert manifest["metrics"]["onnx_vs_anchors"] < 1.1
+    assert manifest["metrics"]["train"]["device"] == "cpu"
     anchors = [c for c in configs if c["is_anchor"]]
     assert anchors[0]["macs"] < anchors[1]["macs"] and all(c["file"] for c in anchors)
     # the same command again refuses to overwrite

@@ -33,11 +33,13 @@ from edgevit.errors import UsageError
               help="ONNX graphs kept in the artifact (all configs are exported, checked and timed).")
 @click.option("--latency-iters", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None, help="Resume folder (default next to --out).")
+@click.option("--device", default="auto", show_default=True,
+              help="Training device: auto (cuda if available, else cpu), cpu or cuda[:N]; evaluation stays on the CPU.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.pass_context
 def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, lora_rank, sampling, distill, lr,
-               batch_size, train_data, eval_data, calib_images, keep_graphs, latency_iters, work_dir, seed, overwrite):
+               batch_size, train_data, eval_data, calib_images, keep_graphs, latency_iters, work_dir, device, seed, overwrite):
     """Stitch a family of anchors (SN-Net / SN-Netv2): LS-initialised stitching layers, joint training,
     every configuration's top-1, MACs and ORT latency, the Pareto frontier, one shared-weight artifact.
 
@@ -45,44 +47,62 @@ def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, lora
     Examples:
       edgevit stitch --anchors vit-tiny,vit-small,vit-base --epochs 3 --out out/stitch
       edgevit stitch --anchors vit-tiny,vit-small --two-way --sampling flops --lora-rank 8 --out out/sn2
+      edgevit stitch --anchors vit-tiny,vit-small,vit-base --device cuda --out out/stitch-gpu
       edgevit stitch select out/stitch --max-macs 20M
     """
     if ctx.invoked_subcommand is not None:
         return
-    from edgevit.data import parse_data_spec
-    from edgevit.stitch.anchors import AnchorError, check_anchors
-    from edgevit.stitch.pipeline import StitchJob, load_anchors, run_stitch
+    from edgevit.stitch.pipeline import StitchJob, run_stitch
     from edgevit.stitch.train import StitchRecipe
     from runtimes.artifact import check_destination
     from runtimes.errors import RuntimeArtifactError
     if not anchors or not out:
         raise UsageError("give --anchors a,b[,c] and --out DIR, e.g. --anchors vit-tiny,vit-small,vit-base --out out/stitch")
-    names = [a.strip() for a in anchors.split(",") if a.strip()]
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise UsageError("--anchors needs at least two different models, e.g. vit-tiny,vit-small")
-    wlist = [w or None for w in weights.split(",")] if weights else None
-    if wlist is not None and len(wlist) != len(names):
-        raise UsageError(f"--weights lists {len(wlist)} files for {len(names)} anchors; give one per anchor")
-    parse_data_spec(train_data), parse_data_spec(eval_data)
+    names, wlist, _ = check_job(anchors, weights, train_data, eval_data)
+    device = check_device(device)
     try:
         check_destination(out, overwrite)
     except RuntimeArtifactError as e:
         raise UsageError(str(e)) from e
-    modules, metas = load_anchors(names, wlist)
-    try:
-        check_anchors(modules, metas[0].input_shape)
-    except AnchorError as e:
-        raise UsageError(str(e)) from e
-    del modules, metas
     recipe = StitchRecipe(epochs=epochs, batch_size=batch_size, lr=lr, sampling=sampling, distill=distill, seed=seed)
     job = StitchJob(names, Path(out), recipe, kernel, stride, two_way, lora_rank, train_data, eval_data, calib_images,
-                    Path(work_dir) if work_dir else None, latency_iters, wlist)
+                    Path(work_dir) if work_dir else None, latency_iters, wlist, device)
     manifest = run_stitch(job, keep_graphs=keep_graphs)
     _print_front(manifest)
     m = manifest["metrics"]
     console.print(f"{m['num_configs']} configurations; artifact {m['onnx_bytes'] / 1e6:.2f} MB = "
                   f"{m['onnx_vs_anchors']:.3f}x the anchors; set_config {m['switch_us']:.2f} µs; "
                   f"frontier shortfall vs the anchor line {m['frontier_shortfall_points']:.2f} points → {out}")
+
+
+def check_job(anchors: str, weights: str | None, train_data: str, eval_data: str) -> tuple[list[str], list | None, int]:
+    """(anchor names, per-anchor weights, depth) once the anchors load and can be stitched; else UsageError.
+    Shared by `edgevit stitch` and the pipeline's stitch stage, so both refuse the same inputs up front."""
+    from edgevit.data import parse_data_spec
+    from edgevit.stitch.anchors import AnchorError, check_anchors
+    from edgevit.stitch.pipeline import load_anchors
+    names = [a.strip() for a in str(anchors).split(",") if a.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise UsageError("--anchors needs at least two different models, e.g. vit-tiny,vit-small")
+    wlist = [w.strip() or None for w in weights.split(",")] if weights else None
+    if wlist is not None and len(wlist) != len(names):
+        raise UsageError(f"--weights lists {len(wlist)} files for {len(names)} anchors; give one per anchor")
+    parse_data_spec(train_data), parse_data_spec(eval_data)
+    modules, metas = load_anchors(names, wlist)
+    try:
+        check_anchors(modules, metas[0].input_shape)
+    except AnchorError as e:
+        raise UsageError(str(e)) from e
+    return names, wlist, len(modules[0].blocks)
+
+
+def check_device(name: str) -> str:
+    """`--device` resolved (auto → cuda or cpu) or a one-line UsageError."""
+    from edgevit.stitch.train import DeviceError, resolve_device
+    try:
+        return resolve_device(name)
+    except DeviceError as e:
+        raise UsageError(f"--{e}") from e
 
 
 def _print_front(manifest: dict) -> None:

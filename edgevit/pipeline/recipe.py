@@ -19,8 +19,12 @@ STAGES = ("quantize", "rewrite", "split", "stitch", "export")
 # and `edgevit pipeline --force` replaces every stage's --force/--overwrite.
 TOP_LEVEL = {"model", "weights", "trust-checkpoint"}
 OWNED = {"out", "force", "overwrite", "list-passes"}
-# Keys the pipeline adds to a stage (not CLI flags of that stage's command).
-EXTRA = {"stitch": {"config": "best"}, "export": {}}
+# Stage flags that share a top-level name but mean something else there: stitch's --weights is one
+# state dict per anchor, not the recipe model's weights.
+OWN_MEANING = {"stitch": {"weights"}}
+# Keys the pipeline adds to a stage (not CLI flags of that stage's command). Stitch: which configuration
+# the later stages get — `best` (most accurate), an id, or the best under `edgevit stitch select`'s budgets.
+EXTRA = {"stitch": {"config": "best", "max-macs": None, "max-latency-ms": None}, "export": {}}
 TOP_KEYS = {"name": str, "model": str, "weights": (str, type(None)), "trust-checkpoint": bool, "seed": int,
             "eval-data": str, "latency-iters": int, "stages": list}
 TOP_DEFAULTS = {"name": None, "weights": None, "trust-checkpoint": False, "seed": 0,
@@ -67,7 +71,8 @@ def flag_name(p: click.Parameter) -> str:
 def stage_keys(kind: str) -> dict[str, click.Parameter | None]:
     """Recipe keys of a stage → the click parameter behind each (None: a pipeline-only key)."""
     cmd = command_for(kind)
-    keys = {flag_name(p): p for p in cmd.params if flag_name(p) not in TOP_LEVEL | OWNED | {"help"}}
+    skip = (TOP_LEVEL - OWN_MEANING.get(kind, set())) | OWNED | {"help"}
+    keys = {flag_name(p): p for p in cmd.params if flag_name(p) not in skip}
     keys.update({k: None for k in EXTRA.get(kind, {})})
     return keys
 
@@ -131,7 +136,7 @@ def parse_stage(index: int, entry) -> Stage:
     options = stage_defaults(kind)
     for k, v in opts.items():
         k = str(k)
-        if k in TOP_LEVEL:
+        if k in TOP_LEVEL and k not in keys:
             raise UsageError(f"recipe key stages[{index}].{kind}.{k}: set {k} once at the top of the recipe")
         if k in OWNED:
             raise UsageError(f"recipe key stages[{index}].{kind}.{k}: the pipeline owns it (outputs go under "

@@ -73,7 +73,8 @@ def run(recipe: Recipe, run_dir: Path, force: bool = False, console: Console | N
             torch.manual_seed(recipe.seed)
             t0 = time.perf_counter()
             try:
-                state = S.ADAPTERS[st.kind][1](state, st.options, S.Context(sdir, recipe.seed, key, progress=True))
+                ctx = S.Context(sdir, recipe.seed, key, progress=True, force=force)
+                state = S.ADAPTERS[st.kind][1](state, st.options, ctx)
             except UsageError as e:
                 raise UsageError(f"stage {i + 1} ({st.kind}): {e}") from e
             except StageError as e:

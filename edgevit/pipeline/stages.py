@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ class Context:
     seed: int
     key: str = ""
     progress: bool = True
+    force: bool = False      # `edgevit pipeline --force`: redo, don't resume a stage's own checkpoints
 
 
 # -- quantize ---------------------------------------------------------------------------------------
@@ -229,8 +231,7 @@ def run_split(state: State, options: dict, ctx: Context) -> State:
     xe, ye = load_data(parse_data_spec(options["eval-data"]), meta.preprocess, split="test", seed=options["seed"])
     if y is None or ye is None:
         raise UsageError("recipe split.data / split.eval-data must be labelled (fashion-mnist or class folders)")
-    # distillation checkpoints for resuming, keyed by this stage's inputs so stale ones are never loaded
-    work = Path(options["work-dir"]) if options.get("work-dir") else ctx.stage_dir.parent / f".{ctx.stage_dir.name}-{ctx.key}.work"
+    work = _work_dir(options, ctx)
     split, plan = build_split(state.float_model, x, y, devices, opts, work_dir=work, progress=ctx.progress)
     # the split stage's own artifact: one FP32 ONNX sub-model per device + fusion head, measured
     _, report = write_split_artifact(ctx.stage_dir / "split", split, plan, state.float_model, meta, xe, ye,
@@ -247,46 +248,102 @@ def run_split(state: State, options: dict, ctx: Context) -> State:
 
 # -- stitch -----------------------------------------------------------------------------------------
 
+def _stitch_count(options: dict, depth: int, n_anchors: int) -> int:
+    from edgevit.stitch.space import count_configs
+    return count_configs(depth, n_anchors, options["kernel"], options["stride"], options["two-way"])
+
+
+def _work_dir(options: dict, ctx: Context) -> Path:
+    """Where a training stage keeps its resumable checkpoints: keyed by the stage's inputs, so a re-run after
+    a crash resumes them and stale ones are never loaded; `--force` starts over (a user's own `work-dir` is
+    never deleted — its checkpoints must match the recipe)."""
+    work = ctx.stage_dir.parent / f".{ctx.stage_dir.name}-{ctx.key}.work"
+    if ctx.force:
+        shutil.rmtree(work, ignore_errors=True)
+    return Path(options["work-dir"]) if options.get("work-dir") else work
+
+
 def check_stitch(options: dict, recipe) -> None:
+    """`edgevit stitch`'s own checks (anchors load and stitch, data specs, device), the chosen
+    configuration's id against the space's closed-form size, and the budget keys."""
+    from edgevit.commands.stitch import check_job
+    from edgevit.stitch.evaluate import SelectError, parse_amount
+    from edgevit.stitch.train import DeviceError, resolve_device
     if not options.get("anchors"):
         raise UsageError("recipe key stitch.anchors is required, e.g. `anchors: vit-tiny,vit-small`")
-    cfg = options.get("config", "best")
-    if cfg != "best" and not (isinstance(cfg, int) and cfg >= 0):
-        raise UsageError(f"recipe key stitch.config must be `best` or a configuration id >= 0, got {cfg!r}")
+    names, _, depth = check_job(options["anchors"], options.get("weights"), options["train-data"], options["eval-data"])
+    try:
+        resolve_device(options["device"])
+    except DeviceError as e:
+        raise UsageError(str(e)) from None
+    cfg, n = options["config"], _stitch_count(options, depth, len(names))
+    if cfg != "best" and (isinstance(cfg, bool) or not isinstance(cfg, int) or not 0 <= cfg < n):
+        raise UsageError(f"recipe key stitch.config must be `best` or a configuration id in 0..{n - 1} "
+                         f"({n} configurations for these anchors, kernel and stride), got {cfg!r}")
+    budget = {k: options[k] for k in ("max-macs", "max-latency-ms") if options[k] is not None}
+    if budget and cfg != "best":
+        raise UsageError("recipe keys stitch.config and stitch.max-macs/max-latency-ms exclude each other")
+    try:
+        if "max-macs" in budget:
+            parse_amount(budget["max-macs"])
+    except SelectError as e:
+        raise UsageError(f"recipe key stitch.max-macs: {e}") from None
+    lat = budget.get("max-latency-ms")
+    if lat is not None and (isinstance(lat, bool) or not isinstance(lat, (int, float)) or lat <= 0):
+        raise UsageError(f"recipe key stitch.max-latency-ms must be a positive number of ms, got {lat!r}")
+
+
+def _chosen(rows: list[dict], options: dict) -> dict:
+    from edgevit.stitch.evaluate import SelectError, parse_amount, select
+    if options["max-macs"] is not None or options["max-latency-ms"] is not None:
+        mm = options["max-macs"]
+        try:
+            return select(rows, parse_amount(mm) if mm is not None else None, options["max-latency-ms"])
+        except SelectError as e:
+            raise StageError(f"stitch budget: {e}") from e
+    if options["config"] == "best":
+        return max((r for r in rows if r["pareto"]), key=lambda r: (r["top1"], -r["macs"]))
+    return rows[options["config"]]
 
 
 def run_stitch(state: State, options: dict, ctx: Context) -> State:
-    from edgevit.stitch.model import ConfigView
+    """`edgevit stitch` into this stage's directory (the whole family's artifact, every configuration
+    measured), then one configuration, as a standalone network, becomes the pipeline's model."""
+    import dataclasses
+    from edgevit.stitch.model import ConfigNet
     from edgevit.stitch.pipeline import StitchJob, load_stitched
     from edgevit.stitch.pipeline import run_stitch as stitch
-    from edgevit.stitch.train import StitchRecipe
-    import dataclasses
+    from edgevit.stitch.train import StitchRecipe, resolve_device
     names = [a.strip() for a in options["anchors"].split(",") if a.strip()]
-    fields = {f.name for f in dataclasses.fields(StitchRecipe)}
-    rkw = {k: options[k2] for k, k2 in (("epochs", "epochs"), ("lr", "lr"), ("batch_size", "batch-size"),
-                                        ("sampling", "sampling"), ("distill", "distill"), ("seed", "seed"))
-           if k in fields}
+    weights = [w.strip() or None for w in options["weights"].split(",")] if options.get("weights") else None
+    recipe = StitchRecipe(epochs=options["epochs"], batch_size=options["batch-size"], lr=options["lr"],
+                          sampling=options["sampling"], distill=options["distill"], seed=options["seed"])
     out = ctx.stage_dir / "stitch"
-    job = StitchJob(names, out, StitchRecipe(**rkw), options["kernel"], options["stride"], options["two-way"],
-                    options["lora-rank"], options["train-data"], options["eval-data"], options["calib-images"],
-                    Path(options["work-dir"]) if options.get("work-dir") else None, options["latency-iters"])
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    stitch(job, progress=ctx.progress, keep_graphs=options["keep-graphs"])
-    model, index = load_stitched(out)
-    rows = index["configs"] if isinstance(index, dict) and "configs" in index else index
-    cfg = options.get("config", "best")
-    if cfg == "best":
-        cfg = max((r for r in rows if r.get("pareto")), key=lambda r: r["top1"])["id"]
-    if cfg >= model.num_configs:
-        raise UsageError(f"recipe key stitch.config {cfg} is out of range 0..{model.num_configs - 1}")
-    row = next(r for r in rows if r["id"] == cfg)
-    state.notes.append(f"stitch: configuration {cfg} ({row['name']}, top-1 {row['top1']}% FP32, "
-                       f"{row['macs'] / 1e6:.1f} MMACs) of {model.num_configs}; all configs in {out}")
-    state.float_model = ConfigView(model, cfg).eval()
-    state.meta = state.meta.with_stage("stitch", anchors=names, config=cfg)
-    return _requant(state, "stitch training (selected configuration)")
+    work = _work_dir(options, ctx)
+    device = resolve_device(options["device"])
+    job = StitchJob(names, out, recipe, options["kernel"], options["stride"], options["two-way"], options["lora-rank"],
+                    options["train-data"], options["eval-data"], options["calib-images"], work,
+                    options["latency-iters"], weights, device)
+    shutil.rmtree(out, ignore_errors=True)
+    manifest = stitch(job, progress=ctx.progress, keep_graphs=options["keep-graphs"])
+    model, rows = load_stitched(out)
+    row = _chosen(rows, options)
+    budget = " and ".join(f"{k} {options[k]}" for k in ("max-macs", "max-latency-ms") if options[k] is not None)
+    how = f"most accurate under {budget}" if budget else \
+        ("most accurate" if options["config"] == "best" else "chosen by id")
+    lat = f", ORT {row['latency_ms']:.3f} ms" if row.get("latency_ms") is not None else ""
+    label = f"{row['anchor_name']} (anchor)" if row.get("anchor_name") else row["name"]
+    state.notes.append(f"stitch: configuration {row['id']} {label} ({how}): top-1 {row['top1']:.2f}% FP32 on "
+                       f"{options['eval-data']}, {row['macs'] / 1e6:.2f}M MACs{lat}; one of {model.num_configs} "
+                       f"configurations of {'+'.join(names)} trained on {device}, all in {out}")
+    (ctx.stage_dir / "report.json").write_text(json.dumps(
+        {"chosen": row, "selection": how, "device": device, "artifact": str(out),
+         "metrics": manifest["metrics"]}, indent=2, default=str) + "\n")
+    state.float_model = ConfigNet(model, row["id"]).eval()
+    state.meta = dataclasses.replace(state.meta, name=f"{'+'.join(names)}#{row['id']}", family="sn-net",
+                                     description=f"SN-Net configuration {row['name']}").with_stage(
+        "stitch", anchors=names, config=row["id"], route=row["name"], selection=how, device=device)
+    return _requant(state, "stitch training (the chosen configuration)")
 
 
 # -- export -----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ next forward takes, so switching costs a dictionary lookup, never a reload or a 
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -122,3 +123,52 @@ class ConfigView(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.run(x, self.cfg)
+
+
+def _shell(anchor: nn.Module, embed: bool, head: bool) -> nn.Module:
+    """A copy of `anchor` without its blocks, and without the embedding or the head when not needed."""
+    drop = {id(anchor.blocks): type(anchor.blocks)()}
+    if not head:
+        drop |= {id(getattr(anchor, n)): nn.Identity() for n in ("norm", "fc_norm", "head")
+                 if isinstance(getattr(anchor, n, None), nn.Module)}
+    if not embed:
+        drop[id(anchor.patch_embed)] = nn.Identity()
+        drop |= {id(p): None for n in ("cls_token", "reg_token", "pos_embed")
+                 if isinstance(p := getattr(anchor, n, None), nn.Parameter)}
+    return copy.deepcopy(anchor, drop)
+
+
+@torch.no_grad()
+def _as_linear(layer: StitchLinear) -> nn.Linear:
+    """A plain Linear with the LoRA update merged: what PTQ quantises and exporters recognise."""
+    w = layer.effective_weight()
+    lin = nn.Linear(w.shape[1], w.shape[0], dtype=w.dtype, device=w.device)
+    lin.weight.copy_(w)
+    lin.bias.copy_(layer.bias)
+    return lin
+
+
+class ConfigNet(nn.Module):
+    """One configuration as a standalone network holding copies of only the modules its route runs.
+
+    Why not ConfigView: a view holds every anchor, so PTQ would quantise (and the summary would size)
+    layers the route never runs, and exporters that look for each quantised weight in the graph refuse
+    it. The pipeline hands this to the stages after stitch; its output equals the view's.
+    """
+
+    def __init__(self, model: StitchedModel, config_id: int):
+        super().__init__()
+        cfg = model.configs[config_id]
+        first, last = cfg.segments[0].anchor, cfg.segments[-1].anchor
+        self.name = cfg.name
+        self.stem = _shell(model.anchors[first], embed=True, head=first == last)
+        self.tail = _shell(model.anchors[last], embed=False, head=True) if first != last else None
+        self.segments = nn.ModuleList(
+            nn.Sequential(*copy.deepcopy(list(model.anchors[s.anchor].blocks[s.start:s.end]))) for s in cfg.segments)
+        self.stitches = nn.ModuleList(_as_linear(model.stitch_layer(s.front, s.end, s.layer)) for s in cfg.stitches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.segments[0](A.embed(self.stem, x))
+        for stitch, seg in zip(self.stitches, self.segments[1:]):
+            h = seg(stitch(h))
+        return A.finish(self.tail if self.tail is not None else self.stem, h)

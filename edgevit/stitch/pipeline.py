@@ -34,6 +34,7 @@ class StitchJob:
     work_dir: Path | None = None
     latency_iters: int = 50
     weights: list[str | None] | None = None
+    device: str = "cpu"             # training device, resolved (see train.resolve_device)
 
 
 def load_anchors(names: list[str], weights: list[str | None] | None = None):
@@ -95,7 +96,8 @@ def run_stitch(job: StitchJob, progress: bool = True, keep_graphs: str = "fronti
     if job.recipe.epochs > 0:
         x_tr, y_tr = load_data(job.train_data, meta.preprocess, split="train", seed=job.recipe.seed)
         work = job.work_dir or job.out.parent / f".{job.out.name}.work"
-        train_info = train_stitched(model, job.recipe, x_tr, y_tr, Path(work), macs=macs, progress=progress)
+        train_info = train_stitched(model, job.recipe, x_tr, y_tr, Path(work), macs=macs, progress=progress,
+                                    device=job.device)
     top1 = evaluate_configs(model, x_eval, y_eval, progress=progress)
     front = set(pareto_front(macs, top1))
     rows = [{"id": i, "name": c.name, "route": c.to_dict(), "macs": macs[i], "params": model.config_params(c),

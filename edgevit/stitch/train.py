@@ -2,7 +2,9 @@
 
 Sampling is uniform over configurations (v1) or FLOPs-grouped (v2: configurations bucketed by MACs,
 a bucket drawn uniformly, then a configuration inside it) so that the many mid-size stitches do not
-starve the anchors and the extremes. Seeded, resumable from `work_dir/last.pt`, bf16 autocast on CPU.
+starve the anchors and the extremes. Seeded, resumable from `work_dir/last.pt`, bf16 autocast, on the
+CPU or a CUDA device (`resolve_device`); the random stream stays on the CPU so a seed means the same
+batches and configurations on every device.
 """
 from __future__ import annotations
 
@@ -18,6 +20,29 @@ from tqdm import tqdm
 
 from edgevit.models.train import _lr_at, augment
 from edgevit.stitch.model import StitchedModel
+
+
+class DeviceError(ValueError):
+    """A training device that this torch build cannot use."""
+
+
+def resolve_device(name: str) -> str:
+    """`auto` → cuda when this torch sees a GPU, else cpu; `cpu` and `cuda[:N]` are checked, not assumed."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"device {name!r} is not a torch device; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise DeviceError(f"device {name!r}: stitch training runs on auto, cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r}: this torch ({torch.__version__}) sees no CUDA GPU; use cpu or auto")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return str(dev)
 
 
 @dataclass
@@ -68,12 +93,16 @@ def sample_configs(n_steps: int, num_configs: int, gen: torch.Generator,
 
 def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, y: torch.Tensor,
                    work_dir: Path, macs: list[int] | None = None, progress: bool = True,
-                   max_steps: int | None = None) -> dict:
-    """Train `model` in place on preprocessed (x, y); `macs` per config is needed for flops sampling."""
+                   max_steps: int | None = None, device: str = "cpu") -> dict:
+    """Train `model` in place on preprocessed (x, y) on `device` (a resolved name, see `resolve_device`);
+    `macs` per config is needed for flops sampling. The model is back on the CPU when this returns."""
+    from edgevit.errors import UsageError
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     buckets = flops_groups(macs, recipe.flops_groups) if recipe.sampling == "flops" else None
+    model.to(device)
+    x, y = x.to(device), y.to(device)
     teacher = None
     if recipe.distill > 0:
         teacher = copy.deepcopy(model.anchors[-1]).eval().requires_grad_(False)
@@ -88,7 +117,9 @@ def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, 
     start_epoch, history = 0, []
     ckpt = work_dir / "last.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location="cpu")
+        if state.get("recipe", asdict(recipe)) != asdict(recipe):
+            raise UsageError(f"{work_dir} holds a stitch run with another recipe; delete it or pass another --work-dir")
         model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"]); start_epoch, history = state["epoch"], state["history"]
     counts = torch.zeros(model.num_configs, dtype=torch.long)
@@ -101,13 +132,13 @@ def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, 
         n_steps = steps_per_epoch if step_budget is None else min(steps_per_epoch, step_budget)
         bar = tqdm(range(n_steps), desc=f"stitch epoch {epoch + 1}/{recipe.epochs}", disable=not progress)
         for i in bar:
-            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size].to(device)
             xb = augment(x[idx], recipe.shift, recipe.hflip, gen)
             cid = int(cfg_ids[i])
             counts[cid] += 1
             for g in opt.param_groups:
                 g["lr"] = _lr_at(epoch * steps_per_epoch + i, total, warmup, recipe.lr)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 logits = model.run(xb, model.configs[cid])
                 loss = F.cross_entropy(logits, y[idx], label_smoothing=recipe.label_smoothing)
                 if teacher is not None:
@@ -127,9 +158,9 @@ def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, 
             step_budget -= n_steps
         history.append({"epoch": epoch + 1, "steps": n_steps, "elapsed_s": round(time.time() - t0, 1)})
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                    "epoch": epoch + 1, "history": history}, ckpt)
+                    "epoch": epoch + 1, "history": history, "recipe": asdict(recipe)}, ckpt)
         if step_budget is not None and step_budget <= 0:
             break
-    model.eval()
-    return {"recipe": asdict(recipe), "history": history, "train_images": len(x),
+    model.cpu().eval()
+    return {"recipe": asdict(recipe), "device": device, "history": history, "train_images": len(x),
             "samples_per_config": counts.tolist(), "buckets": buckets}
