@@ -8,10 +8,14 @@ For each bundled model, after `edgevit rewrite --target qnn-htp` (static shapes,
 Both graphs are compiled for HTP with CPU fallback disabled; reported: nodes placed / refused,
 top-1 accuracy on labelled Fashion-MNIST test images, top-1 agreement and SQNR against the FP32
 torch model and (edgevit) against its torch fake-quant model — the number the export's parity bar
-guards. Accuracy numbers do not depend on machine load; no latency is reported (emulator times
-say nothing about a phone).
+guards. For each image where the emulator's top-1 differs from the fake-quant model's, the row lists
+the fake-quant logit margin (top-1 minus top-2) and its percentile among all images' margins, and
+whether onnxruntime's CPU EP on the same QDQ graph flips too (then the difference is in the graph's
+encodings, not in HTP arithmetic). Accuracy numbers do not depend on machine load; no latency is
+reported (emulator times say nothing about a phone). The emulator runs ~0.2-0.4 s per image, so the
+CNN gets 256 images (one image = 0.39 %) and the ViT fewer.
 
-  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qnn_compare.py --images 96 --out benchmarks/results
+  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qnn_compare.py --out benchmarks/results
 """
 from __future__ import annotations
 
@@ -40,10 +44,26 @@ from runtimes.qnn.session import htp_placement, quantize_for_qnn  # noqa: E402
 ACT = {"w8a16": "uint16", "w8a8": "uint8", "w4a16": "uint16"}
 
 
-def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    s = qnn_session(path)
+def _run(path: Path, x: np.ndarray, cpu: bool = False) -> np.ndarray:
+    if cpu:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    else:
+        s = qnn_session(path)
     name = s.get_inputs()[0].name
     return np.concatenate([s.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def flips(fq: np.ndarray, htp: np.ndarray, cpu: np.ndarray) -> list[dict]:
+    """Images whose emulator top-1 differs from the fake-quant one, with the fake-quant margin."""
+    top2 = np.sort(fq, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    idx = np.nonzero(htp.argmax(1) != fq.argmax(1))[0]
+    return [{"image": int(i), "fake_quant_margin": round(float(margin[i]), 4),
+             "margin_percentile": round(float((margin < margin[i]).mean() * 100), 1),
+             "cpu_ep_flips_too": bool(cpu[i].argmax() != fq[i].argmax())} for i in idx]
 
 
 def _row(flow, model, precision, path, x, y, fp32, fq=None, build_s=0.0) -> dict:
@@ -59,37 +79,56 @@ def _row(flow, model, precision, path, x, y, fp32, fq=None, build_s=0.0) -> dict
     if fq is not None:
         row["top1_fake_quant_torch_pct"] = round(float((fq.argmax(1) == y).mean() * 100), 2)
         row["vs_fake_quant"] = parity.compare(fq, out)
+        sorted_fq = np.sort(fq, axis=1)
+        row["fake_quant_margin_median"] = round(float(np.median(sorted_fq[:, -1] - sorted_fq[:, -2])), 4)
+        row["flips_vs_fake_quant"] = flips(fq, out, _run(path, x, cpu=True))
     return row
 
 
 def markdown(result: dict) -> str:
     """The README table: placement, accuracy and SQNR of each flow on the HTP emulator."""
-    lines = [f"QNN HTP emulator (onnxruntime-qnn), {result['images']} Fashion-MNIST test images, "
+    images = ", ".join(f"{m} {n}" for m, n in result["images"].items())
+    lines = [f"QNN HTP emulator (onnxruntime-qnn), Fashion-MNIST test images ({images}), "
              f"{result['calibration_images']} calibration images, after the qnn-htp rewrite. `ort-qnn` = onnxruntime's "
              "own QNN QDQ flow; `fake-quant` = edgevit's torch model of the same quantisation.", "",
              "| model | precision | flow | nodes on HTP / refused | top-1 % | agreement vs FP32 | SQNR vs FP32 dB "
-             "| agreement vs fake-quant | SQNR vs fake-quant dB |", "|---|---|---|---|---|---|---|---|---|"]
+             "| agreement vs fake-quant | SQNR vs fake-quant dB | flips: fake-quant margin (percentile) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         fq = r.get("vs_fake_quant")
         lines.append(f"| {r['model']} | {r['precision']} | {r['flow']} | {r['nodes_on_htp']} / {r['refused']} | "
                      f"{r['top1_pct']:.2f} | {100 * r['vs_fp32']['top1_agreement']:.2f} % | {r['vs_fp32']['sqnr_db']} | "
-                     + (f"{100 * fq['top1_agreement']:.2f} % | {fq['sqnr_db']} |" if fq else "– | – |"))
+                     + (f"{100 * fq['top1_agreement']:.2f} % | {fq['sqnr_db']} | {_flip_text(r)} |" if fq
+                        else "– | – | – |"))
+    lines += ["", "Flips: each image where the emulator's top-1 differs from the fake-quant model's, with the "
+              "fake-quant logit margin (top-1 − top-2) and its percentile pN among all images; `cpu` = onnxruntime's "
+              "CPU EP on the same QDQ graph flips it too (the graph's extra output encodings, not HTP arithmetic)."]
     return "\n".join(lines) + "\n"
+
+
+def _flip_text(row: dict) -> str:
+    fl = row.get("flips_vs_fake_quant", [])
+    if not fl:
+        return "none"
+    return "; ".join(f"{f['fake_quant_margin']:.3f} (p{f['margin_percentile']:.0f}{', cpu' if f['cpu_ep_flips_too'] else ''})"
+                     for f in fl) + f" (median margin {row['fake_quant_margin_median']:.2f})"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["vit-tiny", "mobilenet-mini"])
     ap.add_argument("--precisions", nargs="+", default=["w8a16", "w8a8", "w4a16"])
-    ap.add_argument("--images", type=int, default=96)
+    ap.add_argument("--images", type=int, default=96, help="Test images for ViTs (the emulator is slow).")
+    ap.add_argument("--cnn-images", type=int, default=256, help="Test images for CNNs.")
     ap.add_argument("--calib", type=int, default=64)
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    rows, load0 = [], os.getloadavg()
+    rows, load0, counts = [], os.getloadavg(), {}
     for name in a.models:
         model, meta = load_model(name)
-        x, y = load_data(parse_data_spec(f"fashion-mnist:{a.images}"), meta.preprocess, split="test", seed=0)
+        counts[name] = a.images if "vit" in meta.family else a.cnn_images
+        x, y = load_data(parse_data_spec(f"fashion-mnist:{counts[name]}"), meta.preprocess, split="test", seed=0)
         cal = load_data(parse_data_spec(f"fashion-mnist:{a.calib}"), meta.preprocess, split="train", seed=0)[0]
         npu, _ = rewrite_model(model, load_target("qnn-htp"), x[:32], (1, *meta.input_shape[1:]))
         with torch.no_grad():
@@ -116,7 +155,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "qnn_compare", "device": "QNN HTP emulated on x86 (onnxruntime-qnn), shared 2-core machine",
-              "images": a.images, "calibration_images": a.calib, "data": "Fashion-MNIST test (seed 0) / train (seed 0)",
+              "images": counts, "calibration_images": a.calib, "data": "Fashion-MNIST test (seed 0) / train (seed 0)",
               "loadavg_start": [round(v, 2) for v in load0], "loadavg_end": [round(v, 2) for v in os.getloadavg()],
               "rows": rows}
     (out / "qnn_compare.json").write_text(json.dumps(result, indent=1) + "\n")

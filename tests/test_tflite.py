@@ -203,3 +203,57 @@ def test_model_weight_scales_are_kept(weight_scales, kept, tmp_path, images):
         assert bool(match) == kept
         if kept:  # same integers up to the TFLite OHWI layout: compare sorted rows
             assert np.array_equal(np.sort(match[0][0], 1), np.sort(ints.astype(np.int8), 1))
+
+
+def test_layernorm_lowering_is_exact_and_leaves_the_model_alone():
+    from runtimes.tflite.lower import MulLayerNorm, lower_for_tflite
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16, eps=1e-6), nn.GELU(),
+                          nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 4))).eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2.0)
+        model[1].bias.uniform_(-1, 1)
+    lowered, lowering = lower_for_tflite(model)
+    assert lowering == {"layernorm→mean/mul/rsqrt": 2}
+    assert isinstance(lowered[1], MulLayerNorm) and isinstance(lowered[3][0], MulLayerNorm)
+    assert isinstance(model[1], nn.LayerNorm)            # the caller's model is not touched
+    x = torch.randn(5, 3, 8) * 4
+    with torch.no_grad():
+        assert torch.allclose(lowered(x), model(x), atol=1e-5)
+    assert lower_for_tflite(_tiny_cnn())[1] == {}
+
+
+def test_delegation_report_of_tiny_cnn(tiny_artifacts):
+    """FP32: XNNPACK takes every op in one partition; the report counts ops, not DELEGATE nodes."""
+    from runtimes.tflite.delegation import delegation_report
+    from runtimes.tflite.inspect import integer_report
+    _, fp32, int8 = tiny_artifacts
+    rep = delegation_report(fp32.entry)
+    assert rep["partitions"] == 1 and rep["builtin_ops"] == {}
+    assert rep["delegated_ops"] == integer_report(fp32.entry)["ops"]
+    rep8 = delegation_report(int8.entry)
+    assert rep8["delegated_ops"] + sum(rep8["builtin_ops"].values()) == integer_report(int8.entry)["ops"]
+
+
+def test_int8_layernorm_stays_in_xnnpack(tmp_path, images):
+    """The lowered LayerNorm has no SQUARED_DIFFERENCE/SUB left to LiteRT's builtin int8 kernels."""
+    from runtimes.tflite.convert import convert_fp32, quantize_static
+    from runtimes.tflite.delegation import delegation_report
+    from runtimes.tflite.inspect import check_integer
+    from runtimes.tflite.lower import lower_for_tflite
+
+    class Tok(nn.Module):  # (B, 1, 28, 28) → 28 tokens of width 28 → LayerNorm → Linear → logits
+        def __init__(self):
+            super().__init__()
+            self.norm, self.fc = nn.LayerNorm(28, eps=1e-6), nn.Linear(28, 10)
+
+        def forward(self, x):
+            return self.fc(self.norm(x[:, 0])).mean(1)
+
+    torch.manual_seed(0)
+    lowered, _ = lower_for_tflite(Tok().eval())
+    f = convert_fp32(lowered, (1, 1, 28, 28), tmp_path / "f.tflite")
+    q = quantize_static(f, images[16:], tmp_path / "q.tflite", "w8a8")
+    check_integer(q)
+    builtin = delegation_report(q)["builtin_ops"]
+    assert "SQUARED_DIFFERENCE" not in builtin and "SUB" not in builtin

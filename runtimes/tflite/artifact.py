@@ -1,6 +1,7 @@
 """Write a TFLite artifact: model.tflite + manifest, parity-checked against torch before commit.
 
-FP32 is litert-torch's conversion as is. w8a8/w8a16 are ai-edge-quantizer full-integer models
+FP32 is litert-torch's conversion of the model after lower.lower_for_tflite (exact op lowerings
+that keep int8 LayerNorms inside XNNPACK; the FP32 graph gets the same form). w8a8/w8a16 are ai-edge-quantizer full-integer models
 calibrated on edgevit's data; their ops are checked to be integer through the interpreter's tensor
 table before the artifact is written.
 """
@@ -16,6 +17,7 @@ from runtimes import parity
 from runtimes.artifact import Artifact, ArtifactWriter, load_artifact, tool_versions
 from runtimes.errors import ExportError, ParityError
 from runtimes.tflite.convert import ACTIVATION_BITS, check_precision, convert_fp32, quantize_static
+from runtimes.tflite.lower import lower_for_tflite
 from runtimes.reference import torch_logits
 
 MODEL_FILE = "model.tflite"
@@ -52,14 +54,15 @@ def export_tflite_artifact(model: nn.Module, out: str | Path, *, input_shape: tu
         raise ExportError(f"{precision} TFLite export needs calibration images; pass --calib-data")
     shape = (1, *input_shape[1:])
     thresholds = THRESHOLDS[precision]
+    lowered, lowering = lower_for_tflite(model)   # parity below is against the original `model`
     with ArtifactWriter(out, overwrite=overwrite) as w:
         path = w.dir / MODEL_FILE
         quant_block, integer = None, None
         if precision == "fp32":
-            convert_fp32(model, shape, path)
+            convert_fp32(lowered, shape, path)
         else:
             with tempfile.TemporaryDirectory() as tmp:  # the float model is a step, not part of the artifact
-                float_path = convert_fp32(model, shape, Path(tmp) / "float.tflite")
+                float_path = convert_fp32(lowered, shape, Path(tmp) / "float.tflite")
                 quantize_static(float_path, calibration, path, precision, weight_scales)
             integer = check_integer(path, f"{precision} TFLite model")
             quant_block = {"precision": precision, "graph_form": "tflite-full-integer",
@@ -77,7 +80,7 @@ def export_tflite_artifact(model: nn.Module, out: str | Path, *, input_shape: tu
         if bad:
             raise ParityError(f"export refused: {precision} TFLite disagrees with the torch model on "
                               f"{metrics['n']} images: " + "; ".join(bad))
-        export_metrics = {"model_bytes": path.stat().st_size}
+        export_metrics = {"model_bytes": path.stat().st_size, "lowering": lowering}
         if integer is not None:
             export_metrics["integer_ops"] = {"ops": integer["ops"], "float_ops": len(integer["float_ops"]),
                                              "tensor_dtypes": integer["tensor_dtypes"]}
