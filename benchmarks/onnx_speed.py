@@ -7,6 +7,9 @@ process (round-robin blocks, median of rounds) so load on a shared machine hits 
 the load average is recorded. Top-1 is on 1000 real test images, runtime vs the torch model exported.
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/onnx_speed.py --out benchmarks/results
+
+`--sizes-only` re-exports and re-measures size and top-1 but takes the latency columns from the results
+already in --out (for a shared machine, where new timings would be distorted); the tables say so.
 """
 from __future__ import annotations
 
@@ -68,6 +71,16 @@ def _top1(path: Path, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None) -> d
     return out
 
 
+def _earlier_timing(previous: dict, model: str, variant: str, art) -> dict:
+    """The timing fields of `variant` from the previous results, with this run's graph form and file size."""
+    old = previous["models"].get(model, {}).get(variant, {})
+    keep = ("median_ms", "rounds_ms_min_max", "threads", "rounds", "iters_per_round", "loadavg_start",
+            "loadavg_end", "speedup_vs_fp32")
+    return {"artifact": str(art.root), "precision": art.precision(),
+            "graph_form": (art.manifest.get("quant") or {}).get("graph_form", "float"),
+            **{k: old[k] for k in keep if k in old}, "file_bytes": art.size_bytes, "timing_from_previous_run": True}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
@@ -76,7 +89,10 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "edgevit-onnx-speed"),
                     help="Where the compared artifacts are written (not part of the results).")
+    ap.add_argument("--sizes-only", action="store_true",
+                    help="Skip timing; keep the latency columns of the existing results in --out.")
     a = ap.parse_args()
+    previous = json.loads((Path(a.out) / "onnx_speed.json").read_text()) if a.sizes_only else None
     torch.set_num_threads(1)
     out = Path(a.out)
     work = Path(a.work)
@@ -120,12 +136,15 @@ def main() -> None:
         except ParityError as e:
             rows["w4a6-fp4"] = {"error": str(e)}
             sized = []
-        timing = bench_interleaved([str(d / v) for v in variants], rounds=a.rounds, iters=a.iters)
-        base = timing[0]["median_ms"]
         fp32_bytes = load_artifact(d / "fp32").size_bytes
+        if previous is None:
+            timing = bench_interleaved([str(d / v) for v in variants], rounds=a.rounds, iters=a.iters)
+            base = timing[0]["median_ms"]
+            timing = [{**t, "speedup_vs_fp32": round(base / t["median_ms"], 3)} for t in timing]
+        else:   # latency from the earlier timed run; size from the artifacts just written
+            timing = [_earlier_timing(previous, name, v, load_artifact(d / v)) for v in variants]
         for v, t in zip(variants, timing):
-            rows[v] = {**t, "speedup_vs_fp32": round(base / t["median_ms"], 3),
-                       "size_vs_fp32": round(t["file_bytes"] / fp32_bytes, 4), **_top1(d / v, xe, ye, refs.get(v))}
+            rows[v] = {**t, "size_vs_fp32": round(t["file_bytes"] / fp32_bytes, 4), **_top1(d / v, xe, ye, refs.get(v))}
         for v in sized:
             art = load_artifact(d / v)
             rows[v] = {"precision": art.precision(), "graph_form": art.manifest["quant"]["graph_form"],
@@ -135,22 +154,28 @@ def main() -> None:
         for v, r in rows.items():
             print(name, v, {k: r.get(k) for k in ("median_ms", "speedup_vs_fp32", "size_vs_fp32", "top1_runtime",
                                                  "top1_torch", "error")})
+    if previous is not None:
+        results["machine"]["timing"] = ("latency columns copied from the previous timed run (loadavg there); sizes "
+                                        "and top-1 from this run")
     out.mkdir(parents=True, exist_ok=True)
     (out / "onnx_speed.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# ONNX Runtime CPU: INT8 speed, W4 size (batch 1, 1 thread)", "",
-             "Interleaved A/B in one process (median of rounds); 2-core machine; load average in the JSON.",
-             "Top-1 on 1000 Fashion-MNIST test images; `torch` is the model that was exported (fake-quant).", "",
-             "| model | variant | graph form | median ms | speed-up | size | size/FP32 | top-1 runtime | top-1 torch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Interleaved A/B in one process (median of rounds); 2-core machine; load average in the JSON."
+             + (" Latency from the previous timed run; sizes and top-1 re-measured." if previous is not None else ""),
+             "Top-1 on 1000 Fashion-MNIST test images; `torch` is the model that was exported (fake-quant); "
+             "`agree` is runtime-vs-torch top-1 agreement.", "",
+             "| model | variant | graph form | median ms | speed-up | size | size/FP32 | top-1 runtime | top-1 torch | agree |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rows in results["models"].items():
         for v, r in rows.items():
             if "error" in r:
-                lines.append(f"| {name} | {v} | export refused: {r['error'][:90]} | | | | | | |")
+                lines.append(f"| {name} | {v} | export refused: {r['error'][:90]} | | | | | | | |")
                 continue
             ms = f"{r['median_ms']:.3f}" if "median_ms" in r else "-"
             sp = f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else "-"
             lines.append(f"| {name} | {v} | {r['graph_form']} | {ms} | {sp} | {r['file_bytes'] / 1e3:.1f} kB | "
-                         f"{r['size_vs_fp32']:.3f} | {r['top1_runtime']:.2f} | {r.get('top1_torch', '-')} |")
+                         f"{r['size_vs_fp32']:.4f} | {r['top1_runtime']:.2f} | {r.get('top1_torch', '-')} | "
+                         f"{r.get('top1_agreement', '-')} |")
     (out / "onnx_speed.md").write_text("\n".join(lines) + "\n")
 
 

@@ -18,10 +18,9 @@ from runtimes.errors import ParityError
 THRESHOLDS = {
     "fp32": {"max_abs": 1e-4, "top1_agreement": 1.0},
     "fp16": {"top1_agreement": 0.995, "sqnr_db": 40.0},
+    # also the opt-in `integer` graph form (requantisation points the torch model lacks, runtimes.onnx.requant):
+    # on the full 10k Fashion-MNIST test set it agrees 99.63 % (mobilenet-mini) and 99.58 % (vit-small)
     "int8": {"top1_agreement": 0.995, "sqnr_db": 25.0},
-    # the opt-in `integer` graph form adds requantisation points the torch model lacks (runtimes.onnx.requant):
-    # measured 99.2-100 % agreement on 512-image subsets, so its declared bar is lower; it is not the INT8 bar
-    "int8-requant": {"top1_agreement": 0.99, "sqnr_db": 25.0},
     "lowbit": {"top1_agreement": 0.99, "sqnr_db": 20.0},
 }
 

@@ -1,4 +1,4 @@
-"""Pipeline stage adapters: rewrite of pruned split sub-models, exportable group sizes, quantize
+"""Pipeline stage adapters: rewrite of pruned split sub-models, ragged group sizes, quantize
 options passed through to `edgevit quantize`'s own PTQ, and the cross-stage recipe checks."""
 from __future__ import annotations
 
@@ -65,17 +65,25 @@ def test_one_head_block_converts_to_tflite_with_parity():
     assert abs(edge(x) - ref).max() < 1e-4
 
 
-def test_ragged_layers_get_one_scale_per_row():
+def test_pruned_subvit_keeps_group_scales_and_exports_exactly(tmp_path):
+    """Pruned widths (49, 48, a third of the MLP) are not multiples of the group size: the layers keep their
+    per-group scales with a short last group, and the ONNX graph computes what the fake-quant model does."""
+    import onnxruntime as ort
+
     import quant
-    from edgevit.pipeline.stages import exportable_groups, ragged_layers
-    sub, _ = _pruned_subvit()
-    spec = quant.parse_spec("fp4", "w4a6", {"group_size": 32})
-    plan = exportable_groups(sub, quant.plan_model(sub, spec))
-    fc2 = sub.blocks[2].mlp.fc2.in_features
-    assert fc2 % 32 and plan["blocks.2.mlp.fc2"].config.weight.granularity == "channel"
-    assert plan["blocks.0.mlp.fc2"].config.weight.granularity == "group"    # full width: a multiple of 32
-    # fan-ins 49 (7×7 patch conv), 48 (3 kept heads × 16), the pruned MLP width: not multiples of 32
-    assert set(ragged_layers(sub, spec)) == {"patch_embed.proj", "blocks.1.attn.proj", "blocks.2.mlp.fc2"}
+    from runtimes.onnx.quantized import export_quantized_onnx
+    from runtimes.onnx.quantspec import spec_from_model
+    sub, meta = _pruned_subvit()
+    x = torch.randn(4, *meta.input_shape[1:])
+    qm = quant.quantize_model(sub, quant.parse_spec("fp4", "w4a6", {"group_size": 32}), x)
+    plan = qm.quant_plan
+    assert sub.blocks[2].mlp.fc2.in_features % 32 and plan["blocks.2.mlp.fc2"].config.weight.granularity == "group"
+    export_quantized_onnx(qm, spec_from_model(qm), (1, *meta.input_shape[1:]), tmp_path / "q.onnx")
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = qm(x).numpy()
+    assert (abs(got - ref).max() / abs(ref).max()) < 1e-4 and (got.argmax(-1) == ref.argmax(-1)).all()
 
 
 def _recipe(tmp_path, stages):

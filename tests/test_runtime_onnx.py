@@ -90,9 +90,10 @@ def test_fp32_export_run_parity(tmp_path, images):
     np.testing.assert_allclose(out, ref, atol=1e-4)
 
 
-# measured on vit-small (weight-only, fp16 scales): int4 0.161, fp4 0.168 (LUT unpack nodes); ~2 % slack
-@pytest.mark.parametrize("fmt,group,bits_ratio", [("int4", 0, 0.165), ("fp4_e2m1", 0, 0.172), ("int2", 0, 0.12),
-                                                  ("fp6_e3m2", 0, 0.25), ("fp8_e5m2", 0, 0.30), ("int4", 32, 0.19)])
+# measured on vit-small (weight-only, fp16 scales; decoders as local functions): int4 0.157, fp4 0.157,
+# int2 0.096, fp6 0.231, fp8 0.283, int4/32 0.167; ~1-2 % slack. W4 stays under the issue's 0.16x.
+@pytest.mark.parametrize("fmt,group,bits_ratio", [("int4", 0, 0.16), ("fp4_e2m1", 0, 0.16), ("int2", 0, 0.10),
+                                                  ("fp6_e3m2", 0, 0.235), ("fp8_e5m2", 0, 0.29), ("int4", 32, 0.17)])
 def test_lowbit_weights_are_real_and_agree(tmp_path, images, fmt, group, bits_ratio):
     model = _model("vit-small")
     fp32 = _export(model, tmp_path / "fp32", images)
@@ -121,20 +122,28 @@ def test_cnn_int8_with_batchnorm_folded(tmp_path, images):
                                  ActQuant("mxint8b16", "block", axis=1)], ids=lambda a: f"{a.fmt}-{a.granularity}")
 def test_activation_rounding_in_graph_matches_quant(tmp_path, act):
     """Every activation format's ONNX rounding equals quant's ActQuantizer on inputs spanning 4 decades."""
+    import onnx
     import onnxruntime as ort
-    from runtimes.onnx.actquant import ActQuantOp
+    from runtimes.onnx.actquant import ActQuantOp, function_protos
     from runtimes.onnx.export import export_onnx
-    op = ActQuantOp(act)
+    from runtimes.onnx.functions import attach
     x = torch.randn(4, 32, 3, 3) * torch.logspace(-3, 1, 32).view(1, 32, 1, 1)
     if act.axis == -1:
         x = x.permute(0, 2, 3, 1).reshape(4, 9, 32).contiguous()
-    export_onnx(op, tuple(x.shape), tmp_path / "a.onnx", opset=20, dynamic_batch=True)
-    got = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()})[0]
-    with torch.no_grad():
-        ref = op(x).numpy()
-    assert len(np.unique(ref)) > 4   # really quantised, not collapsed
-    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-30)
+    for as_function in (False, True):   # inline ops, and the model-local function the exporter writes
+        op = ActQuantOp(act, as_function=as_function)
+        export_onnx(op, tuple(x.shape), tmp_path / "a.onnx", opset=20, dynamic_batch=True)
+        m = onnx.load(str(tmp_path / "a.onnx"))
+        attach(m, function_protos({n.op_type for n in m.graph.node}, 20))
+        onnx.checker.check_model(m, full_check=True)
+        got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            ref = op(x).numpy()
+        assert len(np.unique(ref)) > 4   # really quantised, not collapsed
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-30)
+        qdq_pair = act.granularity == "per-tensor" and act.fmt.startswith(("int", "uint"))   # stays inline
+        assert len(m.functions) == int(as_function and not qdq_pair)
 
 
 def test_vit_w8a8_quantises_every_activation_in_graph(tmp_path, images):
@@ -256,3 +265,82 @@ def test_cli_quantize_export_parity_run_bench(tmp_path, cli_runner):
     r = cli_runner.invoke(cli, ["export", str(q), "--out", str(tmp_path / "bad"), "--graph-form", "integer",
                                 "--calib-data", "nope:1"])
     assert r.exit_code == 2 and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("fmt,bits", [("int", "w8a8"), ("int", "w4a8"), ("int", "w3a8"), ("fp4", "w4a6"), ("fp6", "w6a6"),
+                                      ("mxfp4", "w4a4")])
+def test_ragged_last_group_is_exact(tmp_path, fmt, bits):
+    """fan_in 247 in groups of 128 (as split pruning leaves): quant pads the last group; ORT equals torch."""
+    import onnx
+    import onnxruntime as ort
+    import quant
+    from runtimes.onnx.quantized import export_quantized_onnx
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(247, 24))
+    # per-token activations (float ops, bit-exact) isolate the weight path; MX ones would need whole blocks
+    recipe = {"act_format": "int8", "act_granularity": "token"}
+    if not fmt.startswith("mx"):
+        recipe.update(weight_granularity="group", group_size=128)
+    qm = quant.quantize_model(lin, quant.parse_spec(fmt, bits, recipe, ()), torch.randn(8, 247))
+    spec = spec_from_model(qm)
+    (lq,) = spec.layers.values()
+    assert lq.pad == 9 and lq.scale.shape[1] == 256 // lq.group_size   # 128-groups (MX: 32-blocks), last one short
+    quant_block = export_quantized_onnx(qm, spec, (1, 247), tmp_path / "r.onnx")
+    x = torch.randn(5, 247)
+    so = ort.SessionOptions()
+    for k, v in quant_block["runtime_options"].items():   # float activations into MatMulNBits, as the runner does
+        so.add_session_config_entry(k, v)
+    got = ort.InferenceSession(str(tmp_path / "r.onnx"), so, providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = qm(x).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    onnx.checker.check_model(onnx.load(str(tmp_path / "r.onnx")), full_check=True)
+    assert quant_block["layers"][0]["granularity"] == f"per-group-{lq.group_size}"
+
+
+def test_ragged_groups_need_the_group_size():
+    with pytest.raises(ExportError, match="group size"):
+        LayerQuant("int4", np.zeros((2, 247)), np.ones((2, 2)))
+    lq = LayerQuant("int4", np.ones((2, 247)), np.full((2, 2), 0.5), group=128)
+    assert lq.dequantized().shape == (2, 247) and np.all(lq.dequantized() == 0.5)
+
+
+def test_quantisers_are_local_functions_called_per_site(tmp_path, images):
+    """One FunctionProto per quantiser kind, one call per site; ORT inlines them (parity holds)."""
+    import onnx
+    from runtimes.onnx.functions import DOMAIN
+    q = _quantised("vit-tiny", "fp4", "w4a6")
+    spec = spec_from_model(q)
+    art = _export(q, tmp_path / "q", images, spec)
+    m = onnx.load(str(art.entry))
+    calls = [n.op_type for n in m.graph.node if n.domain == DOMAIN]
+    assert sum(c.startswith("aq_") for c in calls) == len(spec.acts)
+    assert sum(c.startswith("dq_") for c in calls) == len(spec.layers)
+    assert sorted(f.name for f in m.functions) == sorted(set(calls)) and len(m.functions) <= 4
+    assert not {"BitShift", "Round", "ReduceMax"} & {n.op_type for n in m.graph.node}   # nothing left inline
+    assert art.manifest["parity"]["metrics"]["top1_agreement"] >= 0.99
+
+
+def test_static_shape_folding_keeps_dynamic_batch(tmp_path, images):
+    import onnx
+    art = _export(_model("vit-tiny"), tmp_path / "a", images)
+    ops = [n.op_type for n in onnx.load(str(art.entry)).graph.node]
+    assert ops.count("Shape") <= 2 and ops.count("Unsqueeze") <= 1   # the per-block reshape chains are folded
+    runner = open_runner(load_artifact(tmp_path / "a"))
+    with torch.no_grad():
+        for n in (1, 5):
+            ref = _model("vit-tiny")(torch.from_numpy(images[0][:n])).numpy()
+            np.testing.assert_allclose(runner.run(images[0][:n]), ref, atol=1e-4)
+
+
+def test_16bit_static_activations_export_as_int16_qdq(tmp_path, images):
+    """int w4a16 (uint16 static activations: int16 storage, shifted zero point) exports and agrees."""
+    import onnx
+    q = _quantised("vit-tiny", "int", "w4a16")
+    spec = spec_from_model(q)
+    assert {a.fmt for a in spec.acts.values()} == {"uint16"}
+    art = _export(q, tmp_path / "q", images, spec)
+    m = onnx.load(str(art.entry))
+    assert [f.name for f in m.functions] == ["aq_uint16_tensor"]
+    assert art.manifest["parity"]["metrics"]["top1_agreement"] >= 0.99

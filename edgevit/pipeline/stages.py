@@ -48,37 +48,8 @@ def quantize_with(float_model, meta, options: dict, eval_xy=(None, None)):
     from edgevit.pipeline.recipe import stage_keys
     opts = {p.name: options[k] for k, p in stage_keys("quantize").items() if p is not None and k in options}
     opts["recipe"] = _quant_recipe(options.get("recipe"))
-    qmodel, _, spec, info = ptq(float_model, meta, opts, *eval_xy, plan_hook=exportable_groups)
+    qmodel, _, spec, info = ptq(float_model, meta, opts, *eval_xy)
     return qmodel, spec, info
-
-
-def exportable_groups(model, plan: dict) -> dict:
-    """Per-row weight scales for layers whose fan-in is not a multiple of the group size.
-
-    Why: split pruning leaves widths like 247 that a 128-group spec covers with a ragged last group;
-    quant/ pads it, but runtimes/onnx tiles scales over whole groups only. One scale per row keeps
-    those layers exportable at the same grid and a similar scale overhead; the layers are listed in
-    the quantize report (`ragged_layers`) and the summary notes.
-    """
-    import dataclasses
-    modules = dict(model.named_modules())
-    for name, p in plan.items():
-        w, m = p.config.weight, modules[name]
-        weight = getattr(m, "weight", None)
-        if w is None or w.granularity != "group" or weight is None:
-            continue
-        cols = weight[0].numel()
-        if cols > w.group_size and cols % w.group_size:
-            plan[name] = dataclasses.replace(p, config=dataclasses.replace(
-                p.config, weight=dataclasses.replace(w, granularity="channel", group_size=0)))
-    return plan
-
-
-def ragged_layers(model, spec) -> list[str]:
-    import quant
-    before = quant.plan_model(model, spec)
-    after = exportable_groups(model, dict(before))
-    return [n for n in before if before[n] is not after[n]]
 
 
 def _requant(state: State, why: str) -> State:
@@ -86,13 +57,10 @@ def _requant(state: State, why: str) -> State:
     if state.quant is None:
         return state
     t0 = time.perf_counter()
-    state.qmodel, spec, _ = quantize_with(state.float_model, state.meta, state.quant)
-    rag = ragged_layers(state.float_model, spec)
+    state.qmodel, _, _ = quantize_with(state.float_model, state.meta, state.quant)
     state.notes.append(f"quantisation re-applied after {why}: same spec ({state.quant['fmt']} {state.quant['bits']}, "
                        f"{state.quant.get('method') or 'rtn'}) and the same {state.quant['calib']} calibration "
-                       f"images, seed {state.quant['seed']} ({time.perf_counter() - t0:.1f} s)"
-                       + (f"; {len(rag)} layer(s) whose fan-in is not a multiple of the group size use one "
-                          f"scale per row ({', '.join(rag[:3])}{', ...' if len(rag) > 3 else ''})" if rag else ""))
+                       f"images, seed {state.quant['seed']} ({time.perf_counter() - t0:.1f} s)")
     return state
 
 
@@ -146,8 +114,7 @@ def run_quantize(state: State, options: dict, ctx: Context) -> State:
             state.quant[k] = None
         state.quant |= {"recipe": spec.recipe, "fmt": spec.family, "bits": spec.bits}
     report = {"spec": spec.to_dict(), "quantize_wall_s": wall, "eval_images": len(x), "method": info["method"],
-              "backend": info["backend"], "graph_fixes": info["graph_fixes"], "mixed_precision": info["mixed_precision"],
-              "ragged_layers": ragged_layers(state.float_model, spec)}
+              "backend": info["backend"], "graph_fixes": info["graph_fixes"], "mixed_precision": info["mixed_precision"]}
     if labelled:
         report |= {"float_top1": evaluate(state.float_model, x, y), "quant_top1": evaluate(state.qmodel, x, y)}
     (ctx.stage_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

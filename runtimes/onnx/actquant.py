@@ -13,6 +13,11 @@ fake-quant model computes; during `torch.onnx.export` a custom symbolic writes t
                               including those ONNX has no dtype for (E2M3, E3M2, E3M4)
   MX blocks                 → blocks along the axis, shared power-of-two scale 2^(⌊log2 amax⌋ − emax),
                               elements rounded as above
+
+With `as_function` (what the quantised exporter sets) every quantiser but the 8-bit (or clipped) static
+INT QDQ pair is written once per kind as a model-local function (runtimes.onnx.functions) and called at
+each site with its static scale/zero point as inputs; the 8-bit QDQ pairs stay inline, where
+onnxruntime's QDQ fusion looks for them.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from runtimes.onnx.functions import DOMAIN, Body
 from runtimes.onnx.quantspec import ActQuant
 
 
@@ -52,15 +58,93 @@ class _Fn(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, key: int):
-        return _Emitter(g).quantize(x, _LIVE[key].aq)
+        op = _LIVE[key]
+        shape = _static_shape(x)
+        if not op.as_function or _inline(op.aq):
+            return _Emitter(g).quantize(x, op.aq, shape)
+        name = _register(op.aq, shape)
+        extra = [g.op("Constant", value_t=torch.from_numpy(np.asarray(v))) for v in _static_inputs(op.aq)]
+        y = g.op(f"{DOMAIN}::{name}", x, *extra)
+        y.setType(x.type())
+        return y
+
+
+def _static_shape(x) -> tuple[int | None, list | None]:
+    """(rank, sizes) of a traced value, as far as the exporter knows them."""
+    t = x.type()
+    rank = t.dim() if hasattr(t, "dim") else None
+    return rank, (t.varyingSizes() if hasattr(t, "varyingSizes") else None)
+
+
+def _int_storage(fmt) -> tuple[type, int]:
+    """(storage dtype, zero-point shift) of a static INT grid's QDQ pair: 8-bit, or 16-bit for wider grids
+    (opset 21). The exporter has no uint16, so an unsigned 16-bit grid is stored as int16 with its zero
+    point shifted by 2^15: round(x/s) + zp − 2^15, clamped, minus the same zero point gives the same values."""
+    wide = fmt.qmax - fmt.qmin > 255
+    return ((np.int16 if wide else np.int8) if fmt.signed or wide else np.uint8), (2 ** 15 if wide and not fmt.signed else 0)
+
+
+def _inline(aq: ActQuant) -> bool:
+    """Static INT QDQ pairs stay inline when 8-bit (what ORT fuses into integer kernels) or clipped to a
+    narrower grid (bounds baked as constants); 16-bit full-range ones become function calls too."""
+    import quant
+    if aq.granularity != "per-tensor" or not isinstance(aq.format, quant.IntFormat):
+        return False
+    store, shift = _int_storage(aq.format)
+    full = (aq.format.qmin, aq.format.qmax) == (np.iinfo(store).min + shift, np.iinfo(store).max + shift)
+    return store in (np.int8, np.uint8) or not full
+
+
+def _static_inputs(aq: ActQuant) -> list:
+    """Per-site values a function call passes: the static scale (and an INT grid's stored zero point)."""
+    import quant
+    if aq.granularity != "per-tensor":
+        return []
+    if not isinstance(aq.format, quant.IntFormat):
+        return [np.float32(aq.scale)]
+    store, shift = _int_storage(aq.format)
+    return [np.float32(aq.scale), np.asarray((aq.zero_point or 0) - shift, store)]
+
+
+_DEFS: dict[str, tuple[ActQuant, tuple]] = {}   # function name → (quantiser, static shape info it needs)
+
+
+def _register(aq: ActQuant, shape: tuple) -> str:
+    """The function name for this quantiser kind (its definition is built by `function_protos`)."""
+    import quant
+    gran = {"per-tensor": "tensor", "per-token": "token"}.get(aq.granularity, aq.granularity)
+    name = f"aq_{aq.fmt}_{gran}" + (f"_ax{aq.axis}".replace("-", "m") if aq.dynamic else "")   # static: no axis
+    key_shape = (None, None)
+    if isinstance(aq.format, quant.MxFormat):   # the block reshape needs rank and feature size
+        rank, sizes = shape
+        n = sizes[aq.axis] if rank is not None and sizes is not None else None
+        key_shape = (rank, None if n is None else [n if i == aq.axis % rank else None for i in range(rank)])
+        name += f"_r{rank}n{n}"
+    _DEFS[name] = (aq, key_shape)
+    return name
+
+
+def function_protos(names, opset: int) -> dict:
+    """FunctionProtos of the named quantiser kinds (registered while an export traced them)."""
+    out = {}
+    for name in names:
+        if name not in _DEFS:
+            continue
+        aq, shape = _DEFS[name]
+        inputs = ["x", "s", "zp"][:1 + len(_static_inputs(aq))]
+        body = Body(inputs)
+        y = _Emitter(body).quantize("x", aq, shape, *inputs[1:])
+        out[name] = body.function(name, y, opset)
+    return out
 
 
 class ActQuantOp(nn.Module):
     """Drop-in for a quant.ActQuantizer: same values in torch, explicit rounding ops in ONNX."""
 
-    def __init__(self, aq: ActQuant):
+    def __init__(self, aq: ActQuant, as_function: bool = False):
         super().__init__()
         self.aq = aq
+        self.as_function = as_function
         # kept out of the module tree: its buffers must not become graph parameters of the twin
         self.__dict__["ref"] = reference_quantizer(aq)
 
@@ -75,7 +159,8 @@ class ActQuantOp(nn.Module):
 
 
 class _Emitter:
-    """ONNX nodes for one quantiser, written through the TorchScript exporter's graph context."""
+    """ONNX nodes for one quantiser, written through the TorchScript exporter's graph context or into
+    a function Body (both take `op(name, *inputs, **suffixed_attrs)`)."""
 
     def __init__(self, g):
         self.g = g
@@ -90,15 +175,15 @@ class _Emitter:
         return self.op(name, x, self.c([axis], np.int64), keepdims_i=keep)
 
     # -- dispatch ------------------------------------------------------------------------------
-    def quantize(self, x, aq: ActQuant):
+    def quantize(self, x, aq: ActQuant, shape: tuple = (None, None), scale_input=None, zp_input=None):
         import quant
         fmt = aq.format
         if isinstance(fmt, quant.MxFormat):
-            return self.mx(x, fmt, aq.axis)
+            return self.mx(x, fmt, aq.axis, shape)
         if aq.granularity == "per-tensor":
-            s = self.c(np.float32(aq.scale))
+            s = scale_input if scale_input is not None else self.c(np.float32(aq.scale))
             if isinstance(fmt, quant.IntFormat):
-                return self.int_static(x, fmt, np.float32(aq.scale), aq.zero_point or 0)
+                return self.int_static(x, fmt, np.float32(aq.scale), aq.zero_point or 0, scale_input, zp_input)
             return self.op("Mul", self.fp_round(self.op("Div", x, s), fmt), s)
         if isinstance(fmt, quant.IntFormat):
             return self.int_per_token(x, fmt, aq.axis)
@@ -107,17 +192,18 @@ class _Emitter:
         return self.op("Mul", self.fp_round(self.op("Div", x, s), fmt), s)
 
     # -- INT -----------------------------------------------------------------------------------
-    def int_static(self, x, fmt, s: np.float32, zp: int):
-        """QDQ pair in 8-bit storage; narrower grids (and int8's symmetric −127) clip the float input first."""
-        signed = fmt.signed
-        store_lo, store_hi = (-128, 127) if signed else (0, 255)
-        if (fmt.qmin, fmt.qmax) != (store_lo, store_hi):
+    def int_static(self, x, fmt, s: np.float32, zp: int, s_in=None, zp_in=None):
+        """QDQ pair in the grid's storage (runtimes.onnx.actquant._int_storage); narrower grids (and int8's
+        symmetric −127) clip the float input first. In a function body scale and zero point are inputs."""
+        store, shift = _int_storage(fmt)
+        if (fmt.qmin, fmt.qmax) != (int(np.iinfo(store).min) + shift, int(np.iinfo(store).max) + shift):
             lo = np.float32((fmt.qmin - zp) * np.float64(s))
             hi = np.float32((fmt.qmax - zp) * np.float64(s))
             x = self.op("Clip", x, self.c(lo), self.c(hi))
-        zpc = self.c(zp, np.int8 if signed else np.uint8)
-        q = self.op("QuantizeLinear", x, self.c(s), zpc)
-        return self.op("DequantizeLinear", q, self.c(s), zpc)
+        sc = s_in if s_in is not None else self.c(s)
+        zpc = zp_in if zp_in is not None else self.c(zp - shift, store)
+        q = self.op("QuantizeLinear", x, sc, zpc)
+        return self.op("DequantizeLinear", q, sc, zpc)
 
     def int_per_token(self, x, fmt, axis: int):
         if fmt.signed:
@@ -157,11 +243,10 @@ class _Emitter:
             return self.op("Clip", self.op("Round", y), self.c(float(el.qmin)), self.c(float(el.qmax)))
         return self.fp_round(y, el)
 
-    def mx(self, x, fmt, axis: int):
+    def mx(self, x, fmt, axis: int, shape: tuple):
         """MX along `axis`: needs the axis length to be a multiple of the block (else a clear error)."""
         from runtimes.errors import ExportError
-        rank = x.type().dim() if hasattr(x.type(), "dim") else None
-        sizes = x.type().varyingSizes() if hasattr(x.type(), "varyingSizes") else None
+        rank, sizes = shape
         if rank is None or sizes is None or sizes[axis] is None:
             raise ExportError("MX activation quantisation needs a known feature size at export")
         n, b = sizes[axis], fmt.block

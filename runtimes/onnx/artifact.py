@@ -33,8 +33,6 @@ def export_onnx_artifact(model: nn.Module, out: str | Path, *, input_shape: tupl
     from runtimes.onnx.runner import OnnxRunner
     precision = quant_spec.precision if quant_spec is not None else "fp32"
     pclass = parity.precision_class(precision)
-    if quant_spec is not None and graph_form == "integer":
-        pclass = "int8-requant"
     thresholds = parity.THRESHOLDS[pclass]
     with ArtifactWriter(out, overwrite=overwrite) as w:
         path = w.dir / MODEL_FILE

@@ -1,5 +1,6 @@
-"""Shrink an ONNX file's non-weight bytes: duplicate Constant nodes, node names, doc strings, long tensor
-names, value_info.
+"""Shrink an ONNX file's non-weight bytes: shape arithmetic that is static but for the batch
+(runtimes.onnx.shapes), duplicate Constant nodes, node names, doc strings, long tensor names, value_info,
+attributes spelled out at their schema default.
 
 The TorchScript exporter names every tensor after its module path ("/blocks.0/attn/Reshape_1_output_0");
 on a 12-block model of a few hundred kB those strings are a sizeable share of the file and hide what the
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import onnx
 
+from runtimes.onnx.shapes import fold_static_shapes
+
 
 def compact(path: str | Path) -> None:
     """Rewrite `path` in place with short internal tensor names and no node names/doc strings."""
@@ -18,6 +21,7 @@ def compact(path: str | Path) -> None:
     g = m.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
         return  # sub-graphs capture outer names: leave such models as exported
+    fold_static_shapes(m)
     keep = {v.name for v in (*g.input, *g.output)} | {i.name for i in g.initializer}
     rename: dict[str, str] = {}
     first: dict[bytes, str] = {}   # the exporter writes one Constant per use: keep one per distinct value
@@ -47,8 +51,45 @@ def compact(path: str | Path) -> None:
         for i, inp in enumerate(node.input):
             if inp in rename:
                 node.input[i] = rename[inp]
+    _drop_default_attributes(m)
     del g.value_info[:]
     g.doc_string = ""
     m.doc_string = ""
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, str(path))
+
+
+def _drop_default_attributes(m: onnx.ModelProto) -> None:
+    """Remove attributes equal to their schema default (axis=0, allowzero=0, approximate='none'...)."""
+    opset = {o.domain: o.version for o in m.opset_import}
+    cache: dict = {}
+    for node in m.graph.node:
+        if node.domain not in ("", "ai.onnx") or not node.attribute:
+            continue
+        key = node.op_type
+        if key not in cache:
+            try:
+                schema = onnx.defs.get_schema(node.op_type, opset.get(node.domain, opset.get("", 1)), "")
+                cache[key] = {a: v.default_value.SerializeToString() for a, v in schema.attributes.items()
+                              if v.default_value.type != onnx.AttributeProto.UNDEFINED}
+            except onnx.defs.SchemaError:
+                cache[key] = {}
+        defaults = cache[key]
+        keep = []
+        for a in node.attribute:
+            d = defaults.get(a.name)
+            probe = onnx.AttributeProto()
+            probe.CopyFrom(a)
+            probe.name, probe.doc_string = "", ""
+            if d is None or probe.SerializeToString() != _default_as_named(d):
+                keep.append(a)
+        if len(keep) != len(node.attribute):
+            del node.attribute[:]
+            node.attribute.extend(keep)
+
+
+def _default_as_named(serialized: bytes) -> bytes:
+    a = onnx.AttributeProto()
+    a.ParseFromString(serialized)
+    a.name, a.doc_string = "", ""
+    return a.SerializeToString()

@@ -11,6 +11,12 @@ weight initializer is then found by value and replaced by its low-bit form:
                                               (BitShift, BitwiseAnd), minus offset, times scale
   fp4 e2m1, fp6 e2m3/e3m2                  → packed codes + Gather on the code→value table, times scale
 
+The packed decoders and the dynamic activation quantisers are model-local functions, written once per
+kind and called at each site (runtimes.onnx.functions): the file then holds little beyond the codes,
+scales and biases. A layer's tensors are named after it as in W = (q − zp)·s: `<layer>.q`, `.s`, `.zp`. A ragged last scale group (fan_in not a multiple of the group size) is exact:
+blocked DequantizeLinear takes ceil(fan_in / block) scales; packed decoders expand the scales to whole
+groups and slice them to fan_in, so no padding codes are stored.
+
 Scales quant/ stores as exact fp16 values are written as fp16 for sub-8-bit weights (cast up in the
 graph), which keeps W4 files near 4.25 bits per weight. With INT8 weights and static 8-bit activations
 the graph is plain QDQ, which onnxruntime fuses into integer kernels (the `qdq` graph form).
@@ -21,6 +27,7 @@ import copy
 import os
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -30,8 +37,9 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from runtimes.errors import ExportError
-from runtimes.onnx.actquant import ActQuantOp
+from runtimes.onnx.actquant import ActQuantOp, function_protos
 from runtimes.onnx.export import export_onnx
+from runtimes.onnx.functions import DOMAIN, Body, attach
 from runtimes.onnx.quantspec import LayerQuant, QuantSpec, format_bits, fp_grid_codes, spec_from_model
 
 QUANT_OPSET = 21
@@ -44,11 +52,16 @@ _DQ_TYPES = {"int8": T.INT8, "int4": T.INT4, "fp8_e4m3": T.FLOAT8E4M3FN, "fp8_e5
 __all__ = ["export_quantized_onnx", "spec_from_model", "float_twin"]
 
 
-def fold_batchnorm(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, QuantSpec]:
-    """Fold each BatchNorm2d that directly follows a quantised conv (same nn.Sequential) into its scale.
+def fold_batchnorm(model: nn.Module, spec: QuantSpec, fold: bool = True) -> tuple[nn.Module, QuantSpec]:
+    """Fold each BatchNorm2d that directly follows a quantised conv (same nn.Sequential) into its scale,
+    or with `fold=False` turn it into an explicit per-channel affine the exporter cannot fold.
 
     The exporter folds eval-mode BN into the conv anyway; doing it here keeps the codes exact: BN scales
     output channels, so it multiplies the per-channel/per-group scales and leaves the grid values alone.
+    But the folded weight is rounded differently from the fake-quant model's conv-then-BN, and dynamic
+    activation rounding downstream amplifies that: on mobilenet-mini at fp4 w4a6 (per-token e2m3), the
+    folded graph disagreed with torch on 1.3 % of test images, the unfolded one on none. So only graphs
+    whose activations are all static 8-bit QDQ (where ORT needs the folded conv for QLinearConv) fold.
     """
     model = copy.deepcopy(model).eval()
     layers = dict(spec.layers)
@@ -60,22 +73,42 @@ def fold_batchnorm(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, QuantS
         bn = owner[int(leaf) + 1]
         if not isinstance(bn, nn.BatchNorm2d) or lq.q.ndim != 4:
             continue
+        if not fold:
+            owner[int(leaf) + 1] = _ChannelAffine(bn)
+            continue
         gamma = (bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)).numpy().astype(np.float32)
         conv = owner[int(leaf)]
         b = conv.bias.detach().numpy() if getattr(conv, "bias", None) is not None else 0.0
         new_bias = ((b - bn.running_mean.detach().numpy()) * gamma + bn.bias.detach().numpy()).astype(np.float32)
-        layers[name] = LayerQuant(lq.fmt, lq.q, lq.scale * gamma[:, None], lq.zero_point)
+        layers[name] = LayerQuant(lq.fmt, lq.q, lq.scale * gamma[:, None], lq.zero_point, group=lq.group)
         conv.bias = nn.Parameter(torch.from_numpy(new_bias))
         owner[int(leaf) + 1] = nn.Identity()
     return model, QuantSpec(spec.precision, layers, spec.acts)
 
 
-def float_twin(model: nn.Module, spec: QuantSpec, activations: bool = False) -> nn.Module:
+class _ChannelAffine(nn.Module):
+    """Eval BatchNorm2d as torch's CPU kernel computes it, y = x·α + β (α = w/√(var+ε), β = b − mean·α),
+    written as Mul/Add so the ONNX exporter keeps it apart from the conv."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        with torch.no_grad():
+            alpha = bn.weight * (1 / torch.sqrt(bn.running_var + bn.eps))
+            beta = bn.bias - bn.running_mean * alpha
+        self.register_buffer("alpha", alpha.detach().reshape(1, -1, 1, 1).clone())
+        self.register_buffer("beta", beta.detach().reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.alpha + self.beta
+
+
+def float_twin(model: nn.Module, spec: QuantSpec, activations: bool = False, functions: bool = False) -> nn.Module:
     """A copy of `model` with the dequantised low-bit weights, in ops any exporter can trace.
 
     Quantised layers keep their class but hold the dequantised weight (their weight quantiser is
     dropped). Activation quantisers named in `spec.acts` become identities, or with `activations`
-    an ActQuantOp each (same values in torch, explicit rounding ops in ONNX).
+    an ActQuantOp each (same values in torch, explicit rounding ops in ONNX; with `functions` as
+    calls of one model-local function per quantiser kind).
     """
     twin = copy.deepcopy(model).eval()
     for name, lq in spec.layers.items():
@@ -89,7 +122,8 @@ def float_twin(model: nn.Module, spec: QuantSpec, activations: bool = False) -> 
             layer._wq_key = None
     for name, aq in spec.acts.items():
         parent, _, leaf = name.rpartition(".")
-        setattr(twin.get_submodule(parent) if parent else twin, leaf, ActQuantOp(aq) if activations else nn.Identity())
+        setattr(twin.get_submodule(parent) if parent else twin, leaf,
+                ActQuantOp(aq, as_function=functions) if activations else nn.Identity())
     return twin
 
 
@@ -100,16 +134,21 @@ class _Graph:
         self.model, self.g = model, model.graph
         self.inits = {i.name: i for i in self.g.initializer}
         self.n = 0
+        self.used = set(self.inits) | {o for n in self.g.node for o in n.output}
         self.pending: list = []
         self.shared: dict = {}
+        self.functions: dict = {}   # packed-weight decoder kinds used, by function name
         self._by_value: dict[bytes, list[str]] = {}
         for i in self.g.initializer:
             if i.data_type == T.FLOAT:
                 self._by_value.setdefault(numpy_helper.to_array(i).astype(np.float32).tobytes(), []).append(i.name)
 
     def name(self, base: str) -> str:
+        """`base` itself while unused (layer-named tensors stay short and readable), else base_<n>."""
         self.n += 1
-        return f"{base}__q{self.n}"
+        name = base if base not in self.used else f"{base}_{self.n}"
+        self.used.add(name)
+        return name
 
     def const(self, base: str, array: np.ndarray) -> str:
         """An initializer; small constants (shapes, shifts, tables) are shared across layers."""
@@ -129,8 +168,10 @@ class _Graph:
         return name
 
     def node(self, op: str, inputs: list[str], **attrs) -> str:
+        """A node (`domain::Op` for a function call) appended to the pending list."""
+        domain, _, op = op.rpartition("::")
         out = self.name(op.lower())
-        self.pending.append(helper.make_node(op, inputs, [out], **attrs))
+        self.pending.append(helper.make_node(op, inputs, [out], domain=domain or None, **attrs))
         return out
 
     def find_weight(self, w: np.ndarray, name: str):
@@ -157,26 +198,6 @@ def _pack_words(codes: np.ndarray, bits: int) -> np.ndarray:
     return (flat << (np.arange(k, dtype=np.uint32) * bits)).sum(axis=1, dtype=np.uint64).astype(np.uint32)
 
 
-def _unpack(graph: _Graph, base: str, words: np.ndarray, bits: int, count: int) -> str:
-    k = 32 // bits
-    w = graph.const(f"{base}.codes_u{bits}x{k}", words.reshape(-1, 1))
-    shifted = graph.node("BitShift", [w, graph.const("shifts", np.arange(k, dtype=np.uint32) * bits)],
-                         direction="RIGHT")
-    masked = graph.node("BitwiseAnd", [shifted, graph.const("mask", np.array([2 ** bits - 1], np.uint32))])
-    flat = graph.node("Reshape", [masked, graph.const("flat", np.array([-1], np.int64))])
-    if words.size * k == count:
-        return flat
-    return graph.node("Slice", [flat, graph.const("start", np.array([0], np.int64)),
-                                graph.const("end", np.array([count], np.int64))])
-
-
-def _scale(graph: _Graph, name: str, lq: LayerQuant, array: np.ndarray, half: bool) -> str:
-    """A scale initializer: fp16 (cast up in the graph) when quant stored it as exact fp16 values."""
-    if half:
-        return graph.node("Cast", [graph.const(f"{name}.w_scale_f16", array.astype(np.float16))], to=T.FLOAT)
-    return graph.const(f"{name}.w_scale", array.astype(np.float32))
-
-
 def _weight_dq(graph: _Graph, name: str, lq: LayerQuant, orient: str, opset: int) -> tuple[str, str]:
     """Nodes producing the float weight in the graph's orientation; returns (output name, encoding)."""
     out = lq.q.shape[0]
@@ -193,39 +214,85 @@ def _weight_dq(graph: _Graph, name: str, lq: LayerQuant, orient: str, opset: int
         else:
             scale = lq.scale if orient == "as-is" else lq.scale.T
             zp_shape, attrs = scale.shape, {"axis": 1 - axis, "block_size": lq.group_size}
-        codes = _typed_codes(graph, f"{name}.weight", lq.fmt, q)
-        scale_in = graph.const(f"{name}.w_scale_f16" if half else f"{name}.w_scale",
-                               scale.astype(np.float16 if half else np.float32))
+        codes = _typed_codes(graph, f"{name}.q", lq.fmt, q)
+        scale_in = graph.const(f"{name}.s", scale.astype(np.float16 if half else np.float32))
+        if half:   # cast before DQ: q·s in fp16 would round (7·s needs 14 mantissa bits)
+            scale_in = graph.node("Cast", [scale_in], to=T.FLOAT)
         inputs = [codes, scale_in]
         if lq.zero_point is not None:
             zp = lq.zero_point[:, 0] if groups == 1 else (lq.zero_point if orient == "as-is" else lq.zero_point.T)
-            inputs.append(_typed_codes(graph, f"{name}.w_zero_point", lq.fmt, zp.reshape(zp_shape)))
-        w = graph.node("DequantizeLinear", inputs, **attrs)
-        if half:
-            w = graph.node("Cast", [w], to=T.FLOAT)
-        return w, "dq-" + lq.fmt
-    # Packed codes, unpacked and dequantised in the graph in torch orientation (out, groups, group_size).
+            inputs.append(_typed_codes(graph, f"{name}.zp", lq.fmt, zp.reshape(zp_shape)))
+        return graph.node("DequantizeLinear", inputs, **attrs), "dq-" + lq.fmt
+    # Packed codes, decoded by a shared function (one per kind) in torch orientation (out, groups, group_size)
     if lq.fmt.startswith("int"):
         offset = 0 if lq.zero_point is not None else 2 ** (bits - 1)
         codes = (lq.q + offset).astype(np.uint32)
-        vals = graph.node("Cast", [_unpack(graph, name, _pack_words(codes, bits), bits, codes.size)], to=T.FLOAT)
-        vals = graph.node("Reshape", [vals, graph.const("gshape", np.array([out, groups, lq.group_size], np.int64))])
-        if lq.zero_point is None:
-            vals = graph.node("Sub", [vals, graph.const("offset", np.array(offset, np.float32))])
-        else:
-            vals = graph.node("Sub", [vals, graph.const(f"{name}.w_zero_point", lq.zero_point[..., None])])
         encoding = f"packed-{lq.fmt}"
     else:
-        codes, lut = fp_grid_codes(lq.fmt, lq.q)
-        idx = graph.node("Cast", [_unpack(graph, name, _pack_words(codes, bits), bits, codes.size)], to=T.INT32)
-        vals = graph.node("Gather", [graph.const(f"lut_{lq.fmt}", lut), idx], axis=0)
-        vals = graph.node("Reshape", [vals, graph.const("gshape", np.array([out, groups, lq.group_size], np.int64))])
+        codes = fp_grid_codes(lq.fmt, lq.q)[0]
         encoding = f"packed-lut-{lq.fmt}"
-    w = graph.node("Mul", [vals, _scale(graph, name, lq, lq.scale[..., None], half)])
-    w = graph.node("Reshape", [w, graph.const("wshape", np.array(lq.q.shape, np.int64))])
-    if orient == "transposed":
-        w = graph.node("Transpose", [w], perm=[1, 0])
-    return w, encoding
+    kind = _PackedKind(lq.fmt, lq.zero_point is not None, half, orient == "transposed", lq.pad > 0)
+    inputs = [graph.const(f"{name}.q", _pack_words(codes, bits).reshape(-1, 1)),
+              graph.const(f"{name}.s", lq.scale[..., None].astype(np.float16 if half else np.float32))]
+    if kind.zero_point:
+        inputs.append(graph.const(f"{name}.zp", lq.zero_point[..., None].astype(np.float32)))
+    inputs.append(graph.const("wshape", np.array(lq.q.shape, np.int64)))
+    if kind.ragged:
+        inputs.append(graph.const("gshape", np.array([out, groups, lq.group_size], np.int64)))
+    graph.functions.setdefault(kind.name, kind)
+    return graph.node(f"{DOMAIN}::{kind.name}", inputs), encoding
+
+
+class _PackedKind(NamedTuple):
+    """One packed-weight decoder function: format, asymmetric, fp16 scales, transposed, ragged last group."""
+    fmt: str
+    zero_point: bool
+    half: bool
+    transposed: bool
+    ragged: bool
+
+    @property
+    def name(self) -> str:
+        return "dq_" + "_".join([self.fmt] + [t for t, on in (("zp", self.zero_point), ("f16", self.half),
+                                                             ("t", self.transposed), ("pad", self.ragged)) if on])
+
+    def function(self, opset: int) -> onnx.FunctionProto:
+        """words (n, 1) uint32 → codes (BitShift, BitwiseAnd) → values (minus offset or LUT Gather) × scale.
+
+        Shapes come from the scale and `wshape` inputs; a ragged kind keeps values (out, fan_in) and
+        expands scales (and zero points) to whole groups (`gshape`), then slices them to fan_in.
+        """
+        bits = format_bits(self.fmt)
+        k = 32 // bits
+        b = Body(["words", "scale"] + (["zero_point"] if self.zero_point else []) + ["wshape"]
+                 + (["gshape"] if self.ragged else []))
+        i64 = lambda v: b.const(v, np.int64)   # noqa: E731
+        codes = b.op("BitwiseAnd", b.op("BitShift", "words", b.const(np.arange(k) * bits, np.uint32), direction_s="RIGHT"),
+                     b.const([2 ** bits - 1], np.uint32))
+        count = b.op("ReduceProd", "wshape", keepdims_i=1)   # the last word may hold unused slots
+        codes = b.op("Slice", b.op("Reshape", codes, i64([-1])), i64([0]), count)
+        # values as (out, groups, group_size) for the (out, groups, 1) scales; ragged: (out, fan_in)
+        rows = b.op("Slice", b.op("Shape", "scale"), i64([0]), i64([2 if not self.ragged else 1]))
+        layout = b.op("Concat", rows, i64([-1]), axis_i=0)
+
+        def per_column(t):   # ragged: (out, groups, 1) → (out, fan_in), each group's value over its columns
+            if not self.ragged:
+                return t
+            full = b.op("Reshape", b.op("Expand", t, "gshape"), i64([0, -1]))
+            cols = b.op("ReduceProd", b.op("Slice", "wshape", i64([1]), i64([8])), keepdims_i=1)
+            return b.op("Slice", full, i64([0]), cols, i64([1]))
+
+        if self.fmt.startswith("int"):
+            vals = b.op("Reshape", b.op("Cast", codes, to_i=T.FLOAT), layout)
+            vals = b.op("Sub", vals, per_column("zero_point") if self.zero_point else b.const(2.0 ** (bits - 1)))
+        else:
+            lut = fp_grid_codes(self.fmt, np.zeros(1, np.float32))[1]
+            vals = b.op("Reshape", b.op("Gather", b.const(lut), b.op("Cast", codes, to_i=T.INT32), axis_i=0), layout)
+        w = b.op("Mul", vals, per_column(b.op("Cast", "scale", to_i=T.FLOAT) if self.half else "scale"))
+        w = b.op("Reshape", w, "wshape")
+        if self.transposed:
+            w = b.op("Transpose", w, perm_i=[1, 0])
+        return b.function(self.name, w, opset)
 
 
 def _typed_codes(graph: _Graph, base: str, fmt: str, q: np.ndarray) -> str:
@@ -302,8 +369,9 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
         if calib_inputs is None or not len(calib_inputs):
             raise ExportError("the integer graph form needs calibration images for its requantisation scales")
     path = Path(path)
-    model, spec = fold_batchnorm(model, spec)
-    twin = float_twin(model, spec, activations=True)
+    model, spec = fold_batchnorm(model, spec, fold=all(a.granularity == "per-tensor" and a.fmt in ("int8", "uint8")
+                                                       for a in spec.acts.values()))
+    twin = float_twin(model, spec, activations=True, functions=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
@@ -315,6 +383,8 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
         m = onnx.version_converter.convert_version(m, opset)
     graph = _Graph(m)
     layers = [_rewrite_layer(graph, name, lq, opset) for name, lq in spec.layers.items()]
+    called = {n.op_type for n in m.graph.node if n.domain == DOMAIN}
+    attach(m, {**function_protos(called, opset), **{k: v.function(opset) for k, v in graph.functions.items()}})
     requant = 0
     if graph_form == "integer":
         from runtimes.onnx.requant import add_integer_requant

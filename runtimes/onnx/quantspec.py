@@ -2,7 +2,8 @@
 
 A layer's weight is `W = (q - zero_point) * scale` with `q` on the format's grid (integers for INT,
 unscaled grid values for FP), viewed as (out, fan_in) and `scale` of shape (out or 1, groups): one
-column is per-channel, G columns are per-group along fan_in (group size fan_in / G).
+column is per-channel, G columns are per-group along fan_in (group size fan_in / G, or the given
+group size when fan_in is not a multiple of it: quant/ then pads the last group, which is shorter).
 
 Every activation quantiser of the model (layer inputs, q/k/v of the attention matmuls, the softmax
 output, LayerNorm/GELU inputs) is an `ActQuant` keyed by its qualified module name; the exporter
@@ -120,13 +121,15 @@ class LayerQuant:
     """One quantised Linear/Conv2d: grid values `q` (weight shape), `scale` (out|1, groups), optional zero point.
 
     `scale_dtype` "float16" means every scale is exactly an fp16 value (quant stores them so) and may
-    be written at half the bytes.
+    be written at half the bytes. `group` is the group size; it is needed only when fan_in is not a
+    multiple of it (ragged last group, e.g. fan_in 247 in groups of 128 → 2 groups, the last of 119).
     """
     fmt: str
     q: np.ndarray
     scale: np.ndarray
     zero_point: np.ndarray | None = None
     scale_dtype: str = "float32"
+    group: int | None = None
 
     def __post_init__(self):
         self.fmt = canonical_format(self.fmt)
@@ -135,9 +138,16 @@ class LayerQuant:
         fan_in = int(np.prod(self.q.shape[1:]))
         s = np.asarray(self.scale, np.float32)
         s = s.reshape(1, 1) if s.size == 1 else s.reshape(s.shape[0], -1) if s.ndim != 1 else s.reshape(-1, 1)
-        if s.shape[0] not in (1, out) or fan_in % s.shape[1]:
+        groups = s.shape[1]
+        if groups == 1:   # per-channel / per-tensor (quant's per-tensor group spans all rows)
+            self.group = fan_in
+        elif self.group is None and fan_in % groups == 0:
+            self.group = fan_in // groups
+        if s.shape[0] not in (1, out) or self.group is None or -(-fan_in // self.group) != groups:
             raise ExportError(f"scale of shape {tuple(np.shape(self.scale))} does not tile a weight of shape "
-                              f"{self.q.shape}; give (out,), (out, groups) or a scalar")
+                              f"{self.q.shape}" + (f" in groups of {self.group}" if self.group else "")
+                              + "; give (out,), (out, groups) or a scalar (and the group size if the last group is short)")
+        self.group = int(self.group)
         self.scale = np.broadcast_to(s, (out, s.shape[1])).copy()
         if self.scale_dtype == "float16" and not np.array_equal(self.scale.astype(np.float16).astype(np.float32),
                                                                self.scale):
@@ -157,18 +167,31 @@ class LayerQuant:
 
     @property
     def group_size(self) -> int:
-        return int(np.prod(self.q.shape[1:])) // self.scale.shape[1]
+        return self.group
+
+    @property
+    def fan_in(self) -> int:
+        return int(np.prod(self.q.shape[1:]))
+
+    @property
+    def pad(self) -> int:
+        """Zeros that complete a ragged last group (0 when fan_in is a multiple of the group size)."""
+        return self.scale.shape[1] * self.group - self.fan_in
 
     @property
     def granularity(self) -> str:
         return "per-channel" if self.scale.shape[1] == 1 else f"per-group-{self.group_size}"
 
+    def grouped(self, a: np.ndarray) -> np.ndarray:
+        """(out, fan_in…) → (out, groups, group_size), zero-padding a ragged last group as quant/ does."""
+        a = a.reshape(a.shape[0], -1)
+        return np.pad(a, ((0, 0), (0, self.pad))).reshape(a.shape[0], self.scale.shape[1], self.group)
+
     def dequantized(self) -> np.ndarray:
         """The float weight the fake-quant model computes with."""
-        out = self.q.shape[0]
-        q = self.q.reshape(out, self.scale.shape[1], self.group_size)
         zp = 0.0 if self.zero_point is None else self.zero_point[..., None]
-        return ((q - zp) * self.scale[..., None]).reshape(self.q.shape).astype(np.float32)
+        w = ((self.grouped(self.q) - zp) * self.scale[..., None]).reshape(self.q.shape[0], -1)
+        return w[:, :self.fan_in].reshape(self.q.shape).astype(np.float32)
 
 
 @dataclass
@@ -195,8 +218,10 @@ def spec_from_model(model) -> QuantSpec:
         if d["fmt"].startswith(("mx", "uint")):
             raise ExportError(f"layer {name}: {d['fmt']} weights have no ONNX encoding here; "
                               "use int2..int8 or fp4/fp6/fp8 weights")
-        sdtype = getattr(getattr(m, "weight_quant", None), "scale_dtype", "float32")
-        layers[name] = LayerQuant(d["fmt"], _np(d["q"]), _np(d["scale"]), _np(d.get("zero_point")), sdtype)
+        wq = getattr(m, "weight_quant", None)
+        sdtype = getattr(wq, "scale_dtype", "float32")
+        layers[name] = LayerQuant(d["fmt"], _np(d["q"]), _np(d["scale"]), _np(d.get("zero_point")), sdtype,
+                                  getattr(wq, "group_size", None))
     if not layers and not acts:
         raise ExportError("the model has no quantised layers; quantise it with `edgevit quantize` first")
     qs = getattr(model, "quant_spec", None)

@@ -105,7 +105,7 @@ def _positive_scales(spec: QuantSpec) -> QuantSpec:
             if q.min() < lo:
                 raise QnnExportError(f"layer {name}: a negative BatchNorm scale flips code {lo} out of range; "
                                      "fold BatchNorm before quantising (edgevit rewrite --target qnn-htp)")
-            lq = LayerQuant(lq.fmt, q, np.abs(lq.scale), None, lq.scale_dtype)
+            lq = LayerQuant(lq.fmt, q, np.abs(lq.scale), None, lq.scale_dtype, lq.group)
         layers[name] = lq
     return QuantSpec(spec.precision, layers, spec.acts)
 

@@ -1,0 +1,108 @@
+"""Fold shape arithmetic that is static once the graph's input shape is fixed except for the batch.
+
+The TorchScript exporter traces `B, N, C = x.shape; x.reshape(B, N, 3, H, C // H)` as Shape → Gather →
+Unsqueeze → Concat → Reshape chains, about 10 nodes per reshape, kept even though only B is dynamic.
+With shapes inferred (batch symbolic), every such vector whose entries are all known becomes a constant,
+one that is known but for a single dynamic entry feeds Reshape as -1 (the element count fixes it),
+and the chains that computed them are dropped. The arithmetic on tensors is untouched.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+_DYN = None   # an entry whose value is only known at run time
+
+
+def _dims(vi) -> list | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else _DYN for d in t.shape.dim]
+
+
+def _known_values(m: onnx.ModelProto, shapes: dict) -> dict[str, tuple[list, bool]]:
+    """name → (entries, is_scalar) for int64 vectors/scalars computable from static shapes."""
+    vals: dict[str, tuple[list, bool]] = {}
+    for i in m.graph.initializer:
+        if i.data_type == onnx.TensorProto.INT64 and len(i.dims) <= 1:
+            a = numpy_helper.to_array(i)
+            vals[i.name] = (a.reshape(-1).tolist(), a.ndim == 0)
+    for n in m.graph.node:
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+        ins = [vals.get(i) for i in n.input]
+        out = None
+        if n.op_type == "Constant" and "value" in a and a["value"].data_type == onnx.TensorProto.INT64 \
+                and len(a["value"].dims) <= 1:
+            arr = numpy_helper.to_array(a["value"])
+            out = (arr.reshape(-1).tolist(), arr.ndim == 0)
+        elif n.op_type == "Shape" and shapes.get(n.input[0]) is not None:
+            out = (shapes[n.input[0]][a.get("start", 0):a.get("end", None)], False)
+        elif n.op_type == "Gather" and ins[0] and ins[1] and a.get("axis", 0) == 0:
+            idx = ins[1][0]
+            if all(isinstance(j, int) for j in idx):
+                out = ([ins[0][0][j] for j in idx], ins[1][1])
+        elif n.op_type == "Unsqueeze" and ins[0] and ins[0][1]:
+            out = (ins[0][0], False)
+        elif n.op_type == "Squeeze" and ins[0] and len(ins[0][0]) == 1:
+            out = (ins[0][0], True)
+        elif n.op_type == "Concat" and all(ins) and a.get("axis") == 0:
+            out = ([e for v in ins for e in v[0]], False)
+        elif n.op_type == "Cast" and ins[0] and a.get("to") == onnx.TensorProto.INT64:
+            out = ins[0]
+        if out is not None:
+            vals[n.output[0]] = out
+    return vals
+
+
+def fold_static_shapes(m: onnx.ModelProto) -> int:
+    """Rewrite `m` in place; returns how many nodes were removed."""
+    g = m.graph
+    inferred = onnx.shape_inference.infer_shapes(m)
+    shapes = {v.name: _dims(v) for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    vals = _known_values(m, shapes)
+    produced = {o: n for n in g.node for o in n.output}
+    taken = set(produced) | {i.name for i in g.initializer} | {i.name for i in g.input}
+    consts: dict[tuple, str] = {}
+
+    def constant(entries: list, scalar: bool) -> str:
+        key = (tuple(entries), scalar)
+        if key not in consts:
+            name = next(f"shape{j}" for j in range(len(consts), len(consts) + len(taken) + 1)
+                        if f"shape{j}" not in taken)
+            taken.add(name)
+            arr = np.array(entries[0] if scalar else entries, np.int64)
+            g.initializer.append(numpy_helper.from_array(arr, name))
+            consts[key] = name
+        return consts[key]
+
+    for n in g.node:
+        for k, i in enumerate(n.input):
+            if i not in vals or i not in produced or produced[i].op_type == "Constant":
+                continue
+            entries, scalar = vals[i]
+            if all(isinstance(e, int) for e in entries):
+                n.input[k] = constant(entries, scalar)
+            elif n.op_type == "Reshape" and k == 1 and sum(e is _DYN for e in entries) == 1 \
+                    and -1 not in entries and 0 not in entries:
+                n.input[k] = constant([-1 if e is _DYN else e for e in entries], False)
+    return _drop_dead(m)
+
+
+def _drop_dead(m: onnx.ModelProto) -> int:
+    g = m.graph
+    removed = 0
+    while True:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        keep = [n for n in g.node if any(o in used for o in n.output)]
+        if len(keep) == len(g.node):
+            break
+        removed += len(g.node) - len(keep)
+        del g.node[:]
+        g.node.extend(keep)
+    used = {i for n in g.node for i in n.input}
+    inits = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    return removed
