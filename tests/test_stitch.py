@@ -13,8 +13,8 @@ from edgevit.stitch.init import fit_affine, least_squares_init
 from edgevit.stitch.model import ConfigNet, ConfigView, StitchedModel
 from edgevit.stitch.space import (count_configs, count_paired, enumerate_configs, layers_needed,
                                   paired_positions)
-from edgevit.stitch.train import (DeviceError, StitchRecipe, flops_groups, resolve_device, sample_configs,
-                                  train_stitched)
+from edgevit.stitch.train import (DeviceError, StitchRecipe, flops_groups, param_groups, resolve_device,
+                                  sample_configs, step_configs, train_stitched)
 
 SHAPE = (1, 1, 28, 28)
 
@@ -195,7 +195,7 @@ def test_training_on_an_explicit_device_leaves_cpu_weights(tmp_path):
         model = StitchedModel(_family())
         least_squares_init(model, _images(32))
         x, y = _images(64, 7), _labels(64)
-        info = train_stitched(model, StitchRecipe(epochs=1, batch_size=32), x, y, tmp_path / dev,
+        info = train_stitched(model, StitchRecipe(epochs=1, warmup_epochs=0, batch_size=32), x, y, tmp_path / dev,
                               progress=False, device=dev)
         assert info["device"] == dev and sum(info["samples_per_config"]) == 2
         assert {p.device.type for p in model.state_dict().values()} == {"cpu"}
@@ -294,6 +294,105 @@ def test_lora_stitching_trains_only_the_low_rank_update(tmp_path):
     assert any(not torch.equal(before[f"{u}.lora_b"], after[f"{u}.lora_b"]) for u in used)
 
 
+def test_warmup_trains_only_stitches_and_leaves_anchors_bit_identical(tmp_path):
+    model = StitchedModel(_family())
+    least_squares_init(model, _images(32))
+    anchors = copy.deepcopy(model.anchors.state_dict())
+    stitches = copy.deepcopy(model.stitch_layers.state_dict())
+    x, y = _images(96, 7), _labels(96)
+    recipe = StitchRecipe(epochs=0, warmup_epochs=2, batch_size=32, lr=1e-2, distill=0.5, anchor_distill=0.5,
+                          anchor_prob=0.5, bf16=False)
+    info = train_stitched(model, recipe, x, y, tmp_path, progress=False)
+    assert all(torch.equal(v, model.anchors.state_dict()[k]) for k, v in anchors.items())
+    assert any(not torch.equal(v, model.stitch_layers.state_dict()[k]) for k, v in stitches.items())
+    assert sum(info["samples_per_config"][:3]) == 0 and sum(info["samples_per_config"]) == 6
+    assert [h["phase"] for h in info["history"]] == ["warmup", "warmup"]
+    assert all(p.requires_grad for p in model.anchors.parameters())      # frozen for the warm-up only
+
+
+def test_anchor_lr_scale_zero_keeps_anchors_through_the_joint_phase(tmp_path):
+    model = StitchedModel(_family())
+    anchors = copy.deepcopy(model.anchors.state_dict())
+    x, y = _images(64, 7), _labels(64)
+    info = train_stitched(model, StitchRecipe(epochs=1, warmup_epochs=1, batch_size=32, lr=1e-2, anchor_lr_scale=0,
+                                              anchor_prob=1.0), x, y, tmp_path, progress=False)
+    assert all(torch.equal(v, model.anchors.state_dict()[k]) for k, v in anchors.items())
+    assert sum(info["samples_per_config"][:3]) == 0 and sum(info["samples_per_config"]) == 4   # stitched only
+
+
+def test_param_groups_give_stitches_lr_and_anchors_the_scaled_lr():
+    model = StitchedModel(_family())
+    recipe = StitchRecipe(lr=1e-3, anchor_lr_scale=0.1)
+    groups = param_groups(model, recipe, "joint")
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    assert len(by_param) == sum(len(g["params"]) for g in groups)        # no parameter twice
+    assert all(by_param[id(p)]["lr"] == 1e-3 for p in model.stitch_layers.parameters())
+    assert all(by_param[id(p)]["lr"] == pytest.approx(1e-4) for p in model.anchors.parameters())
+    assert len(by_param) == sum(1 for _ in model.parameters())
+    warm = {id(p) for g in param_groups(model, recipe, "warmup") for p in g["params"]}
+    assert warm == {id(p) for p in model.stitch_layers.parameters()}
+
+
+def test_training_applies_the_scaled_lr_at_every_step(tmp_path, monkeypatch):
+    """The schedule scales each group: anchors stay at lr × anchor_lr_scale of the stitches on every step."""
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def record(self, *a, **k):
+        seen.append({g["name"]: g["lr"] for g in self.param_groups})
+        return step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    model = StitchedModel(_family())
+    x, y = _images(96, 7), _labels(96)
+    train_stitched(model, StitchRecipe(epochs=2, warmup_epochs=1, batch_size=32, lr=1e-3, anchor_lr_scale=0.25),
+                   x, y, tmp_path, progress=False)
+    assert len(seen) == 9
+    assert all(set(s) == {"stitch.decay", "stitch.no_decay"} for s in seen[:3])
+    joint = seen[3:]
+    assert all(s["anchors.decay"] == pytest.approx(0.25 * s["stitch.decay"]) for s in joint)
+    assert max(s["stitch.decay"] for s in joint) <= 1e-3 and len({s["stitch.decay"] for s in joint}) > 1
+
+
+def test_step_configs_warmup_and_anchor_share():
+    is_anchor = [True] * 3 + [False] * 68
+    macs = [1, 5, 20] + list(range(2, 70))
+    gen = torch.Generator().manual_seed(0)
+    warm, _ = step_configs(5000, is_anchor, StitchRecipe(sampling="flops"), "warmup", gen, macs)
+    assert (warm >= 3).all()
+    ids, _ = step_configs(20000, is_anchor, StitchRecipe(anchor_prob=0.3), "joint", gen)
+    share = (ids < 3).float().mean().item()
+    assert abs(share - 0.3) < 0.02 and all(abs((ids == a).float().mean().item() - 0.1) < 0.02 for a in range(3))
+    own, buckets = step_configs(100, is_anchor, StitchRecipe(sampling="flops", anchor_prob=0), "joint", gen, macs)
+    assert sorted(i for b in buckets for i in b) == list(range(71))     # SN-Net's sampler over every config
+
+
+def test_resume_across_the_warmup_boundary(tmp_path):
+    base = StitchedModel(_family())
+    least_squares_init(base, _images(32))
+    x, y = _images(64, 7), _labels(64)
+    recipe = StitchRecipe(epochs=1, warmup_epochs=1, batch_size=32, lr=1e-3, anchor_lr_scale=0.1, anchor_prob=0.5)
+    straight = copy.deepcopy(base)
+    train_stitched(straight, recipe, x, y, tmp_path / "a", progress=False)
+    resumed = copy.deepcopy(base)
+    train_stitched(resumed, recipe, x, y, tmp_path / "b", progress=False, max_steps=2)    # stops after the warm-up
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["opt_phase"] == "warmup"
+    train_stitched(resumed, recipe, x, y, tmp_path / "b", progress=False)
+    for (n, p), (_, q) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(p, q), n
+    from edgevit.errors import UsageError
+    with pytest.raises(UsageError, match="another recipe"):
+        train_stitched(resumed, StitchRecipe(epochs=1, warmup_epochs=1, batch_size=32, lr=1e-3, anchor_lr_scale=0.2,
+                                             anchor_prob=0.5), x, y, tmp_path / "b", progress=False)
+
+
+@pytest.mark.parametrize("field, value", [("warmup_epochs", -1), ("anchor_lr_scale", float("nan")),
+                                          ("anchor_distill", 1.5), ("anchor_prob", -0.1), ("anchor_lr_scale", True)])
+def test_recipe_rejects_out_of_range_options(field, value):
+    from edgevit.stitch.train import RecipeError
+    with pytest.raises(RecipeError, match=field.replace("_", "-")):
+        StitchRecipe(**{field: value})
+
+
 # ---------------------------------------------------------------- export
 def test_export_shares_weights_and_matches_torch(tmp_path):
     from edgevit.stitch.export import export_stitched
@@ -339,6 +438,12 @@ def test_export_shares_weights_and_matches_torch(tmp_path):
     (("stitch", "--anchors", "vit-tiny,vit-small", "--train-data", "imagenet", "--out", "x"), "unknown data spec"),
     (("stitch", "select", "/nonexistent/stitch", "--max-macs", "20M"), "not an artifact directory"),
     (("stitch", "--anchors", "vit-tiny,vit-small", "--device", "tpu", "--out", "x"), "--device 'tpu'"),
+    (("stitch", "--anchors", "vit-tiny,vit-small", "--warmup-epochs", "-1", "--out", "x"), "--warmup-epochs"),
+    (("stitch", "--anchors", "vit-tiny,vit-small", "--anchor-lr-scale", "-0.5", "--out", "x"), "--anchor-lr-scale"),
+    (("stitch", "--anchors", "vit-tiny,vit-small", "--anchor-lr-scale", "nan", "--out", "x"), "anchor-lr-scale"),
+    (("stitch", "--anchors", "vit-tiny,vit-small", "--anchor-distill", "1.5", "--out", "x"), "--anchor-distill"),
+    (("stitch", "--anchors", "vit-tiny,vit-small", "--anchor-prob", "lots", "--out", "x"), "--anchor-prob"),
+    (("stitch", "--anchors", "vit-tiny,vit-small", "--epochs", "-2", "--out", "x"), "--epochs"),
     pytest.param(("stitch", "--anchors", "vit-tiny,vit-small", "--device", "cuda", "--out", "x"), "sees no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
 ])
@@ -347,6 +452,29 @@ def test_cli_rejects_bad_input_with_one_line(cli_runner, args, message):
     result = cli_runner.invoke(cli, list(args))
     assert result.exit_code == 2 and message in result.output
     assert len([ln for ln in result.output.splitlines() if ln.strip()]) == 1
+
+
+def test_cli_defaults_are_the_recipe_defaults():
+    """`edgevit stitch`'s schedule flags default to StitchRecipe's, so the CLI, the pipeline and the library agree."""
+    import dataclasses
+    from edgevit.commands.stitch import stitch_cmd
+    defaults = {f.name: f.default for f in dataclasses.fields(StitchRecipe)}
+    flags = {p.name: p.default for p in stitch_cmd.params}
+    for name in ("epochs", "batch_size", "lr", "sampling", "distill", "seed", "warmup_epochs", "anchor_lr_scale",
+                 "anchor_distill", "anchor_prob"):
+        assert flags[name] == defaults[name], name
+
+
+def test_schedule_flags_are_pipeline_recipe_keys_checked_up_front(cli_runner, tmp_path):
+    import yaml
+    from edgevit.cli import cli
+    from edgevit.pipeline.recipe import stage_keys
+    assert {"warmup-epochs", "anchor-lr-scale", "anchor-distill", "anchor-prob"} <= set(stage_keys("stitch"))
+    doc = {"model": "vit-tiny", "stages": [{"stitch": {"anchors": "vit-tiny,vit-small", "anchor-prob": 2}}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(doc))
+    res = cli_runner.invoke(cli, ["pipeline", str(tmp_path / "r.yaml"), "--check"])
+    assert res.exit_code == 2 and "stitch.anchor-prob" in res.output
+    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
 
 
 def test_cli_select_reads_the_manifest(cli_runner, tmp_path):

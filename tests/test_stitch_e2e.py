@@ -22,6 +22,8 @@ def test_stitch_cli_end_to_end(cli_runner, tmp_path):
     assert (out / "pareto.png").stat().st_size > 1000 and (out / "configs.md").exists()
     assert manifest["metrics"]["onnx_vs_anchors"] < 1.1
     assert manifest["metrics"]["train"]["device"] == "cpu"
+    train = manifest["metrics"]["train"]                             # the default schedule: warm-up, then joint
+    assert [h["phase"] for h in train["history"]] == ["warmup", "joint"] and train["recipe"]["anchor_lr_scale"] > 0
     anchors = [c for c in configs if c["is_anchor"]]
     assert anchors[0]["macs"] < anchors[1]["macs"] and all(c["file"] for c in anchors)
     # the same command again refuses to overwrite

@@ -10,28 +10,58 @@ from edgevit.commands.common import console, print_table
 from edgevit.errors import UsageError
 
 
+class _OneLineBadParameter(click.BadParameter):
+    """click's bad-value error printed as edgevit's one line (click's own adds the usage and a hint)."""
+
+    def show(self, file=None) -> None:
+        click.secho(f"error: {self.format_message()}", fg="red", err=True)
+
+
+class _Float(click.FloatRange):
+    """A range-checked float whose bad values (and non-numbers) fail in one line, here and as recipe keys."""
+
+    def fail(self, message, param=None, ctx=None):
+        raise _OneLineBadParameter(message, ctx=ctx, param=param)
+
+
+class _Int(click.IntRange):
+    """A range-checked int that fails in one line, as `_Float`."""
+
+    def fail(self, message, param=None, ctx=None):
+        raise _OneLineBadParameter(message, ctx=ctx, param=param)
+
+
 @click.group("stitch", invoke_without_command=True)
 @click.option("--anchors", default=None, help="Comma-separated anchors of equal depth, e.g. vit-tiny,vit-small,vit-base "
               "(bundled names or timm:<arch> with --weights).")
 @click.option("--weights", default=None, help="Comma-separated state dicts, one per anchor (for timm/user anchors).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Artifact directory to create.")
-@click.option("--epochs", type=click.IntRange(0), default=3, show_default=True, help="Joint training epochs (0: LS init only).")
-@click.option("--kernel", type=click.IntRange(1), default=2, show_default=True, help="Paired-stitching window (blocks).")
-@click.option("--stride", type=click.IntRange(1), default=1, show_default=True, help="Paired-stitching stride.")
+@click.option("--epochs", type=_Int(0), default=3, show_default=True, help="Joint training epochs (0, with --warmup-epochs 0: LS init only).")
+@click.option("--kernel", type=_Int(1), default=2, show_default=True, help="Paired-stitching window (blocks).")
+@click.option("--stride", type=_Int(1), default=1, show_default=True, help="Paired-stitching stride.")
 @click.option("--two-way", is_flag=True, help="SN-Netv2 two-way stitching (large→small, s→l→s, l→s→l).")
-@click.option("--lora-rank", type=click.IntRange(0), default=0, show_default=True, help="SN-Netv2 LoRA stitching layers of this rank (0: full).")
+@click.option("--lora-rank", type=_Int(0), default=0, show_default=True, help="SN-Netv2 LoRA stitching layers of this rank (0: full).")
 @click.option("--sampling", type=click.Choice(["uniform", "flops"]), default="uniform", show_default=True,
               help="Config sampling per step: uniform (v1) or FLOPs-grouped (v2).")
-@click.option("--distill", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--distill", type=_Float(0, 1), default=0.0, show_default=True,
               help="Weight of distillation from the largest anchor (0: off).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--lr", type=_Float(0, min_open=True), default=2e-3, show_default=True,
+              help="Learning rate of the stitching layers (the anchors get lr × --anchor-lr-scale).")
+@click.option("--warmup-epochs", type=_Int(0), default=1, show_default=True,
+              help="Stitch-only epochs before the joint ones: anchors frozen, stitched configurations only.")
+@click.option("--anchor-lr-scale", type=_Float(0), default=0.025, show_default=True,
+              help="Anchors' learning rate as a fraction of --lr in the joint phase (0: anchors stay frozen).")
+@click.option("--anchor-distill", type=_Float(0, 1), default=1.0, show_default=True,
+              help="On an anchor's steps, weight of distillation from that anchor's original logits (0: off).")
+@click.option("--anchor-prob", type=_Float(0, 1), default=0.25, show_default=True,
+              help="Share of joint steps that train an anchor (0: the sampler's own share, 3 in 71 for 3 ViTs).")
+@click.option("--batch-size", type=_Int(1), default=128, show_default=True)
 @click.option("--train-data", default="fashion-mnist:20000", show_default=True, help="Training subset (train split).")
 @click.option("--eval-data", default="fashion-mnist", show_default=True, help="Labelled data for every config's top-1.")
-@click.option("--calib-images", type=click.IntRange(1), default=100, show_default=True, help="Images for the LS init.")
+@click.option("--calib-images", type=_Int(1), default=100, show_default=True, help="Images for the LS init.")
 @click.option("--keep-graphs", type=click.Choice(["frontier", "all"]), default="frontier", show_default=True,
               help="ONNX graphs kept in the artifact (all configs are exported, checked and timed).")
-@click.option("--latency-iters", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--latency-iters", type=_Int(1), default=50, show_default=True)
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None, help="Resume folder (default next to --out).")
 @click.option("--device", default="auto", show_default=True,
               help="Training device: auto (cuda if available, else cpu), cpu or cuda[:N]; evaluation stays on the CPU.")
@@ -39,13 +69,15 @@ from edgevit.errors import UsageError
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.pass_context
 def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, lora_rank, sampling, distill, lr,
-               batch_size, train_data, eval_data, calib_images, keep_graphs, latency_iters, work_dir, device, seed, overwrite):
+               warmup_epochs, anchor_lr_scale, anchor_distill, anchor_prob, batch_size, train_data, eval_data,
+               calib_images, keep_graphs, latency_iters, work_dir, device, seed, overwrite):
     """Stitch a family of anchors (SN-Net / SN-Netv2): LS-initialised stitching layers, joint training,
     every configuration's top-1, MACs and ORT latency, the Pareto frontier, one shared-weight artifact.
 
     \b
     Examples:
       edgevit stitch --anchors vit-tiny,vit-small,vit-base --epochs 3 --out out/stitch
+      edgevit stitch --anchors vit-tiny,vit-small --warmup-epochs 2 --anchor-lr-scale 0 --out out/frozen-anchors
       edgevit stitch --anchors vit-tiny,vit-small --two-way --sampling flops --lora-rank 8 --out out/sn2
       edgevit stitch --anchors vit-tiny,vit-small,vit-base --device cuda --out out/stitch-gpu
       edgevit stitch select out/stitch --max-macs 20M
@@ -53,18 +85,17 @@ def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, lora
     if ctx.invoked_subcommand is not None:
         return
     from edgevit.stitch.pipeline import StitchJob, run_stitch
-    from edgevit.stitch.train import StitchRecipe
     from runtimes.artifact import check_destination
     from runtimes.errors import RuntimeArtifactError
     if not anchors or not out:
         raise UsageError("give --anchors a,b[,c] and --out DIR, e.g. --anchors vit-tiny,vit-small,vit-base --out out/stitch")
+    recipe = recipe_from_options({k.replace("_", "-"): v for k, v in ctx.params.items()})
     names, wlist, _ = check_job(anchors, weights, train_data, eval_data)
     device = check_device(device)
     try:
         check_destination(out, overwrite)
     except RuntimeArtifactError as e:
         raise UsageError(str(e)) from e
-    recipe = StitchRecipe(epochs=epochs, batch_size=batch_size, lr=lr, sampling=sampling, distill=distill, seed=seed)
     job = StitchJob(names, Path(out), recipe, kernel, stride, two_way, lora_rank, train_data, eval_data, calib_images,
                     Path(work_dir) if work_dir else None, latency_iters, wlist, device)
     manifest = run_stitch(job, keep_graphs=keep_graphs)
@@ -96,6 +127,18 @@ def check_job(anchors: str, weights: str | None, train_data: str, eval_data: str
     return names, wlist, len(modules[0].blocks)
 
 
+def recipe_from_options(options: dict):
+    """The training recipe from `edgevit stitch`'s options (recipe-key spelling: `anchor-lr-scale`),
+    or a one-line UsageError naming the flag; shared by the CLI and the pipeline's stitch stage."""
+    from edgevit.stitch.train import RecipeError, StitchRecipe
+    keys = ("epochs", "batch-size", "lr", "sampling", "distill", "seed", "warmup-epochs", "anchor-lr-scale",
+            "anchor-distill", "anchor-prob")
+    try:
+        return StitchRecipe(**{k.replace("-", "_"): options[k] for k in keys if k in options})
+    except RecipeError as e:
+        raise UsageError(f"--{e}") from None
+
+
 def check_device(name: str) -> str:
     """`--device` resolved (auto → cuda or cpu) or a one-line UsageError."""
     from edgevit.stitch.train import DeviceError, resolve_device
@@ -115,7 +158,7 @@ def _print_front(manifest: dict) -> None:
 @stitch_cmd.command("select")
 @click.argument("artifact", type=click.Path())
 @click.option("--max-macs", default=None, help="MACs budget per image, e.g. 20M, 1.5G.")
-@click.option("--max-latency-ms", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--max-latency-ms", type=_Float(0, min_open=True), default=None,
               help="Latency budget (ms, ORT 1 thread, batch 1, as measured at export).")
 @click.option("--json", "as_json", is_flag=True, help="Print the chosen configuration as JSON.")
 def select_cmd(artifact, max_macs, max_latency_ms, as_json):

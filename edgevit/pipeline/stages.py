@@ -280,11 +280,11 @@ def run_stitch(state: State, options: dict, ctx: Context) -> State:
     from edgevit.stitch.model import ConfigNet
     from edgevit.stitch.pipeline import StitchJob, load_stitched
     from edgevit.stitch.pipeline import run_stitch as stitch
-    from edgevit.stitch.train import StitchRecipe, resolve_device
+    from edgevit.commands.stitch import recipe_from_options
+    from edgevit.stitch.train import resolve_device
     names = [a.strip() for a in options["anchors"].split(",") if a.strip()]
     weights = [w.strip() or None for w in options["weights"].split(",")] if options.get("weights") else None
-    recipe = StitchRecipe(epochs=options["epochs"], batch_size=options["batch-size"], lr=options["lr"],
-                          sampling=options["sampling"], distill=options["distill"], seed=options["seed"])
+    recipe = recipe_from_options(options)
     out = ctx.stage_dir / "stitch"
     work = _work_dir(options, ctx)
     device = resolve_device(options["device"])

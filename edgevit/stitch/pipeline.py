@@ -93,7 +93,7 @@ def run_stitch(job: StitchJob, progress: bool = True, keep_graphs: str = "fronti
     ls_err = least_squares_init(model, x_cal)
     macs = config_macs(model, meta.input_shape)
     train_info = {}
-    if job.recipe.epochs > 0:
+    if job.recipe.epochs + job.recipe.warmup_epochs > 0:
         x_tr, y_tr = load_data(job.train_data, meta.preprocess, split="train", seed=job.recipe.seed)
         work = job.work_dir or job.out.parent / f".{job.out.name}.work"
         train_info = train_stitched(model, job.recipe, x_tr, y_tr, Path(work), macs=macs, progress=progress,

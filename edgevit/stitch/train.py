@@ -5,6 +5,15 @@ a bucket drawn uniformly, then a configuration inside it) so that the many mid-s
 starve the anchors and the extremes. Seeded, resumable from `work_dir/last.pt`, bf16 autocast, on the
 CPU or a CUDA device (`resolve_device`); the random stream stays on the CPU so a seed means the same
 batches and configurations on every device.
+
+A short schedule (minutes, not SN-Net's 100 epochs) needs help, and every piece is a recipe option:
+- warm-up (`warmup_epochs`): first train only the stitching layers on stitched configurations, anchors
+  frozen (bit-identical), so the joint phase starts from stitches that already work;
+- `anchor_lr_scale`: the anchors are trained, the stitching layers are not — the anchors get lr × scale;
+- `anchor_distill`: an anchor step distils toward that anchor's frozen original logits, so the shared
+  weights the stitched routes pull on do not drift;
+- `anchor_prob`: each joint step trains an anchor with this probability (else a stitched configuration),
+  instead of the anchors' 3-in-71 share under uniform sampling.
 """
 from __future__ import annotations
 
@@ -24,6 +33,10 @@ from edgevit.stitch.model import StitchedModel
 
 class DeviceError(ValueError):
     """A training device that this torch build cannot use."""
+
+
+class RecipeError(ValueError):
+    """A stitch training option out of its range."""
 
 
 def resolve_device(name: str) -> str:
@@ -47,11 +60,11 @@ def resolve_device(name: str) -> str:
 
 @dataclass
 class StitchRecipe:
-    epochs: int = 3
+    epochs: int = 3                 # joint epochs (anchors + stitching layers)
     batch_size: int = 128
-    lr: float = 2e-4                # fine-tuning rate: the anchors are already trained
+    lr: float = 2e-3                # the stitching layers' rate; the anchors get lr × anchor_lr_scale
     weight_decay: float = 0.05
-    warmup_frac: float = 0.05
+    warmup_frac: float = 0.05       # linear lr warm-up, as a fraction of each phase's steps
     label_smoothing: float = 0.1
     shift: int = 2
     hflip: bool = True
@@ -61,6 +74,23 @@ class StitchRecipe:
     temperature: float = 1.0
     bf16: bool = True
     seed: int = 0
+    warmup_epochs: int = 1          # stitch-only epochs before the joint ones (anchors frozen)
+    anchor_lr_scale: float = 0.025  # anchors' lr relative to `lr` in the joint phase (0: anchors frozen)
+    anchor_distill: float = 1.0     # weight of KL to an anchor's own original logits on its steps
+    anchor_prob: float = 0.25       # joint steps that train an anchor (0: the sampler's own share)
+
+    def __post_init__(self):
+        for name, lo, hi in (("warmup_epochs", 0, None), ("anchor_lr_scale", 0.0, None), ("distill", 0.0, 1.0),
+                             ("anchor_distill", 0.0, 1.0), ("anchor_prob", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo \
+                    or (hi is not None and v > hi):
+                span = f"in [{lo}, {hi}]" if hi is not None else f"≥ {lo}"
+                raise RecipeError(f"{name.replace('_', '-')} must be {span}, got {v!r}")
+
+
+# options added after the first checkpoints: their values in a checkpoint written before them
+_LEGACY = {"warmup_epochs": 0, "anchor_lr_scale": 1.0, "anchor_distill": 0.0, "anchor_prob": 0.0}
 
 
 def flops_groups(macs: list[int], groups: int) -> list[list[int]]:
@@ -91,76 +121,152 @@ def sample_configs(n_steps: int, num_configs: int, gen: torch.Generator,
     return table[bucket, within]
 
 
+def step_configs(n_steps: int, is_anchor: list[bool], recipe: StitchRecipe, phase: str, gen: torch.Generator,
+                 macs: list[int] | None = None) -> tuple[torch.Tensor, list[list[int]] | None]:
+    """(config id per step, the FLOPs buckets used). While the anchors are frozen (warm-up, or
+    anchor_lr_scale 0) only stitched configurations are drawn; a joint phase with anchor_prob > 0 draws an
+    anchor with that probability, else a stitched one; otherwise the sampler runs over every configuration
+    (SN-Net's own scheme)."""
+    anchors = [i for i, a in enumerate(is_anchor) if a]
+    anchors_train = phase == "joint" and recipe.anchor_lr_scale > 0
+    own_share = anchors_train and recipe.anchor_prob == 0
+    pool = list(range(len(is_anchor))) if own_share else [i for i, a in enumerate(is_anchor) if not a]
+    buckets = None
+    if recipe.sampling == "flops":
+        if macs is None:
+            raise RecipeError("flops sampling needs every configuration's MACs")
+        buckets = flops_groups([macs[i] for i in pool], recipe.flops_groups)
+    ids = torch.tensor(pool)[sample_configs(n_steps, len(pool), gen, buckets)]
+    if anchors_train and recipe.anchor_prob > 0:
+        pick = torch.rand(n_steps, generator=gen) < recipe.anchor_prob
+        ids = torch.where(pick, torch.tensor(anchors)[torch.randint(0, len(anchors), (n_steps,), generator=gen)], ids)
+    return ids, None if buckets is None else [[pool[i] for i in b] for b in buckets]
+
+
+def param_groups(model: StitchedModel, recipe: StitchRecipe, phase: str) -> list[dict]:
+    """AdamW groups: stitching layers at `lr`; the anchors (joint phase, scale > 0) at lr × anchor_lr_scale.
+    Each group carries `lr_scale`, which the schedule multiplies; no decay on biases, norms and tokens."""
+    def split(named):
+        named = [(n, p) for n, p in named if p.requires_grad]
+        decay = [p for n, p in named if p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n]
+        keep = [p for n, p in named if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
+        return decay, keep
+
+    parts = [("stitch", 1.0, model.stitch_layers.named_parameters())]
+    if phase == "joint" and recipe.anchor_lr_scale > 0:
+        parts.append(("anchors", recipe.anchor_lr_scale, model.anchors.named_parameters()))
+    groups = []
+    for name, scale, named in parts:
+        decay, keep = split(named)
+        groups += [{"params": decay, "weight_decay": recipe.weight_decay, "lr": recipe.lr * scale,
+                    "lr_scale": scale, "name": f"{name}.decay"},
+                   {"params": keep, "weight_decay": 0.0, "lr": recipe.lr * scale, "lr_scale": scale,
+                    "name": f"{name}.no_decay"}]
+    return [g for g in groups if g["params"]]
+
+
+def _phase(epoch: int, recipe: StitchRecipe) -> str:
+    return "warmup" if epoch < recipe.warmup_epochs else "joint"
+
+
+def _freeze_anchors(model: StitchedModel, frozen: bool, trainable: dict[str, bool]) -> None:
+    """Frozen: no anchor weight takes a gradient (so autograd skips the front segment and the anchors'
+    weight grads); unfrozen: back to each parameter's own flag."""
+    for n, p in model.anchors.named_parameters():
+        p.requires_grad_(trainable[n] and not frozen)
+
+
 def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, y: torch.Tensor,
                    work_dir: Path, macs: list[int] | None = None, progress: bool = True,
                    max_steps: int | None = None, device: str = "cpu") -> dict:
-    """Train `model` in place on preprocessed (x, y) on `device` (a resolved name, see `resolve_device`);
-    `macs` per config is needed for flops sampling. The model is back on the CPU when this returns."""
+    """Train `model` in place on preprocessed (x, y) on `device` (a resolved name, see `resolve_device`):
+    `recipe.warmup_epochs` stitch-only epochs, then `recipe.epochs` joint ones, each phase with its own
+    cosine schedule. `macs` per config is needed for flops sampling. The model is back on the CPU."""
     from edgevit.errors import UsageError
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
-    buckets = flops_groups(macs, recipe.flops_groups) if recipe.sampling == "flops" else None
     model.to(device)
     x, y = x.to(device), y.to(device)
-    teacher = None
-    if recipe.distill > 0:
-        teacher = copy.deepcopy(model.anchors[-1]).eval().requires_grad_(False)
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in params if p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n]
-    no_decay = [p for n, p in params if not (p.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    is_anchor = [c.is_anchor for c in model.configs]
+    n_anchors = sum(is_anchor)
+    # frozen copies of the original anchors, taken before any checkpoint is loaded (teachers stay the originals)
+    teachers: list[torch.nn.Module | None] = [None] * n_anchors
+    for a in range(n_anchors):
+        if recipe.anchor_distill > 0 or (recipe.distill > 0 and a == n_anchors - 1):
+            teachers[a] = copy.deepcopy(model.anchors[a]).eval().requires_grad_(False)
+    trainable = {n: p.requires_grad for n, p in model.anchors.named_parameters()}
     steps_per_epoch = math.ceil(len(x) / recipe.batch_size)
-    total = recipe.epochs * steps_per_epoch
-    warmup = int(recipe.warmup_frac * total)
-    start_epoch, history = 0, []
+    n_epochs = recipe.warmup_epochs + recipe.epochs
+    start_epoch, history, saved_opt = 0, [], None
     ckpt = work_dir / "last.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False, map_location="cpu")
-        if state.get("recipe", asdict(recipe)) != asdict(recipe):
+        if {**_LEGACY, **state.get("recipe", asdict(recipe))} != asdict(recipe):
             raise UsageError(f"{work_dir} holds a stitch run with another recipe; delete it or pass another --work-dir")
-        model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+        model.load_state_dict(state["model"])
         gen.set_state(state["gen"]); start_epoch, history = state["epoch"], state["history"]
+        saved_opt = (state.get("opt_phase", "joint"), state["opt"])
     counts = torch.zeros(model.num_configs, dtype=torch.long)
     t0 = time.time()
     step_budget = max_steps
-    for epoch in range(start_epoch, recipe.epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        cfg_ids = sample_configs(steps_per_epoch, model.num_configs, gen, buckets)
-        n_steps = steps_per_epoch if step_budget is None else min(steps_per_epoch, step_budget)
-        bar = tqdm(range(n_steps), desc=f"stitch epoch {epoch + 1}/{recipe.epochs}", disable=not progress)
-        for i in bar:
-            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size].to(device)
-            xb = augment(x[idx], recipe.shift, recipe.hflip, gen)
-            cid = int(cfg_ids[i])
-            counts[cid] += 1
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(epoch * steps_per_epoch + i, total, warmup, recipe.lr)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=recipe.bf16):
-                logits = model.run(xb, model.configs[cid])
-                loss = F.cross_entropy(logits, y[idx], label_smoothing=recipe.label_smoothing)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(xb)
-                    t = recipe.temperature
-                    kd = F.kl_div(F.log_softmax(logits.float() / t, -1), F.log_softmax(t_logits.float() / t, -1),
-                                  log_target=True, reduction="batchmean") * t * t
-                    loss = (1 - recipe.distill) * loss + recipe.distill * kd
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
-            opt.step()
-            if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", cfg=cid)
-        if step_budget is not None:
-            step_budget -= n_steps
-        history.append({"epoch": epoch + 1, "steps": n_steps, "elapsed_s": round(time.time() - t0, 1)})
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                    "epoch": epoch + 1, "history": history, "recipe": asdict(recipe)}, ckpt)
-        if step_budget is not None and step_budget <= 0:
-            break
-    model.cpu().eval()
+    opt, opt_phase, buckets = None, None, None
+    try:
+        for epoch in range(start_epoch, n_epochs):
+            phase = _phase(epoch, recipe)
+            first, total = (0, recipe.warmup_epochs) if phase == "warmup" else (recipe.warmup_epochs, recipe.epochs)
+            if phase != opt_phase:
+                _freeze_anchors(model, phase == "warmup" or recipe.anchor_lr_scale == 0, trainable)
+                opt = torch.optim.AdamW(param_groups(model, recipe, phase), lr=recipe.lr)
+                if saved_opt is not None and saved_opt[0] == phase:
+                    opt.load_state_dict(saved_opt[1])
+                opt_phase, saved_opt = phase, None
+            params = [p for g in opt.param_groups for p in g["params"]]
+            model.train()
+            perm = torch.randperm(len(x), generator=gen)
+            cfg_ids, buckets = step_configs(steps_per_epoch, is_anchor, recipe, phase, gen, macs)
+            n_steps = steps_per_epoch if step_budget is None else min(steps_per_epoch, step_budget)
+            phase_steps, warm = total * steps_per_epoch, int(recipe.warmup_frac * total * steps_per_epoch)
+            bar = tqdm(range(n_steps), desc=f"stitch {phase} epoch {epoch - first + 1}/{total}", disable=not progress)
+            for i in bar:
+                idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size].to(device)
+                xb = augment(x[idx], recipe.shift, recipe.hflip, gen)
+                cid = int(cfg_ids[i])
+                counts[cid] += 1
+                lr = _lr_at((epoch - first) * steps_per_epoch + i, phase_steps, warm, recipe.lr)
+                for g in opt.param_groups:
+                    g["lr"] = lr * g["lr_scale"]
+                cfg = model.configs[cid]
+                if cfg.is_anchor and recipe.anchor_distill > 0:
+                    teacher, weight = teachers[cfg.segments[0].anchor], recipe.anchor_distill
+                else:
+                    teacher, weight = teachers[-1], recipe.distill
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=recipe.bf16):
+                    logits = model.run(xb, cfg)
+                    loss = F.cross_entropy(logits, y[idx], label_smoothing=recipe.label_smoothing)
+                    if teacher is not None and weight > 0:
+                        with torch.no_grad():
+                            t_logits = teacher(xb)
+                        t = recipe.temperature
+                        kd = F.kl_div(F.log_softmax(logits.float() / t, -1), F.log_softmax(t_logits.float() / t, -1),
+                                      log_target=True, reduction="batchmean") * t * t
+                        loss = (1 - weight) * loss + weight * kd
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                if i % 20 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", cfg=cid)
+            if step_budget is not None:
+                step_budget -= n_steps
+            history.append({"epoch": epoch + 1, "phase": phase, "steps": n_steps,
+                            "elapsed_s": round(time.time() - t0, 1)})
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "opt_phase": phase,
+                        "gen": gen.get_state(), "epoch": epoch + 1, "history": history, "recipe": asdict(recipe)}, ckpt)
+            if step_budget is not None and step_budget <= 0:
+                break
+    finally:
+        _freeze_anchors(model, False, trainable)
+        model.cpu().eval()
     return {"recipe": asdict(recipe), "device": device, "history": history, "train_images": len(x),
             "samples_per_config": counts.tolist(), "buckets": buckets}
