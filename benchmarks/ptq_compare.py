@@ -3,12 +3,20 @@
 Every quantiser sees the same calibration images and is scored on the same evaluation images:
 - bundled vit-small and mobilenet-mini: calibration = Fashion-MNIST train subset (--calib), evaluation =
   a seeded subset of the Fashion-MNIST test set (--eval-limit), top-1 vs labels;
-- mobilenetv2 (real ImageNet weights): the 42 real photos (7 scenes × 6 views); calibration on views
-  1-3 (21 images), evaluation on views 4-6 (the other 21): top-1 agreement with FP32 and logit SQNR.
+- mobilenetv2 (real ImageNet weights): the `photos` spec, 126 real photos (7 scenes × 18 views);
+  calibration on the 63 even views, evaluation on the 63 odd ones: top-1 agreement with FP32, logit SQNR.
+edgevit runs exactly what `edgevit quantize` runs (`edgevit.commands.quantize.ptq`: default graph fixes
+— BN folding, CLE, bias correction on models with BN —, default observers); the peers get the float model.
 A peer that cannot express a precision gets a row with "n/a" and the reason.
 
     OMP_NUM_THREADS=1 python benchmarks/ptq_compare.py [--models vit-small mobilenet-mini mobilenetv2]
-        [--eval-limit 2000] [--iters 150]   # writes benchmarks/results/ptq_compare.{json,md,png}
+        [--eval-limit 2000] [--iters 400]   # writes benchmarks/results/ptq_compare.{json,md,png}
+
+Models can run as separate processes (one core each) and be joined afterwards:
+
+    python benchmarks/ptq_compare.py --models vit-small --out /tmp/pc-vit.json &
+    python benchmarks/ptq_compare.py --models mobilenetv2 --out /tmp/pc-mnv2.json & wait
+    python benchmarks/ptq_compare.py --combine /tmp/pc-vit.json /tmp/pc-mnv2.json
 """
 from __future__ import annotations
 
@@ -24,10 +32,9 @@ import numpy as np
 import torch
 
 import quant
-from edgevit.data import calibration_tensor, load_data
-from edgevit.data.photos import real_photos
+from edgevit.commands.analyze import load_sets
+from edgevit.commands.quantize import ptq
 from edgevit.models.registry import load_model
-from quant.reconstruct import ReconConfig, quantize_with_method
 
 PRECISIONS = [("int", "w8a8"), ("int", "w4a8"), ("int", "w4a6"), ("fp4", "w4a8"), ("fp4", "w4a6"), ("mxfp4", "w4a8")]
 # which (method, precision) pairs run per model: BRECQ everywhere, AdaRound where the issue's claims are
@@ -41,12 +48,13 @@ RESULTS = Path(__file__).parent / "results"
 
 # -- data and scoring ---------------------------------------------------------------------------------
 def data_for(name: str, meta, args):
+    """(calibration spec, calibration images, eval images, eval labels or None, note)."""
     if name == "mobilenetv2":
-        photos = real_photos(meta.preprocess)          # view-major: 6 blocks of 7 scenes
-        return photos[:21], photos[21:], None, "real photos: calibrate on views 1-3, evaluate on views 4-6 (21 each)"
-    calib = calibration_tensor(args.calib, meta.preprocess, seed=args.seed)
-    x, y = load_data(f"fashion-mnist:{args.eval_limit}", meta.preprocess, split="test", seed=args.seed)
-    return calib, x, y, f"Fashion-MNIST: calibrate on {args.calib} (train), evaluate on {args.eval_limit} test images"
+        cal, x, _, _ = load_sets("photos", "photos", None, meta, args.seed)
+        return "photos", cal, x, None, (f"real photos: calibrate on the {len(cal)} even views, evaluate top-1 "
+                                        f"agreement with FP32 on the {len(x)} odd views (7 scenes)")
+    cal, x, y, _ = load_sets(args.calib, "fashion-mnist", args.eval_limit, meta, args.seed)
+    return args.calib, cal, x, y, f"Fashion-MNIST: calibrate on {args.calib} (train), evaluate on {len(x)} test images"
 
 
 def logits(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
@@ -68,11 +76,13 @@ def edgevit_size(qmodel) -> int:
 
 
 # -- peers --------------------------------------------------------------------------------------------
-def run_edgevit(model, fam, bits, method, calib, cfg):
-    spec = quant.parse_spec(fam, bits)
+def run_edgevit(model, meta, fam, bits, method, calib_spec, recon: dict, seed: int):
+    """`edgevit quantize MODEL --fmt FAM --bits BITS --method METHOD` with the benchmark's reconstruction knobs."""
     t0 = time.perf_counter()
-    q, rep = quantize_with_method(model, spec, calib, method, cfg)
-    return q, time.perf_counter() - t0, {"units": len(rep.get("units", []))} if method != "rtn" else {}
+    q, _, _, info = ptq(model, meta, {"family": fam, "bits": bits, "method": method, "calib": calib_spec,
+                                      "seed": seed, "recipe": {"reconstruction": recon}})
+    units = len((info["method_report"] or {}).get("units", []))
+    return q, time.perf_counter() - t0, {"units": units} if method != "rtn" else {}
 
 
 def ort_capability(fam, bits):
@@ -140,11 +150,19 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(EDGEVIT_PLAN))
     ap.add_argument("--calib", default="fashion-mnist:256")
     ap.add_argument("--eval-limit", type=int, default=2000)
-    ap.add_argument("--iters", type=int, default=150, help="reconstruction steps per unit (CLI default: 400)")
+    ap.add_argument("--iters", type=int, default=400,
+                    help="reconstruction steps per unit (the CLI default; MobileNetV2 uses at most 100)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--combine", nargs="+", metavar="JSON", help="join earlier runs' results into --out; run nothing")
     ap.add_argument("--out", default=str(RESULTS / "ptq_compare.json"))
     args = ap.parse_args()
+    if args.combine:
+        parts = [json.loads(Path(f).read_text()) for f in args.combine]
+        info = {**parts[0], "data": {m: n for p in parts for m, n in p["data"].items()},
+                "total_s": sum(p["total_s"] for p in parts), "loadavg_end": [p["loadavg_end"] for p in parts]}
+        write(Path(args.out), [r for p in parts for r in p["results"]], {k: v for k, v in info.items() if k != "results"})
+        return
     torch.set_num_threads(1)
     import onnxruntime
     onnxruntime.set_default_logger_severity(3)
@@ -160,20 +178,19 @@ def main() -> None:
     for name in args.models:
         model, meta = load_model(name)
         model.eval()
-        calib, x, y, note = data_for(name, meta, args)
+        calib_spec, calib, x, y, note = data_for(name, meta, args)
         notes[name] = note
         ref = logits(model, x)
         fp = score(ref, ref, y)
         print(f"{name}: {note}; FP32 {fp}", flush=True)
         add(name, "fp32", "-", "fp32", "w32a32", fp, 0.0, sum(p.numel() * 4 for p in model.parameters()))
-        bs = 8 if name == "mobilenetv2" else 32
-        cfg = ReconConfig(iters=min(args.iters, 100) if name == "mobilenetv2" else args.iters,
-                          batch_size=min(bs, len(calib)), seed=args.seed,
-                          capture_batch=16 if name == "mobilenetv2" else 64)
+        recon = {"iters": min(args.iters, 100) if name == "mobilenetv2" else args.iters,
+                 "batch_size": 8 if name == "mobilenetv2" else 32,
+                 "capture_batch": 16 if name == "mobilenetv2" else 64}
         for method, precs in EDGEVIT_PLAN[name].items():
             for fam, bits in precs:
                 torch.manual_seed(args.seed)
-                q, secs, extra = run_edgevit(model, fam, bits, method, calib, cfg)
+                q, secs, extra = run_edgevit(model, meta, fam, bits, method, calib_spec, recon, args.seed)
                 add(name, "edgevit", method, fam, bits, score(logits(q, x), ref, y), secs, edgevit_size(q), extra=extra)
         if args.no_peers:
             continue
@@ -207,21 +224,25 @@ def main() -> None:
                 except Exception as e:
                     add(name, "brevitas", label, fam, bits, na=f"{type(e).__name__}: {str(e)[:160]}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta_info = {"benchmark": "ptq_compare", "data": notes, "seed": args.seed, "iters_per_unit": args.iters,
                  "iters_mobilenetv2": min(args.iters, 100), "threads": 1, "torch": torch.__version__, "machine": platform.machine(),
                  "loadavg_end": os.getloadavg(), "total_s": time.perf_counter() - t_start,
                  "note": "2-core machine shared with other jobs: wall times are inflated, accuracy/size are not"}
+    write(Path(args.out), rows, meta_info)
+
+
+def write(out: Path, rows: list[dict], meta_info: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**meta_info, "results": rows}, indent=2, default=float))
     out.with_suffix(".md").write_text(markdown(rows, meta_info))
     plot(rows, out.with_suffix(".png"))
-    print(f"wrote {out} (+ .md, .png) in {meta_info['total_s']:.0f}s")
+    print(f"wrote {out} (+ .md, .png); {meta_info['total_s']:.0f} s of benchmark time")
 
 
 def markdown(rows, info) -> str:
     lines = ["# PTQ side by side", "", *(f"- {m}: {n}" for m, n in info["data"].items()),
-             f"- reconstruction: {info['iters_per_unit']} steps per unit; 1 torch thread; {info['note']}", "",
+             f"- reconstruction: {info['iters_per_unit']} steps per unit (MobileNetV2: {info['iters_mobilenetv2']}, batch 8); "
+             f"1 torch thread; {info['note']}", "",
              "| model | tool | method | fmt | bits | top-1 % | agree % | SQNR dB | size | time s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -114,6 +114,18 @@ def test_bias_correction_reduces_mean_output_error(data):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("method, bc", [("rtn", True), ("adaround", False), ("brecq", False)])
+def test_bias_correction_follows_plain_rounding_only_by_default(method, bc):
+    """Reconstruction fits each unit's post-activation output; correcting its pre-activation means afterwards
+    adds error (MobileNetV2 W4A8), so the default turns bias correction on after RTN only. An explicit flag wins."""
+    from edgevit.commands.analyze import graph_defaults
+    cnn, mlp = small_cnn(), nn.Sequential(nn.Linear(4, 4))
+    assert graph_defaults(cnn, None, None, None, None, method=method)["bias_correction"] is bc
+    assert graph_defaults(cnn, None, None, True, None, method=method)["bias_correction"] is True
+    assert graph_defaults(mlp, None, None, None, None, method=method) == {
+        "fold_bn": False, "equalize": False, "bias_correction": False, "bn_reestimate": False}
+
+
 def test_bn_reestimation_matches_quantised_statistics(data):
     model = small_cnn()
     q = quant.quantize_model(model, quant.parse_spec("int", "w3a16"), data)

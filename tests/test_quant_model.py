@@ -152,6 +152,15 @@ def test_mse_observer_beats_minmax_on_heavy_tails():
     assert errs["mse"] < errs["minmax"]
 
 
+@pytest.mark.parametrize("fam, bits, wobs, aobs", [("int", "w8a8", "minmax", "mse"), ("int", "w4a8", "mse", "mse"),
+                                                   ("int", "w8a16", "minmax", "minmax"), ("fp4", "w4a6", "minmax", "minmax")])
+def test_observer_rule(fam, bits, wobs, aobs):
+    """Clipping search where it pays: INT weights ≤ 4 bit and static INT activations ≤ 8 bit; recipe overrides."""
+    d = quant.parse_spec(fam, bits).default
+    assert (d.weight.observer, d.act.observer) == (wobs, aobs)
+    assert quant.parse_spec(fam, bits, {"act_observer": "percentile"}).default.act.observer == "percentile"
+
+
 def test_eval_weight_cache_follows_in_place_updates(vit, x):
     q = quant.quantize_model(vit, quant.parse_spec("int", "w8a8"), x)
     lin = q.blocks[0].attn.qkv

@@ -101,7 +101,7 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
 @click.option("--equalize/--no-equalize", default=None,
               help="Cross-layer equalisation + high-bias absorption [default: with --fold-bn].")
 @click.option("--bias-correction/--no-bias-correction", default=None,
-              help="Empirical bias correction after rounding [default: on for models with BN].")
+              help="Empirical bias correction after rounding [default: on for models with BN, with --method rtn].")
 @click.option("--bn-reestimate/--no-bn-reestimate", default=None,
               help="Re-estimate BN statistics after quantisation (with --no-fold-bn; helps W4, hurts W8) [default: off].")
 @click.option("--candidates", default=None, help="--bits auto: per-layer choices, FAMILY:wNaM or float "
@@ -253,7 +253,7 @@ def ptq(fmodel, meta, opts: dict, eval_x=None, eval_y=None, plan_hook=None, prog
     with spec_errors():
         plan = quant.plan_model(fmodel, spec)
     fix_opts = ptq_fixes.graph_defaults(fmodel, *(fixes[k] for k in ("fold_bn", "equalize", "bias_correction",
-                                                                      "bn_reestimate")))
+                                                                      "bn_reestimate")), method=method)
     prepared, graph, graph_report = ptq_fixes.prepare_graph(fmodel, fix_opts, calib_x)
     auto_report = auto_files = None
     if candidates is not None:
