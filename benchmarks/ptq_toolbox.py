@@ -45,7 +45,7 @@ VARIANTS = {"none": OFF,
 
 def fixes_table(name, calib, eval_data, limit, bits_list, observers=("minmax", "mse")):
     """One row per (bits, graph fixes, activation observer), the observer set explicitly (recipe act_observer);
-    `mse` (the clipping search) is edgevit's default for static INT activations up to 8 bits."""
+    `mse` (the clipping search over a histogram of every value) is edgevit's default below 8 bits only."""
     fmodel, meta = load_model(name)
     cal, x, y, note = load_sets(calib, eval_data, limit, meta, 0)
     rows = {"data": note, "float_top1": score(fmodel, fmodel, x, y)["top1"]}
@@ -71,8 +71,8 @@ def markdown(results) -> str:
         r = results[model]
         metric = "top-1 agreement with FP32" if model == "mobilenetv2" else "top-1"
         lines += [f"## {model}: {r['data']}; float {r['float_top1']} %", "",
-                  "Default of `edgevit quantize`: fold + CLE (activation criterion) + bias correction on models with "
-                  "BN, `mse` activation observer for static INT activations.", "",
+                  "Default of `edgevit quantize` (RTN): fold + CLE (activation criterion) + bias correction on models "
+                  "with BN, `minmax` activation observer at 8 bits.", "",
                   f"| precision | graph fixes | act observer | {metric} (%) | logit SQNR (dB) |", "|---|---|---|---|---|"]
         for k, v in r.items():
             if isinstance(v, dict) and "top1" in v:

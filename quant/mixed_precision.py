@@ -25,7 +25,7 @@ from torch import nn
 
 from quant.errors import SpecError
 from quant.modules import layer_kind, quantized_layers, swap
-from quant.ptq import quantize_model
+from quant.ptq import observe, quantize_model
 from quant.quantizers import WeightQuantizer
 from quant.sensitivity import logits, only
 from quant.spec import FAMILIES, LayerConfig, parse_spec
@@ -144,9 +144,7 @@ def _local_noise(m: nn.Module, inp: torch.Tensor, out: torch.Tensor, cand: Candi
         return 0.0
     q = swap(copy.deepcopy(m), layer_kind(m), cand.config)
     if q.input_quant is not None and q.input_quant.config.granularity == "tensor":
-        q.input_quant.observing = True
-        q(inp)
-        q.input_quant.freeze()
+        observe([q.input_quant], lambda: q(inp).shape[0])
     err = (q(inp) - out).double().pow(2).sum()
     return float(err / out.double().pow(2).sum().clamp(min=1e-30))
 

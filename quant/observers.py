@@ -57,16 +57,6 @@ def fake_quant_range(x: torch.Tensor, fmt, lo: torch.Tensor, hi: torch.Tensor, s
     return (torch.round(x / scale + zp).clamp(fmt.qmin, fmt.qmax) - zp) * scale
 
 
-def histogram(x: torch.Tensor, bins: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bin centres, counts) of a 1-D sample: lets the MSE search weigh many values cheaply."""
-    lo, hi = x.min().item(), x.max().item()
-    if hi <= lo:
-        return x[:1].clone(), torch.ones(1)
-    counts = torch.histc(x, bins, lo, hi)
-    width = (hi - lo) / bins
-    return torch.linspace(lo + width / 2, hi - width / 2, bins), counts
-
-
 def mse_search(x: torch.Tensor, fmt, lo: torch.Tensor, hi: torch.Tensor, symmetric: bool,
                weight: torch.Tensor | None = None):
     """Shrink [lo, hi] by each α in MSE_CANDIDATES and keep, per row, the α with the least squared

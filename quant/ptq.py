@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -75,18 +75,16 @@ def _batches(calib) -> Iterable[torch.Tensor]:
     return (b[0] if isinstance(b, (tuple, list)) else b for b in calib)
 
 
-@torch.no_grad()
-def calibrate(qmodel: nn.Module, calib) -> int:
-    """Run calibration batches with every static activation quantiser observing, then freeze them.
-    Weights are already fake-quantised, activations pass through unquantised while observing."""
-    quantizers = [q for _, q in act_quantizers(qmodel) if q.config.granularity == "tensor"]
+def observe(quantizers: list, run: Callable[[], int]) -> int:
+    """Calibrate static activation quantisers: `run()` feeds the calibration data through the model (values
+    pass through unquantised while observing) and returns how many images it fed. Min-max needs one pass;
+    MSE/percentile observers get a second one that histograms every value over the range the first found."""
     for q in quantizers:
         q.observing = True
-    n = 0
     try:
-        for x in _batches(calib):
-            qmodel(x)
-            n += len(x)
+        n = run()
+        if any([q.start_histogram() for q in quantizers]):
+            run()
     finally:
         for q in quantizers:
             q.observing = False
@@ -95,6 +93,20 @@ def calibrate(qmodel: nn.Module, calib) -> int:
     for q in quantizers:
         q.freeze()
     return n
+
+
+@torch.no_grad()
+def calibrate(qmodel: nn.Module, calib) -> int:
+    """Run calibration batches with every static activation quantiser observing, then freeze them.
+    Weights are already fake-quantised, activations pass through unquantised while observing."""
+    quantizers = [q for _, q in act_quantizers(qmodel) if q.config.granularity == "tensor"]
+    batches = list(_batches(calib)) if quantizers else []   # a one-shot loader must feed both passes
+
+    def run() -> int:
+        for x in batches:
+            qmodel(x)
+        return sum(len(x) for x in batches)
+    return observe(quantizers, run)
 
 
 def quantize_model(model: nn.Module, spec: QuantSpec, calib_loader=None, plan: dict | None = None) -> nn.Module:

@@ -125,8 +125,7 @@ class ActQuantizer(nn.Module):
     axis) at run time; "block" is MX along `axis`. Zero points only for unsigned INT formats.
     """
 
-    SAMPLE_PER_CALL = 1 << 16
-    SAMPLE_MAX = 1 << 20
+    BINS = 2048
 
     def __init__(self, config: QConfig, axis: int = -1):
         super().__init__()
@@ -138,8 +137,7 @@ class ActQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.zeros(()) if static and self.asymmetric else None)
         self.observing = False
         self._lo = self._hi = None
-        self._samples: list[torch.Tensor] = []
-        self._gen = torch.Generator().manual_seed(0)
+        self._counts: torch.Tensor | None = None   # second calibration pass: histogram over [_lo, _hi]
 
     @property
     def asymmetric(self) -> bool:
@@ -162,15 +160,47 @@ class ActQuantizer(nn.Module):
             return (q - self.zero_point) * self.scale
         return self.fmt.round(x / self.scale) * self.scale
 
+    @property
+    def needs_histogram(self) -> bool:
+        """MSE and percentile observers search a histogram of *every* calibration value; it is filled in a
+        second pass over the range the first found, so the result is exact and independent of batching."""
+        return self.config.granularity == "tensor" and self.config.observer != "minmax"
+
+    def start_histogram(self) -> bool:
+        """Switch observing to histogram counting over the observed range; False if there is nothing to count."""
+        if not self.needs_histogram or self._lo is None or not bool(self._hi > self._lo):
+            return False
+        self._counts = torch.zeros(self.BINS, dtype=torch.float64)
+        return True
+
     def _observe(self, x: torch.Tensor) -> None:
         flat = x.float().reshape(-1)
+        if self._counts is not None:
+            self._counts += torch.histc(flat, self.BINS, float(self._lo), float(self._hi)).double()
+            return
         lo, hi = flat.min(), flat.max()
         self._lo = lo if self._lo is None else torch.minimum(self._lo, lo)
         self._hi = hi if self._hi is None else torch.maximum(self._hi, hi)
-        if self.config.observer != "minmax":
-            if flat.numel() > self.SAMPLE_PER_CALL:
-                flat = flat[torch.randint(flat.numel(), (self.SAMPLE_PER_CALL,), generator=self._gen)]
-            self._samples.append(flat)
+
+    def _histogram_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lo, hi) chosen by the percentile or MSE observer from the histogram of the second pass."""
+        edge, width = float(self._lo), float(self._hi - self._lo) / self.BINS
+        centres = edge + width * (torch.arange(self.BINS, dtype=torch.float32) + 0.5)
+        counts = self._counts.float()
+        if self.config.observer == "percentile":   # tails cut at (100 − p) % and p % of all values
+            cum = counts.cumsum(0) / counts.sum()
+            p = self.config.percentile / 100.0
+            lo = torch.tensor([edge + width * float(torch.searchsorted(cum, torch.tensor(1.0 - p)))])
+            hi = torch.tensor([edge + width * (float(torch.searchsorted(cum, torch.tensor(p))) + 1)])
+            lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+            if not self.asymmetric:
+                hi = torch.maximum(-lo, hi)
+            return lo, hi
+        lo, hi = self._lo.clamp(max=0).view(1), self._hi.clamp(min=0).view(1)
+        if not self.asymmetric:
+            hi = torch.maximum(-lo, hi)
+            lo = -hi
+        return observers.mse_search(centres.view(1, -1), self.fmt, lo, hi, not self.asymmetric, counts.view(1, -1))
 
     @torch.no_grad()
     def freeze(self) -> None:
@@ -178,37 +208,21 @@ class ActQuantizer(nn.Module):
         self.observing = False
         if self.config.granularity != "tensor" or self._lo is None:
             return
-        if self.config.observer == "minmax":
+        if self._counts is not None and self._counts.sum() > 0:
+            lo, hi = self._histogram_range()
+        else:   # min-max (also an MSE/percentile observer whose range is a single value)
             lo, hi = self._lo.view(1), self._hi.view(1)
             if self.asymmetric:
                 lo, hi = lo.clamp(max=0), hi.clamp(min=0)
             else:
                 hi = torch.maximum(-lo, hi)
-        else:
-            sample = torch.cat([*self._samples, self._lo.view(1), self._hi.view(1)])
-            if sample.numel() > self.SAMPLE_MAX:
-                sample = sample[torch.randperm(sample.numel(), generator=self._gen)[: self.SAMPLE_MAX]]
-            if self.config.observer == "percentile":
-                if self.asymmetric:
-                    lo, hi = observers.minmax(sample.view(1, -1), "percentile", self.config.percentile)
-                else:
-                    hi = observers.absmax(sample.view(1, -1), "percentile", self.config.percentile)
-            else:   # MSE search over a histogram of the sample (all values weigh in, cost ∝ bins)
-                centres, counts = observers.histogram(sample)
-                lo = self._lo.clamp(max=0).view(1)
-                hi = self._hi.clamp(min=0).view(1)
-                if not self.asymmetric:
-                    hi = torch.maximum(-lo, hi)
-                    lo = -hi
-                lo, hi = observers.mse_search(centres.view(1, -1), self.fmt, lo, hi, not self.asymmetric,
-                                              counts.view(1, -1))
         if self.asymmetric:
             scale = ((hi - lo) / (self.fmt.qmax - self.fmt.qmin)).clamp(min=1e-12)
             self.scale.copy_(scale[0])
             self.zero_point.copy_((torch.round(-lo / scale) + self.fmt.qmin)[0])
         else:
             self.scale.copy_((hi / self.fmt.max).clamp(min=1e-12)[0])
-        self._samples, self._lo, self._hi = [], None, None
+        self._counts, self._lo, self._hi = None, None, None
 
     # -- dynamic -----------------------------------------------------------------------------
     def _per_token(self, x: torch.Tensor) -> torch.Tensor:
