@@ -10,6 +10,8 @@ Each keeps its float parameters and state-dict keys and gains descriptors export
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,12 +31,23 @@ class _CachedWeight:
             return self.weight
         if self.training or wq.rounding is not None or (torch.is_grad_enabled() and self.weight.requires_grad):
             return wq.quantize(self.weight)
-        key = (self.weight._version, self.weight.data_ptr(), wq.scale._version, wq.scale.data_ptr())
-        if getattr(self, "_wq_key", None) != key:
+        # keyed on the tensors themselves (weak references: a data_ptr alone can be reused by a new tensor once
+        # the old one is freed, and a deepcopy carries the old key along), their storage (`.data = ...`) and
+        # their in-place versions
+        state = (self.weight._version, self.weight.data_ptr(), wq.scale._version, wq.scale.data_ptr())
+        key = getattr(self, "_wq_key", None)
+        if key is None or key[0]() is not self.weight or key[1]() is not wq.scale or key[2] != state:
             with torch.no_grad():
                 self._wq_cache = wq.quantize(self.weight)
-            self._wq_key = key
+            self._wq_key = (weakref.ref(self.weight), weakref.ref(wq.scale), state)
         return self._wq_cache
+
+    def __getstate__(self):
+        """Pickling (torch.save of a whole model) drops the cache: weak references cannot be pickled."""
+        state = dict(super().__getstate__())
+        state.pop("_wq_key", None)
+        state.pop("_wq_cache", None)
+        return state
 
     def _init_quant(self, cfg: LayerConfig, act_axis: int) -> None:
         self.weight_quant = WeightQuantizer(cfg.weight, tuple(self.weight.shape)).fit(self.weight) if cfg.weight else None

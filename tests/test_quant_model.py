@@ -176,6 +176,18 @@ def test_histogram_observers_do_not_depend_on_batching(vit, x, observer):
     assert (scales[0] <= mm * (1 + 1e-6)).all() and (scales[0] < mm).any()   # clipping, never widening
 
 
+def test_eval_weight_cache_is_not_inherited_by_a_copy(vit, x):
+    """A deepcopy carries the cached tensor and its key along; the copy must not trust them for new weights."""
+    import copy
+    q = quant.quantize_model(vit, quant.parse_spec("int", "w8a8"), x)
+    lin = q.blocks[0].mlp.fc1
+    with torch.no_grad():
+        lin.qweight()
+        twin = copy.deepcopy(lin)
+        twin.weight = torch.nn.Parameter(twin.weight * 0.5)   # a new tensor, version 0, maybe a reused address
+        assert torch.equal(twin.qweight(), twin.weight_quant.quantize(twin.weight))
+
+
 def test_eval_weight_cache_follows_in_place_updates(vit, x):
     q = quant.quantize_model(vit, quant.parse_spec("int", "w8a8"), x)
     lin = q.blocks[0].attn.qkv
