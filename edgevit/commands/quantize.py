@@ -222,13 +222,13 @@ FIX_KEYS = ("fold_bn", "equalize", "bias_correction", "bn_reestimate", "candidat
             "max_drop", "sensitivity")
 
 
-def ptq(fmodel, meta, opts: dict, eval_x=None, eval_y=None, plan_hook=None, progress=None):
+def ptq(fmodel, meta, opts: dict, eval_x=None, eval_y=None, progress=None):
     """`edgevit quantize`'s PTQ from its parameters by name (family, bits, method, backend, calib, recipe
     — a path or a dict —, keep_float, seed and FIX_KEYS): validate, prepare the graph, optional --bits auto
     (needs eval_x/eval_y), quantise, post-fixes. Returns (qmodel, prepared float model, spec, info).
 
     Why here: `edgevit pipeline` re-applies exactly this after split/rewrite/stitch, so the CLI and the
-    pipeline must not drift; `plan_hook(prepared, plan) -> plan` lets a caller adjust per-layer configs.
+    pipeline must not drift.
     """
     import quant
     from edgevit.commands import analyze as ptq_fixes
@@ -262,8 +262,6 @@ def ptq(fmodel, meta, opts: dict, eval_x=None, eval_y=None, plan_hook=None, prog
         with spec_errors():
             spec, plan, auto_report, auto_files = ptq_fixes.run_auto(prepared, spec, candidates, budget, calib_x,
                                                                      eval_x, eval_y, fixes["sensitivity"], seed)
-    if plan_hook is not None:
-        plan = plan_hook(prepared, plan)
     torch.manual_seed(seed)
     with spec_errors():
         if backend == "brevitas":
