@@ -240,6 +240,8 @@ def test_pareto_front_and_select():
     assert select(rows, max_latency_ms=2.6)["id"] == 4
     with pytest.raises(ValueError, match="cheapest"):
         select(rows, max_macs=1e5)
+    shipped = [r | {"file": f"graphs/c{r['id']:03d}.onnx" if r["id"] != 2 else None} for r in rows]
+    assert select(shipped, max_macs=4e6)["id"] == 3   # config 2 (as accurate, fewer MACs) has no graph kept
     assert parse_amount("120M") == 120e6 and parse_amount("1.5G") == 1.5e9 and parse_amount("800k") == 8e5
     with pytest.raises(ValueError):
         parse_amount("lots")

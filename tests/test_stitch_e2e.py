@@ -12,7 +12,7 @@ from edgevit.cli import cli
 def test_stitch_cli_end_to_end(cli_runner, tmp_path):
     out = tmp_path / "stitch"
     args = ["stitch", "--anchors", "vit-small,vit-tiny", "--epochs", "1", "--train-data", "fashion-mnist:256",
-            "--eval-data", "fashion-mnist:500", "--latency-iters", "20", "--out", str(out),
+            "--eval-data", "fashion-mnist:500", "--latency-iters", "3", "--out", str(out),
             "--work-dir", str(tmp_path / "work"), "--device", "cpu"]
     result = cli_runner.invoke(cli, args)
     assert result.exit_code == 0, result.output

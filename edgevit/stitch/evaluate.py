@@ -64,9 +64,11 @@ def parse_amount(text: str) -> float:
 
 
 def select(rows: list[dict], max_macs: float | None = None, max_latency_ms: float | None = None) -> dict:
-    """The most accurate configuration within the budget (fewer MACs breaks ties)."""
+    """The most accurate configuration within the budget (fewer MACs breaks ties). Rows of an artifact's
+    manifest whose graph was not kept (`file: null`) cannot run, so they are not candidates."""
     if max_macs is None and max_latency_ms is None:
         raise SelectError("give a budget: --max-macs (e.g. 30M) or --max-latency-ms (e.g. 3)")
+    rows = [r for r in rows if r.get("file", True)]
     if max_latency_ms is not None and any(r.get("latency_ms") is None for r in rows):
         raise SelectError("this artifact has no measured latencies; select with --max-macs")
     ok = [r for r in rows if (max_macs is None or r["macs"] <= max_macs)

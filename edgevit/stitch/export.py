@@ -23,7 +23,6 @@ from runtimes import parity
 from runtimes.artifact import ArtifactWriter, tool_versions
 from runtimes.errors import ParityError
 from runtimes.onnx.export import export_onnx
-from edgevit.stitch.evaluate import pareto_front
 from edgevit.stitch.model import ConfigView, StitchedModel
 
 GRAPH_DIR = "onnx"
@@ -142,8 +141,10 @@ def export_stitched(model: StitchedModel, out: str | Path, *, rows: list[dict], 
                     keep_graphs: str = "frontier") -> dict:
     """Write the artifact to `out`; fills `latency_ms`, parity and `file` into `rows` (one per config)
     and returns the manifest. Every configuration is exported, parity-checked and timed; the artifact
-    keeps the graphs of `keep_graphs`: "all", or "frontier" (anchors + the MACs and latency Pareto
-    fronts: the others are dominated, and on a family this small each graph costs ~0.3 % of the weights). `before_commit(dir, rows)` may add reports (plot, table) to the artifact.
+    keeps the graphs of `keep_graphs`: "all", or "frontier" (anchors + the MACs/accuracy Pareto front: the
+    others are dominated, and on a family this small each graph costs ~0.3 % of the weights). The choice
+    uses MACs, not the measured latency, so what ships does not depend on the machine's load while timing.
+    `before_commit(dir, rows)` may add reports (plot, table) to the artifact.
     Raises ParityError (nothing written) when a graph disagrees with torch."""
     from safetensors.torch import save_file
     model.eval()
@@ -156,9 +157,7 @@ def export_stitched(model: StitchedModel, out: str | Path, *, rows: list[dict], 
         _parity(sess, ConfigView(model, cid), ref_inputs, rows[cid])
         rows[cid]["latency_ms"] = round(time_session(sess, one, iters=latency_iters), 4)
         graphs[cid] = graph
-    keep = set(range(model.num_configs)) if keep_graphs == "all" else (
-        {r["id"] for r in rows if r["is_anchor"] or r["pareto"]}
-        | set(pareto_front([r["latency_ms"] for r in rows], [r["top1"] for r in rows])))
+    keep = set(range(model.num_configs)) if keep_graphs == "all" else {r["id"] for r in rows if r["is_anchor"] or r["pareto"]}
     with ArtifactWriter(out, overwrite=overwrite) as w:
         (w.dir / GRAPH_DIR).mkdir()
         shared = SharedWeights(w.dir / GRAPH_DIR / WEIGHTS_FILE)
