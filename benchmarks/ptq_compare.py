@@ -10,7 +10,7 @@ edgevit runs exactly what `edgevit quantize` runs (`edgevit.commands.quantize.pt
 A peer that cannot express a precision gets a row with "n/a" and the reason.
 
     OMP_NUM_THREADS=1 python benchmarks/ptq_compare.py [--models vit-small mobilenet-mini mobilenetv2]
-        [--eval-limit 2000] [--iters 400]   # writes benchmarks/results/ptq_compare.{json,md,png}
+        [--eval-limit 2000] [--iters 400] [--mnv2-iters 400]   # writes benchmarks/results/ptq_compare.{json,md,png}
 
 Models can run as separate processes (one core each) and be joined afterwards:
 
@@ -154,7 +154,9 @@ def main() -> None:
     ap.add_argument("--calib", default="fashion-mnist:256")
     ap.add_argument("--eval-limit", type=int, default=2000)
     ap.add_argument("--iters", type=int, default=400,
-                    help="reconstruction steps per unit (the CLI default; MobileNetV2 uses at most 100)")
+                    help="reconstruction steps per unit (the CLI default)")
+    ap.add_argument("--mnv2-iters", type=int, default=400,
+                    help="steps per unit on MobileNetV2 (~10 min per AdaRound run on one core at 400)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--combine", nargs="+", metavar="JSON", help="join earlier runs' results into --out; run nothing")
@@ -163,7 +165,9 @@ def main() -> None:
     if args.combine:
         parts = [json.loads(Path(f).read_text()) for f in args.combine]
         info = {**parts[0], "data": {m: n for p in parts for m, n in p["data"].items()},
-                "total_s": sum(p["total_s"] for p in parts), "loadavg_end": [p["loadavg_end"] for p in parts]}
+                "total_s": sum(p["total_s"] for p in parts), "loadavg_end": [p["loadavg_end"] for p in parts],
+                "iters_mobilenetv2": next((p["iters_mobilenetv2"] for p in parts if "mobilenetv2" in p["data"]),
+                                          parts[0]["iters_mobilenetv2"])}
         write(Path(args.out), [r for p in parts for r in p["results"]], {k: v for k, v in info.items() if k != "results"})
         return
     torch.set_num_threads(1)
@@ -187,7 +191,7 @@ def main() -> None:
         fp = score(ref, ref, y)
         print(f"{name}: {note}; FP32 {fp}", flush=True)
         add(name, "fp32", "-", "fp32", "w32a32", fp, 0.0, sum(p.numel() * 4 for p in model.parameters()))
-        recon = {"iters": min(args.iters, 100) if name == "mobilenetv2" else args.iters,
+        recon = {"iters": args.mnv2_iters if name == "mobilenetv2" else args.iters,
                  "batch_size": 8 if name == "mobilenetv2" else 32,
                  "capture_batch": 16 if name == "mobilenetv2" else 64}
         for method, precs in EDGEVIT_PLAN[name].items():
@@ -228,7 +232,7 @@ def main() -> None:
                     add(name, "brevitas", label, fam, bits, na=f"{type(e).__name__}: {str(e)[:160]}")
 
     meta_info = {"benchmark": "ptq_compare", "data": notes, "seed": args.seed, "iters_per_unit": args.iters,
-                 "iters_mobilenetv2": min(args.iters, 100), "threads": 1, "torch": torch.__version__, "machine": platform.machine(),
+                 "iters_mobilenetv2": args.mnv2_iters, "threads": 1, "torch": torch.__version__, "machine": platform.machine(),
                  "loadavg_end": os.getloadavg(), "total_s": time.perf_counter() - t_start,
                  "note": "2-core machine shared with other jobs: wall times are inflated, accuracy/size are not"}
     write(Path(args.out), rows, meta_info)
@@ -271,7 +275,7 @@ def markdown(rows, info) -> str:
              f"- reconstruction: {info['iters_per_unit']} steps per unit (MobileNetV2: {info['iters_mobilenetv2']}, batch 8); "
              f"1 torch thread; {info['note']}", "",
              "Best of each tool per precision (by logit SQNR against FP32; – = the tool cannot express it):", "",
-             *summary(rows), "", "Every row:", "",
+             *summary(rows), "", "<details><summary>Every row</summary>", "",
              "| model | tool | method | fmt | bits | top-1 % | agree % | SQNR dB | size | time s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -283,7 +287,7 @@ def markdown(rows, info) -> str:
         sq = "inf" if r["sqnr_db"] == float("inf") else f"{r['sqnr_db']:.1f}"
         lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | {r['fmt']} | {r['bits']} | {t1} | "
                      f"{r['agreement']:.1f} | {sq} | {r['packed_bytes'] / 1e3:.0f} kB | {r['quantize_s']:.1f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", "</details>"]) + "\n"
 
 
 def plot(rows, path: Path) -> None:
