@@ -1,15 +1,4 @@
 """benchmarks/ptq_compare.py's summary: each tool's best row per precision by SQNR, gaps shown, not dropped."""
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("ptq_compare", ROOT / "benchmarks" / "ptq_compare.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _row(tool, method, fam, bits, sqnr, agree=90.0, na=None, top1=None):
@@ -18,8 +7,8 @@ def _row(tool, method, fam, bits, sqnr, agree=90.0, na=None, top1=None):
     return r | ({"top1": top1} if top1 is not None else {})
 
 
-def test_summary_picks_the_best_row_of_each_tool_by_sqnr():
-    pc = _module()
+def test_summary_picks_the_best_row_of_each_tool_by_sqnr(benchmark_module):
+    pc = benchmark_module("ptq_compare")
     rows = [_row("edgevit", "rtn", "int", "w4a8", 10.0, agree=99.0), _row("edgevit", "brecq", "int", "w4a8", 20.0),
             _row("onnxruntime", "quantize_static/MinMax", "int", "w4a8", 5.0),
             _row("brevitas", "calib+GPTQ+bias-corr", "int", "w4a8", 15.0, top1=88.0),
