@@ -60,7 +60,8 @@ class _Int(click.IntRange):
 @click.option("--eval-data", default="fashion-mnist", show_default=True, help="Labelled data for every config's top-1.")
 @click.option("--calib-images", type=_Int(1), default=100, show_default=True, help="Images for the LS init.")
 @click.option("--keep-graphs", type=click.Choice(["frontier", "all"]), default="frontier", show_default=True,
-              help="ONNX graphs kept in the artifact (all configs are exported, checked and timed).")
+              help="ONNX graphs kept in the artifact: the anchors + the MACs/accuracy Pareto front, or all "
+                   "(every config is exported, checked and timed either way).")
 @click.option("--latency-iters", type=_Int(1), default=50, show_default=True)
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None, help="Resume folder (default next to --out).")
 @click.option("--device", default="auto", show_default=True,
