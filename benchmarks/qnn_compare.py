@@ -90,20 +90,31 @@ def markdown(result: dict) -> str:
     images = ", ".join(f"{m} {n}" for m, n in result["images"].items())
     lines = [f"QNN HTP emulator (onnxruntime-qnn), Fashion-MNIST test images ({images}), "
              f"{result['calibration_images']} calibration images, after the qnn-htp rewrite. `ort-qnn` = onnxruntime's "
-             "own QNN QDQ flow; `fake-quant` = edgevit's torch model of the same quantisation.", "",
+             "own QNN QDQ flow; `fake-quant` = edgevit's torch model of the same quantisation. `extra encodings`: "
+             "the tensors between edgevit's quantisers that the QNN recipe rounds too (conv outputs, residual sums, "
+             "logits); the fake-quant model rounds them as well when a module produces every one of them "
+             "(runtimes/qnn/glue.py), else it keeps edgevit's quantisers only.", "",
              "| model | precision | flow | nodes on HTP / refused | top-1 % | agreement vs FP32 | SQNR vs FP32 dB "
-             "| agreement vs fake-quant | SQNR vs fake-quant dB | flips: fake-quant margin (percentile) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| extra encodings in fake-quant | agreement vs fake-quant | SQNR vs fake-quant dB "
+             "| flips: fake-quant margin (percentile) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         fq = r.get("vs_fake_quant")
         lines.append(f"| {r['model']} | {r['precision']} | {r['flow']} | {r['nodes_on_htp']} / {r['refused']} | "
                      f"{r['top1_pct']:.2f} | {100 * r['vs_fp32']['top1_agreement']:.2f} % | {r['vs_fp32']['sqnr_db']} | "
-                     + (f"{100 * fq['top1_agreement']:.2f} % | {fq['sqnr_db']} | {_flip_text(r)} |" if fq
-                        else "– | – | – |"))
+                     + (f"{_glue_text(r)} | {100 * fq['top1_agreement']:.2f} % | {fq['sqnr_db']} | {_flip_text(r)} |"
+                        if fq else "– | – | – | – |"))
     lines += ["", "Flips: each image where the emulator's top-1 differs from the fake-quant model's, with the "
               "fake-quant logit margin (top-1 − top-2) and its percentile pN among all images; `cpu` = onnxruntime's "
               "CPU EP on the same QDQ graph flips it too (the graph's extra output encodings, not HTP arithmetic)."]
     return "\n".join(lines) + "\n"
+
+
+def _glue_text(row: dict) -> str:
+    g = row["carried"]["other_activations_in_reference"]
+    if g["modelled_in_reference"]:
+        return f"yes, all {g['recipe_encodings']}"
+    return f"no ({g['matched_to_modules']} of {g['recipe_encodings']} made by modules)"
 
 
 def _flip_text(row: dict) -> str:

@@ -100,6 +100,67 @@ def test_w4a16_float_model_is_quantised_by_edgevit(tmp_path, calib):
     assert onnx.TensorProto.INT4 in types
 
 
+class _Residual(nn.Module):
+    """Conv → BN → ReLU, then a block adding a 1x1 conv back: tensors edgevit's quantisers never round."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return x + self.conv(x)
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = self.Block()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)))
+
+
+@pytest.mark.parametrize("precision", ["w8a8", "w8a16"])
+def test_reference_rounds_what_the_qdq_graph_rounds(tmp_path, calib, precision):
+    """The returned reference models the recipe's extra encodings: it matches the QDQ graph run
+    unfused on the CPU EP to a fraction of one output step; edgevit's bare fake-quant model does not."""
+    import onnxruntime as ort
+    model = _Residual().eval()
+    with torch.no_grad():
+        model.stem[1].running_mean.uniform_(-0.5, 0.5)
+        model.stem[1].running_var.uniform_(0.5, 2.0)
+    qmodel = quant.quantize_model(model, quant.parse_spec("int", precision, None, ()), torch.from_numpy(calib))
+    ref, info, qdq = _qdq(tmp_path, qmodel, calib)
+    glue = info.glue
+    assert glue["recipe_encodings"] >= 3 and glue["matched_to_modules"] == glue["recipe_encodings"] and glue["modelled_in_reference"]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(info.qdq_path), so, providers=["CPUExecutionProvider"])
+    x = 1.5 * np.random.default_rng(3).standard_normal((24, 1, 12, 12)).astype(np.float32)
+    graph = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+    with torch.no_grad():
+        with_glue, bare = ref(torch.from_numpy(x)).numpy(), qmodel(torch.from_numpy(x)).numpy()
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    out_q = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0].startswith(qdq.graph.output[0].name))
+    step = float(inits[out_q.input[1]])
+    assert np.abs(with_glue - graph).max() <= 1.01 * step
+    assert np.abs(bare - graph).max() > 2 * step
+
+
+def test_reference_is_left_alone_when_a_rounded_tensor_has_no_module(tmp_path, calib):
+    """A residual sum written in the root's forward has no module output: nothing is half-modelled."""
+    class Flat(_Residual):
+        def forward(self, x):
+            x = self.stem(x)
+            return self.head(x + self.block.conv(x))
+    qmodel = quant.quantize_model(Flat().eval(), quant.parse_spec("int", "w8a8", None, ()), torch.from_numpy(calib))
+    ref, info, _ = _qdq(tmp_path, qmodel, calib)
+    assert not info.glue["modelled_in_reference"] and info.glue["unmatched"] == ["/Add_output_0"]
+    assert ref is qmodel
+
+
 def test_encodings_follow_aimet_convention(tmp_path, calib):
     qmodel = quant.quantize_model(tiny_cnn(), quant.parse_spec("int", "w8a8", None, ()), torch.from_numpy(calib))
     _, info, _ = _qdq(tmp_path, qmodel, calib)

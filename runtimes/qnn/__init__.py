@@ -1,7 +1,8 @@
 """QNN (Qualcomm) runtime: QDQ bundle with edgevit's encodings, offline context binaries, HTP runs.
 
 session.py: EP registration, onnxruntime's own QNN quantisation, node placement. bundle.py: the
-QNN-legal QDQ graph carrying quant/'s scales; encodings.py: AIMET-style JSON; compile.py: EPContext
+QNN-legal QDQ graph carrying quant/'s scales; glue.py: the recipe's extra encodings in the torch
+reference; encodings.py: AIMET-style JSON; compile.py: EPContext
 binaries per Snapdragon; runner.py: execution; artifact.py: `export_qnn_artifact`. Heavy modules load
 lazily, so `import runtimes.qnn` works without torch or onnxruntime-qnn.
 """

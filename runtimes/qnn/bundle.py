@@ -11,7 +11,8 @@ does not know is edgevit's quantisation. We hand it edgevit's numbers as tensor 
 - every static per-tensor input quantiser of those layers: its scale and zero point (uint8/uint16).
 
 Tensors edgevit leaves float (LayerNorm internals, residual adds, attention scores) get min-max
-encodings from calibration on the same images, at the activation width of edgevit's spec.
+encodings from calibration on the same images, at the activation width of edgevit's spec; the torch
+reference returned rounds them too, where a module produces them (glue.py).
 """
 from __future__ import annotations
 
@@ -46,11 +47,13 @@ class BundleInfo:
     activations: dict = field(default_factory=dict)   # tensor → edgevit quantiser name
     conflicts: list = field(default_factory=list)     # tensors two edgevit quantisers claimed
     codes_exact: bool = False
+    glue: dict = field(default_factory=dict)          # recipe encodings modelled in the torch reference
 
     def summary(self) -> dict:
         return {"weights_from_edgevit": len(self.weights), "activations_from_edgevit": len(self.activations),
                 "activation_conflicts": self.conflicts, "weight_codes_exact": self.codes_exact,
-                "other_activations": f"{self.activation_type}, min-max calibrated (onnxruntime QNN recipe)"}
+                "other_activations": f"{self.activation_type}, min-max calibrated (onnxruntime QNN recipe)",
+                "other_activations_in_reference": self.glue}
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -212,17 +215,19 @@ def build_qdq(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path, cal
 
     `model` is either quantised by quant/ (its encodings are carried) or float, in which case it is
     quantised here at `precision` (w8a16 | w8a8 | w4a16) on `calibration` first. The torch reference
-    returned is the fake-quant model the QDQ graph must agree with.
+    returned is the fake-quant model the QDQ graph must agree with: edgevit's quantisers plus the
+    recipe's encodings of the tensors in between (glue.py).
     """
     from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
-    from runtimes.onnx.quantized import fold_batchnorm
+    from runtimes.onnx.quantized import fold_batchnorm, float_twin
+    from runtimes.qnn.glue import with_glue
     calibration = np.ascontiguousarray(calibration, np.float32)
     if len(calibration) == 0:
         raise QnnExportError("the QNN export needs calibration images (--calib-data)")
     if not is_quantized(model):
         model = edgevit_quantize(model, precision or "w8a16", calibration)
-    spec = spec_from_model(model)
+    spec = unfolded = spec_from_model(model)
     act_type = check_spec(spec)
     folded, spec = fold_batchnorm(model, spec)
     spec = _positive_scales(spec)
@@ -231,7 +236,6 @@ def build_qdq(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path, cal
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # "opset 21 not supported": the float ops used exist at 21 unchanged
-        from runtimes.onnx.quantized import float_twin
         export_onnx(float_twin(folded, spec), shape, info.float_path, opset=OPSET, dynamic_batch=False)
     check_static(info.float_path)
     graph = onnx.load(str(info.float_path)).graph
@@ -246,7 +250,10 @@ def build_qdq(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path, cal
         quantize(str(info.float_path), str(tmp_out), cfg)
         tmp_out.replace(info.qdq_path)
     info.codes_exact = _codes_exact(info.qdq_path, spec, info)
-    return model, info
+    reference, glue = with_glue(model, float_twin(model, unfolded), info.float_path, info.qdq_path,
+                                set(info.activations), calibration, set(unfolded.acts))
+    info.glue = glue.summary()
+    return reference, info
 
 
 class _quiet_logging:
