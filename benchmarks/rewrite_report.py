@@ -163,10 +163,13 @@ def _markdown(results: dict, runs: list[dict]) -> str:
     variants = {k[8:]: v["summary"] for k, v in results.items() if k.startswith("variant:")}
     if variants:
         lines += ["", "## Student variants (robustness phase ablation)", "",
+                  "Each branches from the same distilled student (the distil-only row), so they differ only in the "
+                  "quantisation-noise phase.", "",
                   "| variant | robust epochs × weight | test top-1 | W8A16 enc relRMS | W8A8 enc relRMS | W4A16 enc relRMS |",
                   "|---|---:|---:|---:|---:|---:|"]
         for k, v in variants.items():
-            lines.append(f"| {k} | {v['robust_epochs_done']} × {v['robust_weight']:g} | {v['test_top1']:.2f} % | "
+            weight = f"{v['robust_weight']:g}" if v["robust_epochs_done"] else "–"
+            lines.append(f"| {k} | {v['robust_epochs_done']} × {weight} | {v['test_top1']:.2f} % | "
                          f"{v['w8a16_encoder_rel_rms_pct']:.2f} % | {v['w8a8_encoder_rel_rms_pct']:.2f} % | "
                          f"{v['w4a16_encoder_rel_rms_pct']:.2f} % |")
     lines.append("")

@@ -14,7 +14,10 @@ autocast, channels-last. The run is seeded and resumes from `work_dir/last.pt` a
 A last phase (fp32: bf16's rounding is as large as 8-bit noise) makes the student robust to integer
 activations: each batch also runs with the noise of a per-tensor 8-bit quantiser added to every
 conv input, and relRMS² between the clean and noisy encoder outputs joins the loss — AutoNeural's
-robustness metric, optimised directly instead of hoped for.
+robustness metric, optimised directly instead of hoped for. Longer beats harder: from the same
+distilled student (vit-small teacher, 88.27 %), robust epochs × weight gave top-1 / W8A8 encoder relRMS
+1×2000 86.89 % / 0.88 %, 2×2000 87.43 / 0.76, 2×4000 86.97 / 0.65, 3×4000 87.16 / 0.57, 4×4000
+87.93 / 0.56 (the default: the long low-lr tail wins back the accuracy the noise first costs).
 """
 from __future__ import annotations
 
@@ -46,8 +49,8 @@ class DistillRecipe:
     beta: float = 1.0               # weight of the feature distillation
     label_smoothing: float = 0.1
     hflip: bool = True              # mirrored copies, with their own cached teacher outputs
-    robust_epochs: int = 1          # then this many epochs of quantisation-noise consistency
-    robust_weight: float = 2000.0   # weight of relRMS² between clean and noisy encoder outputs
+    robust_epochs: int = 4          # then this many epochs of quantisation-noise consistency
+    robust_weight: float = 4000.0   # weight of relRMS² between clean and noisy encoder outputs
     noise_bits: int = 8             # the noise is that of a per-tensor uniform quantiser of this many bits
     robust_lr_scale: float = 0.25   # phase-2 learning rate relative to `lr`
     train_samples: int = 0          # 0: the whole training split
