@@ -50,9 +50,10 @@ RESULTS = Path(__file__).parent / "results"
 def data_for(name: str, meta, args):
     """(calibration spec, calibration images, eval images, eval labels or None, note)."""
     if name == "mobilenetv2":
-        cal, x, _, _ = load_sets("photos", "photos", None, meta, args.seed)
-        return "photos", cal, x, None, (f"real photos: calibrate on the {len(cal)} even views, evaluate top-1 "
-                                        f"agreement with FP32 on the {len(x)} odd views (7 scenes)")
+        cal, x, _, _ = load_sets(args.mnv2_calib, "photos", None, meta, args.seed)
+        views = "the even views and their mirror images" if args.mnv2_calib.endswith("+mirror") else "the even views"
+        return args.mnv2_calib, cal, x, None, (f"real photos: calibrate on {len(cal)} images ({views}), evaluate top-1 "
+                                               f"agreement with FP32 on the {len(x)} odd views (7 scenes)")
     cal, x, y, _ = load_sets(args.calib, "fashion-mnist", args.eval_limit, meta, args.seed)
     return args.calib, cal, x, y, f"Fashion-MNIST: calibrate on {args.calib} (train), evaluate on {len(x)} test images"
 
@@ -157,18 +158,27 @@ def main() -> None:
                     help="reconstruction steps per unit (the CLI default)")
     ap.add_argument("--mnv2-iters", type=int, default=400,
                     help="steps per unit on MobileNetV2 (~10 min per AdaRound run on one core at 400)")
+    ap.add_argument("--mnv2-calib", default="photos",
+                    help="MobileNetV2 calibration spec for every tool, e.g. photos+mirror (63 photos + mirror images)")
+    ap.add_argument("--precisions", nargs="+", metavar="FMT:BITS",
+                    help="only these precisions (e.g. int:w4a8 int:w8a8); default: all six")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--combine", nargs="+", metavar="JSON", help="join earlier runs' results into --out; run nothing")
     ap.add_argument("--out", default=str(RESULTS / "ptq_compare.json"))
     args = ap.parse_args()
+    keep = None if not args.precisions else {tuple(p.split(":", 1)) for p in args.precisions}
+    precisions = [p for p in PRECISIONS if keep is None or p in keep]
+    if keep is not None and len(precisions) != len(keep):
+        ap.error(f"--precisions: choose from {', '.join(f'{f}:{b}' for f, b in PRECISIONS)}")
     if args.combine:
         parts = [json.loads(Path(f).read_text()) for f in args.combine]
         info = {**parts[0], "data": {m: n for p in parts for m, n in p["data"].items()},
                 "total_s": sum(p["total_s"] for p in parts), "loadavg_end": [p["loadavg_end"] for p in parts],
                 "iters_mobilenetv2": next((p["iters_mobilenetv2"] for p in parts if "mobilenetv2" in p["data"]),
                                           parts[0]["iters_mobilenetv2"])}
-        write(Path(args.out), [r for p in parts for r in p["results"]], {k: v for k, v in info.items() if k != "results"})
+        rows = {(r["model"], r["tool"], r["method"], r["fmt"], r["bits"]): r for p in parts for r in p["results"]}
+        write(Path(args.out), list(rows.values()), {k: v for k, v in info.items() if k != "results"})
         return
     torch.set_num_threads(1)
     import onnxruntime
@@ -195,14 +205,14 @@ def main() -> None:
                  "batch_size": 8 if name == "mobilenetv2" else 32,
                  "capture_batch": 16 if name == "mobilenetv2" else 64}
         for method, precs in EDGEVIT_PLAN[name].items():
-            for fam, bits in precs:
+            for fam, bits in (p for p in precs if p in precisions):
                 torch.manual_seed(args.seed)
                 q, secs, extra = run_edgevit(model, meta, fam, bits, method, calib_spec, recon, args.seed)
                 add(name, "edgevit", method, fam, bits, score(logits(q, x), ref, y), secs, edgevit_size(q), extra=extra)
         if args.no_peers:
             continue
         with tempfile.TemporaryDirectory() as d:
-            for fam, bits in PRECISIONS:
+            for fam, bits in precisions:
                 why = ort_capability(fam, bits)
                 if why:
                     add(name, "onnxruntime", "quantize_static", fam, bits, na=why)
@@ -215,7 +225,7 @@ def main() -> None:
                         add(name, "onnxruntime", f"quantize_static/{cm}", fam, bits, na=f"{type(e).__name__}: {str(e)[:160]}")
         add(name, "onnxruntime", "MatMul4BitsQuantizer", "int", "w4a8",
             na="int4 weight-only for MatMul (activations stay float): not a W4A8 scheme; convs untouched")
-        for fam, bits in PRECISIONS:
+        for fam, bits in precisions:
             recipe, why = brevitas_recipe(fam, bits)
             if why:
                 add(name, "brevitas", "calib+bias-corr", fam, bits, na=why)

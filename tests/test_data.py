@@ -55,6 +55,19 @@ def test_data_specs():
             parse_data_spec(bad)
 
 
+def test_mirror_suffix_appends_each_images_mirror():
+    spec = parse_data_spec("fashion-mnist:8+mirror")
+    assert (spec.kind, spec.limit, spec.mirror) == ("fashion-mnist", 8, True)
+    assert parse_data_spec("photos+mirror").mirror and not parse_data_spec("photos").mirror
+    plain, y = load_data("fashion-mnist:8", FMNIST, split="train", seed=1)
+    both, y2 = load_data(spec, FMNIST, split="train", seed=1)
+    assert both.shape == (16, 1, 28, 28) and torch.equal(both[0::2], plain) and torch.equal(both[1::2], plain.flip(-1))
+    assert torch.equal(y2[0::2], y) and torch.equal(y2[1::2], y)
+    assert calibration_tensor("fashion-mnist:8+mirror", FMNIST, seed=1).shape[0] == 16
+    with pytest.raises(UsageError, match=r"\+mirror"):
+        parse_data_spec("+mirror")
+
+
 def test_seeded_subsets_are_deterministic_and_calibration_uses_train_split():
     a, ya = load_data("fashion-mnist:64", FMNIST, seed=3)
     b, yb = load_data("fashion-mnist:64", FMNIST, seed=3)

@@ -89,7 +89,8 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
 @click.option("--backend", default="edgevit", show_default=True, type=click.Choice(BACKENDS),
               help="Quantiser: edgevit's own, or brevitas' PTQ (pip install edgevit[brevitas]) into the same checkpoint.")
 @click.option("--calib", default="fashion-mnist:256", show_default=True,
-              help="Calibration data: fashion-mnist:N (train split) or folder:PATH[:N].")
+              help="Calibration data: fashion-mnist:N (train split), folder:PATH[:N] or photos; "
+                   "append +mirror to add each image's mirror image.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (checkpoint + report.json).")
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None,
               help="YAML with overrides (weight_format, group_size, act_granularity, softmax_bits, layers: {pattern: ...}).")
