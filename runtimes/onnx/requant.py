@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 
@@ -67,16 +66,8 @@ def requant_points(m: onnx.ModelProto) -> list[str]:
 
 def calibrate_ranges(m: onnx.ModelProto, tensors: list[str], inputs: np.ndarray, batch: int = 64) -> dict:
     """(min, max) of each named tensor over `inputs`, run with onnxruntime (no graph rewrites)."""
-    import onnxruntime as ort
-    probe = onnx.ModelProto()
-    probe.CopyFrom(m)
-    del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_tensor_value_info(t, T.FLOAT, None) for t in tensors)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from runtimes.onnx.probe import probe_session
+    sess = probe_session(m, tensors)
     name = sess.get_inputs()[0].name
     lo = np.full(len(tensors), np.inf)
     hi = np.full(len(tensors), -np.inf)

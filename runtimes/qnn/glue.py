@@ -67,16 +67,15 @@ def activation_encodings(qdq_path: Path, float_path: Path) -> dict[str, Encoding
 
 def _onnx_values(float_path: Path, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
     """The float graph's value of each named tensor on input x."""
-    import onnxruntime as ort
-    m = onnx.load(str(float_path))
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in have)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    outs = sess.run(names, {sess.get_inputs()[0].name: x})
-    return dict(zip(names, outs))
+    from runtimes.onnx.probe import probe_session
+    sess = probe_session(onnx.load(str(float_path)), names)
+    return dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: x})))
+
+
+def _next_call(calls: dict[str, int], name: str) -> int:
+    """The index of this call of module `name` in the current forward (0, 1, … per module)."""
+    calls[name] = calls.get(name, -1) + 1
+    return calls[name]
 
 
 def _module_outputs(model: nn.Module, x: np.ndarray, skip: set[str]) -> list[tuple[tuple[str, int], np.ndarray]]:
@@ -90,8 +89,7 @@ def _module_outputs(model: nn.Module, x: np.ndarray, skip: set[str]) -> list[tup
 
     def record(name, o):
         if isinstance(o, torch.Tensor):
-            k = calls[name] = calls.get(name, -1) + 1
-            seen.append(((name, k), o.detach().numpy()))
+            seen.append(((name, _next_call(calls, name)), o.detach().numpy()))
     hooks = [m.register_forward_hook(lambda _m, _i, o, name=name: record(name, o))
              for name, m in model.named_modules() if name and name not in skip]
     try:
@@ -161,8 +159,7 @@ def with_glue(reference: nn.Module, twin: nn.Module, float_path: Path, qdq_path:
     ref.register_forward_pre_hook(lambda *_: calls.clear())
 
     def round_call(name, o):
-        k = calls[name] = calls.get(name, -1) + 1
-        e = per_call[name].get(k)
+        e = per_call[name].get(_next_call(calls, name))
         return o if e is None else e(o)
     for name in per_call:
         ref.get_submodule(name).register_forward_hook(lambda _m, _i, o, name=name: round_call(name, o))
