@@ -40,7 +40,10 @@ VARIANTS = {"none": OFF,
             "fold+cle[w]+bc": OFF | dict(fold_bn=True, equalize=True, equalize_criterion="weight", bias_correction=True),
             "fold+cle[act]": OFF | dict(fold_bn=True, equalize=True, equalize_criterion="activation"),
             "fold+cle[act]+bc": OFF | dict(fold_bn=True, equalize=True, equalize_criterion="activation",
-                                           bias_correction=True)}
+                                           bias_correction=True),
+            # CLE's pairs alone, without the residual streams (quant.streams): what the streams add
+            "fold+cle[act,pairs]+bc": OFF | dict(fold_bn=True, equalize=True, equalize_criterion="activation",
+                                                 equalize_streams=False, bias_correction=True)}
 
 
 def fixes_table(name, calib, eval_data, limit, bits_list, observers=("minmax", "mse")):
@@ -71,8 +74,9 @@ def markdown(results) -> str:
         r = results[model]
         metric = "top-1 agreement with FP32" if model == "mobilenetv2" else "top-1"
         lines += [f"## {model}: {r['data']}; float {r['float_top1']} %", "",
-                  "Default of `edgevit quantize` (RTN): fold + CLE (activation criterion) + bias correction on models "
-                  "with BN, `minmax` activation observer at 8 bits.", "",
+                  "Default of `edgevit quantize` (RTN): fold + CLE (activation criterion, pairs and residual streams) + "
+                  "bias correction on models with BN, `minmax` activation observer at 8 bits; `cle[act,pairs]`: "
+                  "without the residual streams.", "",
                   f"| precision | graph fixes | act observer | {metric} (%) | logit SQNR (dB) |", "|---|---|---|---|---|"]
         for k, v in r.items():
             if isinstance(v, dict) and "top1" in v:

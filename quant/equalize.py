@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from quant.bn import PASSTHROUGH, chains
+from quant.streams import equalize_streams
 
 ACTS = (nn.ReLU, nn.ReLU6)
 
@@ -108,9 +109,11 @@ def _axis(m1: nn.Module) -> int:
 
 @torch.no_grad()
 def equalize(model: nn.Module, sweeps: int = 20, tol: float = 1e-4, absorb: bool = True,
-             calib: torch.Tensor | None = None, criterion: str = "weight", alpha: float = 0.5) -> dict:
+             calib: torch.Tensor | None = None, criterion: str = "weight", alpha: float = 0.5,
+             streams: bool = True) -> dict:
     """Equalise all pairs in place (ReLU6 between them becomes ChannelClamp); returns a report
-    {"pairs", "sweeps", "criterion", "clamps": [names of replaced ReLU6], "absorbed": [layer1 names]}.
+    {"pairs", "sweeps", "criterion", "clamps": [names of replaced ReLU6], "absorbed": [layer1 names],
+    "streams": [[writers], [readers]] per equalised residual stream}.
 
     criterion "weight" (DFQ): match the per-channel weight ranges, for per-tensor weight grids.
     criterion "activation" (needs `calib`): with per-channel weight grids a pair's row/column scaling costs
@@ -118,7 +121,8 @@ def equalize(model: nn.Module, sweeps: int = 20, tol: float = 1e-4, absorb: bool
     channel of a depthwise consumer's input is stretched to the widest channel's range (its weight rows are
     per-channel too, so that is free); for a dense consumer the SmoothQuant balance s = R^α / W^(1−α) of
     activation range R and layer-2 column range W. One pass: each pair leaves the other pairs' activations
-    unchanged, so the ranges measured before scaling stay valid.
+    unchanged, so the ranges measured before scaling stay valid. With `streams`, the activation criterion
+    also balances the residual streams pairs cannot reach (quant.streams), the same way.
 
     With `calib`, the absorbed amount is the pre-activation's per-channel minimum on that data (exact
     there) instead of the data-free β − 3|γ| (which clips the ~0.1 % of values below it)."""
@@ -156,8 +160,11 @@ def equalize(model: nn.Module, sweeps: int = 20, tol: float = 1e-4, absorb: bool
     if absorb and calib is not None:
         _observed_floor(model, modules, pairs, calib)
     absorbed = _absorb_high_bias(modules, pairs) if absorb else []
+    balanced = []
+    if streams and criterion == "activation":
+        balanced = equalize_streams(model, calib, alpha, skip={(a, b) for a, b, _ in pairs})["streams"]
     return {"pairs": [[a, b] for a, b, _ in pairs], "sweeps": done, "criterion": criterion, "clamps": clamps,
-            "absorbed": absorbed}
+            "absorbed": absorbed, "streams": balanced}
 
 
 def _rescale(modules: dict, n1: str, n2: str, act: str | None, s: torch.Tensor) -> None:

@@ -60,10 +60,11 @@ def prepare_graph(fmodel, opts: dict, calib: torch.Tensor | None = None):
         report["fold_bn"] = {"folded": len(r["folded"]), "unfolded": r["unfolded"]}
     if opts["equalize"]:
         criterion = opts.get("equalize_criterion") or ("activation" if calib is not None else "weight")
-        r = qeq.equalize(model, calib=calib, criterion=criterion, absorb=opts.get("absorb_high_bias", True))
+        r = qeq.equalize(model, calib=calib, criterion=criterion, absorb=opts.get("absorb_high_bias", True),
+                         streams=opts.get("equalize_streams", True))
         report["equalize"] = {"pairs": len(r["pairs"]), "criterion": r["criterion"], "sweeps": r["sweeps"],
                               "relu6_to_clamp": len(r["clamps"]),
-                              "high_bias_absorbed": len(r["absorbed"])}
+                              "high_bias_absorbed": len(r["absorbed"]), "streams": len(r["streams"])}
     return model, qeq.describe_graph(model, bool(opts["fold_bn"])), report
 
 

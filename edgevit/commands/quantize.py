@@ -100,7 +100,8 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
 @click.option("--eval-limit", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset of N images.")
 @click.option("--fold-bn/--no-fold-bn", default=None, help="Fold BatchNorm into convs first [default: on for models with BN].")
 @click.option("--equalize/--no-equalize", default=None,
-              help="Cross-layer equalisation + high-bias absorption [default: with --fold-bn].")
+              help="Cross-layer equalisation of layer pairs and residual streams + high-bias absorption "
+                   "[default: with --fold-bn].")
 @click.option("--bias-correction/--no-bias-correction", default=None,
               help="Empirical bias correction after rounding [default: on for models with BN, with --method rtn].")
 @click.option("--bn-reestimate/--no-bn-reestimate", default=None,
