@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from quant.bn import PASSTHROUGH, chains
-from quant.streams import equalize_streams
+from quant.streams import Stream, equalize_streams, rescale_stream
+from quant.streams import depthwise as _depthwise
 
 ACTS = (nn.ReLU, nn.ReLU6)
 
@@ -50,10 +51,6 @@ class ChannelClamp(nn.Module):
 
 def _weighted(m: nn.Module) -> bool:
     return type(m) in (nn.Conv2d, nn.Linear)
-
-
-def _depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.groups > 1
 
 
 def find_pairs(model: nn.Module) -> list[tuple[str, str, str | None]]:
@@ -94,13 +91,6 @@ def _in_view(m2: nn.Module) -> torch.Tensor:
     if _depthwise(m2):
         return w.reshape(w.shape[0], -1)
     return w.transpose(0, 1).reshape(w.shape[1], -1)
-
-
-def _scale_in(m2: nn.Module, s: torch.Tensor) -> None:
-    if _depthwise(m2):
-        m2.weight.mul_(s.view(-1, 1, 1, 1))
-    else:
-        m2.weight.mul_(s.view(1, -1, *([1] * (m2.weight.ndim - 2))))
 
 
 def _axis(m1: nn.Module) -> int:
@@ -168,14 +158,9 @@ def equalize(model: nn.Module, sweeps: int = 20, tol: float = 1e-4, absorb: bool
 
 
 def _rescale(modules: dict, n1: str, n2: str, act: str | None, s: torch.Tensor) -> None:
-    """Divide layer 1's output channel c (weights, bias, BN prior, clamp bound) by s_c; multiply layer 2's input."""
-    m1, m2 = modules[n1], modules[n2]
-    m1.weight.div_(s.view(-1, *([1] * (m1.weight.ndim - 1))))
-    if m1.bias is not None:
-        m1.bias.div_(s)
-    if getattr(m1, "bn_prior", None) is not None:
-        m1.bn_prior = (m1.bn_prior[0] / s, m1.bn_prior[1] / s)
-    _scale_in(m2, s)
+    """Divide layer 1's output channel c (weights, bias, BN prior, clamp bound) by s_c; multiply layer 2's input:
+    a pair is a stream with one writer and one reader, plus the clamp between them."""
+    rescale_stream(Stream((n1,), (n2,)), modules, s)
     if act is not None and isinstance(modules[act], ChannelClamp):
         modules[act].upper.div_(s)
 

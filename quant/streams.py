@@ -39,7 +39,7 @@ class _LeafTracer(torch.fx.Tracer):
         return not any(True for _ in m.children()) or super().is_leaf_module(m, qualname)
 
 
-def _depthwise(m: nn.Module) -> bool:
+def depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.groups > 1
 
 
@@ -48,7 +48,7 @@ def _writer(m: nn.Module | None) -> bool:
 
 
 def _reader(m: nn.Module | None) -> bool:
-    return type(m) is nn.Linear or (type(m) is nn.Conv2d and (m.groups == 1 or _depthwise(m)))
+    return type(m) is nn.Linear or (type(m) is nn.Conv2d and (m.groups == 1 or depthwise(m)))
 
 
 def _combiner(node, modules: dict) -> bool:
@@ -136,7 +136,7 @@ def _column_range(m: nn.Module) -> torch.Tensor:
 def stream_scales(stream: Stream, modules: dict, highs: dict, alpha: float) -> torch.Tensor:
     """s per channel (max 1); dead channels keep 1."""
     high = torch.stack([highs[r] for r in stream.readers]).amax(0)
-    dense = [modules[r] for r in stream.readers if not _depthwise(modules[r])]
+    dense = [modules[r] for r in stream.readers if not depthwise(modules[r])]
     ok = high > 0
     if dense:
         w = torch.stack([_column_range(m) for m in dense]).amax(0)
@@ -160,7 +160,7 @@ def rescale_stream(stream: Stream, modules: dict, s: torch.Tensor) -> None:
             m.bn_prior = (m.bn_prior[0] / s, m.bn_prior[1] / s)
     for name in stream.readers:
         m = modules[name]
-        shape = (-1, 1, 1, 1) if _depthwise(m) else (1, -1, *([1] * (m.weight.ndim - 2)))
+        shape = (-1, 1, 1, 1) if depthwise(m) else (1, -1, *([1] * (m.weight.ndim - 2)))
         m.weight.mul_(s.view(shape))
 
 
