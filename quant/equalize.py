@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from quant.bn import PASSTHROUGH, chains
-from quant.streams import Stream, equalize_streams, rescale_stream
+from quant.streams import Stream, equalize_streams, rescale_stream, run_hooked
 from quant.streams import depthwise as _depthwise
 
 ACTS = (nn.ReLU, nn.ReLU6)
@@ -189,20 +189,8 @@ def _channel_highs(model: nn.Module, modules: dict, pairs, calib: torch.Tensor) 
         highs[name] = h if name not in highs else torch.maximum(highs[name], h)
 
     name_to_l1 = {act or n1: n1 for n1, _, act in pairs}
-    _run_hooked(model, {k: modules[k] for k in name_to_l1}, hook, calib)
+    run_hooked(model, {k: modules[k] for k in name_to_l1}, hook, calib)
     return highs
-
-
-@torch.no_grad()
-def _run_hooked(model: nn.Module, watched: dict, hook, calib: torch.Tensor) -> None:
-    """Run `calib` through `model` with `hook(module, inputs, output, name)` on each watched module."""
-    handles = [m.register_forward_hook(lambda m, i, y, n=n: hook(m, i, y, n)) for n, m in watched.items()]
-    try:
-        for x in calib.split(64):
-            model.eval()(x)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()
@@ -216,7 +204,7 @@ def _observed_floor(model: nn.Module, modules: dict, pairs, calib: torch.Tensor)
         low = y.amin(dim=dims)
         lows[name] = low if name not in lows else torch.minimum(lows[name], low)
 
-    _run_hooked(model, {n: modules[n] for n in names}, hook, calib)
+    run_hooked(model, {n: modules[n] for n in names}, hook, calib)
     for n, low in lows.items():
         modules[n].bn_prior = (low, torch.zeros_like(low))
 

@@ -108,23 +108,28 @@ def find_streams(model: nn.Module) -> list[Stream] | None:
 
 
 @torch.no_grad()
-def _input_highs(model: nn.Module, readers: list[str], calib: torch.Tensor, batch: int = 64) -> dict:
-    """Per-channel absolute maximum of each reader's input on `calib`."""
-    modules = dict(model.named_modules())
-    highs: dict[str, torch.Tensor] = {}
-
-    def hook(m, inputs, name):
-        x = inputs[0]
-        h = x.abs().amax(dim=(0, *range(2, x.ndim))) if isinstance(m, nn.Conv2d) else x.abs().flatten(0, -2).amax(0)
-        highs[name] = h if name not in highs else torch.maximum(highs[name], h)
-
-    handles = [modules[r].register_forward_pre_hook(lambda m, i, r=r: hook(m, i, r)) for r in readers]
+def run_hooked(model: nn.Module, watched: dict, hook, calib: torch.Tensor, batch: int = 64) -> None:
+    """Run `calib` through `model` with `hook(module, inputs, output, name)` on each watched module."""
+    handles = [m.register_forward_hook(lambda m, i, y, n=n: hook(m, i, y, n)) for n, m in watched.items()]
     try:
         for x in calib.split(batch):
             model.eval()(x)
     finally:
         for h in handles:
             h.remove()
+
+
+def _input_highs(model: nn.Module, readers: list[str], calib: torch.Tensor) -> dict:
+    """Per-channel absolute maximum of each reader's input on `calib`."""
+    modules = dict(model.named_modules())
+    highs: dict[str, torch.Tensor] = {}
+
+    def hook(m, inputs, _y, name):
+        x = inputs[0]
+        h = x.abs().amax(dim=(0, *range(2, x.ndim))) if isinstance(m, nn.Conv2d) else x.abs().flatten(0, -2).amax(0)
+        highs[name] = h if name not in highs else torch.maximum(highs[name], h)
+
+    run_hooked(model, {r: modules[r] for r in readers}, hook, calib)
     return highs
 
 
