@@ -8,6 +8,10 @@ the load average is recorded. Top-1 is on 1000 real test images, runtime vs the 
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/onnx_speed.py --out benchmarks/results
 
+Every INT8 artifact is timed twice: as edgevit runs it (`session.x64quantprecision=1`, exact on any x86,
+runtimes.onnx.session) and on onnxruntime's default x86 path (`… (x64 fast path)`), which saturates on
+CPUs without VNNI; the table names this CPU's int8 features, and the fast path's top-1 is this CPU's.
+
 `--sizes-only` re-exports and re-measures size and top-1 but takes the latency columns from the results
 already in --out (for a shared machine, where new timings would be distorted); the tables say so.
 """
@@ -37,6 +41,13 @@ from runtimes.errors import ParityError  # noqa: E402
 from runtimes.onnx.artifact import export_onnx_artifact  # noqa: E402
 from runtimes.onnx.quantspec import spec_from_model  # noqa: E402
 from runtimes.runner import open_runner  # noqa: E402
+from runtimes import machine  # noqa: E402
+
+FAST = " (x64 fast path)"   # the same artifact without session.x64quantprecision
+
+
+def _runner_options(variant: str) -> dict:
+    return {"portable": False} if variant.endswith(FAST) else {}
 
 
 def _ort_reference(fp32_dir: Path, out: Path, kind: str, calib: np.ndarray) -> None:
@@ -62,8 +73,8 @@ def _ort_reference(fp32_dir: Path, out: Path, kind: str, calib: np.ndarray) -> N
                   "parity": {"thresholds": {"top1_agreement": 0.99}}})
 
 
-def _top1(path: Path, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None) -> dict:
-    got = open_runner(path).run(x)
+def _top1(path: Path, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, options: dict | None = None) -> dict:
+    got = open_runner(path, **(options or {})).run(x)
     out = {"top1_runtime": round(float((got.argmax(1) == y).mean() * 100), 2)}
     if ref is not None:
         out["top1_torch"] = round(float((ref.argmax(1) == y).mean() * 100), 2)
@@ -100,7 +111,7 @@ def main() -> None:
     xe, ye = (t.numpy() for t in load_data("fashion-mnist:1000", PRE, "test", seed=1))
     calib_t = calibration_tensor("fashion-mnist:256", PRE, seed=0)
     calib = calib_t.numpy()
-    results = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+    results = {"machine": {**machine.describe(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                            "note": "ratios from interleaved rounds in one process", "loadavg": [round(v, 2) for v in os.getloadavg()]},
                "models": {}}
     for name in a.models.split(","):
@@ -137,14 +148,19 @@ def main() -> None:
             rows["w4a6-fp4"] = {"error": str(e)}
             sized = []
         fp32_bytes = load_artifact(d / "fp32").size_bytes
+        variants += [v + FAST for v in variants if v != "fp32"]
+        refs.update({v + FAST: refs.get(v) for v in variants if not v.endswith(FAST)})
+        path = {v: d / v.removesuffix(FAST) for v in variants}
         if previous is None:
-            timing = bench_interleaved([str(d / v) for v in variants], rounds=a.rounds, iters=a.iters)
+            timing = bench_interleaved([str(path[v]) for v in variants], rounds=a.rounds, iters=a.iters,
+                                       options=[_runner_options(v) for v in variants])
             base = timing[0]["median_ms"]
             timing = [{**t, "speedup_vs_fp32": round(base / t["median_ms"], 3)} for t in timing]
         else:   # latency from the earlier timed run; size from the artifacts just written
-            timing = [_earlier_timing(previous, name, v, load_artifact(d / v)) for v in variants]
+            timing = [_earlier_timing(previous, name, v, load_artifact(path[v])) for v in variants]
         for v, t in zip(variants, timing):
-            rows[v] = {**t, "size_vs_fp32": round(t["file_bytes"] / fp32_bytes, 4), **_top1(d / v, xe, ye, refs.get(v))}
+            rows[v] = {**t, "size_vs_fp32": round(t["file_bytes"] / fp32_bytes, 4),
+                       **_top1(path[v], xe, ye, refs.get(v), _runner_options(v))}
         for v in sized:
             art = load_artifact(d / v)
             rows[v] = {"precision": art.precision(), "graph_form": art.manifest["quant"]["graph_form"],
@@ -160,6 +176,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "onnx_speed.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# ONNX Runtime CPU: INT8 speed, W4 size (batch 1, 1 thread)", "",
+             f"CPU: {machine.summary(results['machine'])} — int8 speed and the fast path's accuracy depend on it.",
              "Interleaved A/B in one process (median of rounds); 2-core machine; load average in the JSON."
              + (" Latency from the previous timed run; sizes and top-1 re-measured." if previous is not None else ""),
              "Top-1 on 1000 Fashion-MNIST test images; `torch` is the model that was exported (fake-quant); "

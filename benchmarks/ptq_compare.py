@@ -102,10 +102,10 @@ def ort_capability(fam, bits):
 
 def run_ort(model, meta, fam, bits, calib, x, tmp: Path, calib_method: str):
     """onnxruntime.quantization.quantize_static: QDQ, per-channel weights, static activations."""
-    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from runtimes.onnx.export import export_onnx
+    from runtimes.onnx.session import cpu_session
     fp32 = tmp / "fp32.onnx"
     if not fp32.exists():
         export_onnx(model, (1, *x.shape[1:]), fp32)
@@ -125,9 +125,7 @@ def run_ort(model, meta, fam, bits, calib, x, tmp: Path, calib_method: str):
                     calibrate_method=getattr(CalibrationMethod, calib_method),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     secs = time.perf_counter() - t0
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(out)   # the same exact-int8 settings as edgevit's own artifacts
     fn = lambda b: sess.run(None, {"input": b.numpy()})[0]   # noqa: E731
     return fn, secs, out.stat().st_size
 

@@ -38,6 +38,7 @@ from edgevit.rewrite import load_target, rewrite_model  # noqa: E402
 from runtimes import parity  # noqa: E402
 from runtimes.onnx.export import export_onnx  # noqa: E402
 from runtimes.qnn.bundle import build_qdq  # noqa: E402
+from runtimes.onnx.session import cpu_session  # noqa: E402
 from runtimes.qnn.compile import qnn_session  # noqa: E402
 from runtimes.qnn.session import htp_placement, quantize_for_qnn  # noqa: E402
 
@@ -46,10 +47,7 @@ ACT = {"w8a16": "uint16", "w8a8": "uint8", "w4a16": "uint16"}
 
 def _run(path: Path, x: np.ndarray, cpu: bool = False) -> np.ndarray:
     if cpu:
-        import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        s = cpu_session(path)
     else:
         s = qnn_session(path)
     name = s.get_inputs()[0].name

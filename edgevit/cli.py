@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import traceback
 
@@ -36,6 +37,9 @@ class EdgevitGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except Terminated:
+            click.echo("terminated", err=True)
+            ctx.exit(128 + signal.SIGTERM)
         except Exception as e:  # noqa: BLE001 — the last line of defence keeps the one-line promise
             _fail(ctx, StageError(f"{type(e).__name__}: {e}"), 1)
 
@@ -80,7 +84,17 @@ def _register() -> None:
 _register()
 
 
+class Terminated(BaseException):
+    """SIGTERM as an exception (like KeyboardInterrupt for SIGINT), so every writer's `finally` removes
+    its staging directory (`.NAME.*.partial`, `.NAME.tmp*`) before the process ends."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _raise_terminated)
     cli(prog_name="edgevit")
 
 

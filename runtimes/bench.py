@@ -56,17 +56,19 @@ def bench_one(path: str, threads: int = 1, warmup: int = 20, iters: int = 200, b
 
 
 def bench_interleaved(paths: list[str], threads: int = 1, rounds: int = 15, iters: int = 50, warmup: int = 20,
-                      seed: int = 0) -> list[dict]:
+                      seed: int = 0, options: list[dict] | None = None) -> list[dict]:
     """A/B latency of several artifacts in one process: round-robin blocks of `iters` runs, median of rounds.
 
     On a shared machine, background load drifts over seconds; alternating short blocks exposes every
     artifact to the same load, so the *ratios* are fair even when absolute times are not. Reports the
     median over rounds of each block's median latency, and the load average at start and end.
+    `options[i]` are extra runner options for `paths[i]` (e.g. `{"portable": False}` to time onnxruntime's
+    x86 fast int8 path, which is inexact on CPUs without VNNI); a path may appear twice with different ones.
     """
     from runtimes.artifact import load_artifact
     from runtimes.runner import open_runner
     arts = [load_artifact(p) for p in paths]
-    runners = [open_runner(a, threads=threads) for a in arts]
+    runners = [open_runner(a, threads=threads, **o) for a, o in zip(arts, options or [{}] * len(arts))]
     shapes = [[1 if not isinstance(d, int) else d for d in a.manifest["input"]["shape"]] for a in arts]
     xs = [np.random.default_rng(seed).standard_normal(s).astype(np.float32) for s in shapes]
     for r, x in zip(runners, xs):
@@ -88,8 +90,9 @@ def bench_interleaved(paths: list[str], threads: int = 1, rounds: int = 15, iter
              "median_ms": round(float(np.median(b) * 1e3), 4),
              "rounds_ms_min_max": [round(float(b.min() * 1e3), 4), round(float(b.max() * 1e3), 4)],
              "threads": threads, "rounds": rounds, "iters_per_round": iters, "file_bytes": a.size_bytes,
-             "loadavg_start": [round(v, 2) for v in load0], "loadavg_end": [round(v, 2) for v in load1]}
-            for p, a, b in zip(paths, arts, blocks)]
+             "loadavg_start": [round(v, 2) for v in load0], "loadavg_end": [round(v, 2) for v in load1],
+             **({"runner_options": o} if o else {})}
+            for p, a, b, o in zip(paths, arts, blocks, options or [{}] * len(arts))]
 
 
 def bench_many(paths: list[str], threads: int = 1, warmup: int = 20, iters: int = 200, batch: int = 1,

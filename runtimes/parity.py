@@ -66,3 +66,20 @@ def check(metrics: dict, thresholds: dict, what: str = "artifact") -> None:
     bad = failures(metrics, thresholds)
     if bad:
         raise ParityError(f"parity failed for {what} on {metrics['n']} images: " + "; ".join(bad))
+
+
+def differences(metrics: dict, recorded: dict | None, sqnr_tol_db: float = 3.0, agreement_tol: float = 0.01) -> list[str]:
+    """How `metrics` measured here differ from the `recorded` export-time ones beyond what another image
+    subset explains (SQNR by more than `sqnr_tol_db`, agreement by more than `agreement_tol`): the sign of
+    integer kernels that compute differently on this CPU. Empty when they agree or nothing was recorded."""
+    if not recorded:
+        return []
+    out = []
+    # above ~60 dB both sides are float-exact up to kernel order: compare what lies below it
+    here, then = (min(60.0, math.inf if m["sqnr_db"] == "inf" else float(m["sqnr_db"])) for m in (metrics, recorded))
+    if abs(here - then) > sqnr_tol_db:
+        out.append(f"SQNR {here:.1f} dB here vs {then:.1f} dB recorded")
+    if abs(metrics["top1_agreement"] - recorded["top1_agreement"]) > agreement_tol:
+        out.append(f"top-1 agreement {100 * metrics['top1_agreement']:.2f}% here vs "
+                   f"{100 * recorded['top1_agreement']:.2f}% recorded")
+    return out

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import functools
+import sys
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=False)
+# Piped or captured output (a log, `| grep`, a test) is never re-wrapped to an assumed 80 columns:
+# messages stay on one line and tables take the width they need.
+console = Console(stderr=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 
 
 def model_options(f):

@@ -257,7 +257,7 @@ def check_parity_cmd(artifact, data, seed, model_override, weights, threads):
       edgevit check-parity out/vit-small-onnx --data fashion-mnist:512
     """
     from edgevit.data import parse_data_spec
-    from runtimes import parity
+    from runtimes import machine, parity
     from runtimes.artifact import load_artifact
     from runtimes.runner import open_runner, run_batched
     parse_data_spec(data)
@@ -290,6 +290,14 @@ def check_parity_cmd(artifact, data, seed, model_override, weights, threads):
                      f"{100 * (ref.argmax(-1) == y).mean():.2f}%", "-"])
     print_table(f"{artifact} ({art.precision()}) vs torch on {m['n']} images ({data}, seed {seed})",
                 ["metric", "value", "threshold"], rows)
+    record = art.manifest["parity"]
+    if record.get("machine"):
+        console.print(f"recorded at export on {machine.summary(record['machine'])}")
+    console.print(f"measured here on {machine.summary()}")
+    changed = parity.differences(m, record.get("metrics"))
+    if changed:
+        console.print("[bold yellow]this machine's result differs from the recorded one[/]: " + "; ".join(changed)
+                      + " (integer kernels compute differently on this CPU, or the artifact changed)")
     bad = parity.failures(m, th)
     if bad:
         raise StageError(f"parity failed: {'; '.join(bad)}")

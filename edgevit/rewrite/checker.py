@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from edgevit.rewrite.targets import Target
+from runtimes.onnx.session import cpu_session
 
 _DTYPE = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
 _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2,
@@ -60,7 +61,6 @@ def _tensor_types(model: onnx.ModelProto) -> dict[str, tuple[str, list]]:
 
 
 def _run_types(model: onnx.ModelProto) -> dict[str, tuple[str, list]]:
-    import onnxruntime as ort
     m = onnx.ModelProto()
     m.CopyFrom(model)
     known = {o.name for o in m.graph.output}
@@ -69,10 +69,7 @@ def _run_types(model: onnx.ModelProto) -> dict[str, tuple[str, list]]:
             if t and t not in known:
                 m.graph.output.append(onnx.ValueInfoProto(name=t))
                 known.add(t)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = cpu_session(m.SerializeToString(), optimization="none")
     feeds = {i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim],
                               onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
              for i in m.graph.input if i.name not in {x.name for x in m.graph.initializer}}

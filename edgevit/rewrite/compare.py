@@ -15,6 +15,7 @@ from edgevit.models.train import evaluate
 from edgevit.report.metrics import count_macs, count_params
 from edgevit.rewrite.checker import export_for_check
 from edgevit.rewrite.robustness import robustness
+from runtimes.onnx.session import cpu_session
 
 
 def ort_latency_interleaved(models: dict[str, nn.Module], input_shape: tuple[int, ...], rounds: int = 10,
@@ -23,17 +24,12 @@ def ort_latency_interleaved(models: dict[str, nn.Module], input_shape: tuple[int
     order, `iters` calls per turn, in one process: load from other processes hits all of them alike,
     so the ratio is meaningful on a shared machine even when absolute times are not. Reports the
     median over all calls, per-round medians and the load average while measuring."""
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
     x = np.random.default_rng(seed).standard_normal(input_shape).astype(np.float32)
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, m in models.items():
             path = export_for_check(m, input_shape, Path(tmp) / f"{len(sessions)}.onnx")
-            sessions[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            sessions[name] = cpu_session(path, threads)
     feeds = {n: {s.get_inputs()[0].name: x} for n, s in sessions.items()}
     for n, s in sessions.items():
         for _ in range(warmup):

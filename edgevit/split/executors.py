@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.errors import StageError, UsageError
+from runtimes.onnx.session import cpu_session, manifest_config
 
 
 class DeviceError(StageError):
@@ -77,22 +78,12 @@ class SplitPlan:
 
 def session_config(part: dict) -> dict:
     """onnxruntime session entries a part's quantised graph asks for (runtimes.onnx.quantized)."""
-    return dict((part.get("quant") or {}).get("runtime_options") or {})
+    return manifest_config(part)
 
 
 def ort_session(model: Path | bytes, threads: int = 1, config: dict | None = None):
-    """A sequential, `threads`-thread CPU session with every graph optimisation on."""
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    for key, value in (config or {}).items():
-        opts.add_session_config_entry(key, str(value))
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
-                                providers=["CPUExecutionProvider"])
+    """A sequential, `threads`-thread CPU session (runtimes.onnx.session: exact int8 on any x86)."""
+    return cpu_session(model, threads, config)
 
 
 class Executor:

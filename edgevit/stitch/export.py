@@ -23,6 +23,7 @@ from runtimes import parity
 from runtimes.artifact import ArtifactWriter, tool_versions
 from runtimes.errors import ParityError
 from runtimes.onnx.export import export_onnx
+from runtimes.onnx.session import cpu_session
 from edgevit.stitch.model import ConfigView, StitchedModel
 
 GRAPH_DIR = "onnx"
@@ -112,15 +113,6 @@ def _parity(sess, module, x: torch.Tensor, row: dict) -> None:
     row["parity_max_abs"] = max(row.get("parity_max_abs", 0.0), m["max_abs"])
 
 
-def _ort_session(model: Path | bytes, threads: int = 1):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"])
-
-
 def time_session(sess, x: np.ndarray, warmup: int = 10, iters: int = 50) -> float:
     """Median latency (ms) of one batch through an onnxruntime session."""
     name = sess.get_inputs()[0].name
@@ -153,7 +145,7 @@ def export_stitched(model: StitchedModel, out: str | Path, *, rows: list[dict], 
     graphs = {}
     for cid in tqdm(range(model.num_configs), desc="ONNX export + parity + ORT latency", disable=not progress):
         graph = _export_graph(ConfigView(model, cid), input_shape, opset)
-        sess = _ort_session(graph.SerializeToString())
+        sess = cpu_session(graph.SerializeToString())
         _parity(sess, ConfigView(model, cid), ref_inputs, rows[cid])
         rows[cid]["latency_ms"] = round(time_session(sess, one, iters=latency_iters), 4)
         graphs[cid] = graph
@@ -170,7 +162,7 @@ def export_stitched(model: StitchedModel, out: str | Path, *, rows: list[dict], 
         for cid in range(model.num_configs):
             rows[cid].setdefault("file", None)
             if rows[cid]["file"]:   # the shipped file (external weights, short names) must match torch too
-                _parity(_ort_session(w.dir / rows[cid]["file"]), ConfigView(model, cid), ref_inputs, rows[cid])
+                _parity(cpu_session(w.dir / rows[cid]["file"]), ConfigView(model, cid), ref_inputs, rows[cid])
         if before_commit is not None:
             before_commit(w.dir, rows)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(w.dir / TORCH_FILE))

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from runtimes import parity
+from runtimes import machine, parity
 from runtimes.artifact import Artifact, ArtifactWriter, tool_versions
 from runtimes.errors import ParityError
 from runtimes.onnx.compact import compact
@@ -67,7 +67,8 @@ def export_onnx_artifact(model: nn.Module, out: str | Path, *, input_shape: tupl
             "preprocess": {"resize": "bilinear", "pixel_scale": 1 / 255, "layout": "NCHW", **preprocess},
             "labels": list(labels),
             "quant": quant_block,
-            "parity": {"precision_class": pclass, "thresholds": thresholds, "metrics": metrics},
+            "parity": {"precision_class": pclass, "thresholds": thresholds, "metrics": metrics,
+                       "machine": machine.describe()},
             "metrics": export_metrics,
             "tools": {**tool_versions("torch", "onnx", "onnxruntime", "numpy"), **(tools or {}),
                       "opset": str(opset or (17 if quant_spec is None else quant_block.get("opset", 21)))},

@@ -40,13 +40,15 @@ from runtimes.errors import ExportError
 from runtimes.onnx.actquant import ActQuantOp, function_protos
 from runtimes.onnx.export import export_onnx
 from runtimes.onnx.functions import DOMAIN, Body, attach
+from runtimes.onnx.session import PORTABLE_CONFIG
 from runtimes.onnx.quantspec import LayerQuant, QuantSpec, format_bits, fp_grid_codes, spec_from_model
 
 QUANT_OPSET = 21
 # onnxruntime rewrites DequantizeLinear(int4/int8 weights) → MatMul into MatMulNBits, which by default
 # (accuracy level 4) also quantises the activations to int8: not what a weight-only graph says. Level 0
 # keeps float activations; the runner applies these options from the manifest.
-ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}
+# PORTABLE_CONFIG: exact integer kernels on x86 CPUs without VNNI (runtimes.onnx.session).
+ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0", **PORTABLE_CONFIG}
 _DQ_TYPES = {"int8": T.INT8, "int4": T.INT4, "fp8_e4m3": T.FLOAT8E4M3FN, "fp8_e5m2": T.FLOAT8E5M2}
 
 __all__ = ["export_quantized_onnx", "spec_from_model", "float_twin"]
@@ -222,6 +224,11 @@ def _weight_dq(graph: _Graph, name: str, lq: LayerQuant, orient: str, opset: int
         if lq.zero_point is not None:
             zp = lq.zero_point[:, 0] if groups == 1 else (lq.zero_point if orient == "as-is" else lq.zero_point.T)
             inputs.append(_typed_codes(graph, f"{name}.zp", lq.fmt, zp.reshape(zp_shape)))
+        elif lq.fmt == "int8":
+            # Explicit zeros, one per scale: onnxruntime's exact x86 path (runtimes.onnx.session) re-biases
+            # int8 weights to uint8 and, given no zero point, makes a scalar one that per-axis and blocked
+            # DequantizeLinear reject.
+            inputs.append(_typed_codes(graph, f"{name}.zp", lq.fmt, np.zeros(zp_shape, np.int8)))
         return graph.node("DequantizeLinear", inputs, **attrs), "dq-" + lq.fmt
     # Packed codes, decoded by a shared function (one per kind) in torch orientation (out, groups, group_size)
     if lq.fmt.startswith("int"):
@@ -296,8 +303,8 @@ class _PackedKind(NamedTuple):
 
 
 def _typed_codes(graph: _Graph, base: str, fmt: str, q: np.ndarray) -> str:
-    if fmt == "int8":
-        return graph.const(base, q.astype(np.int8))
+    if fmt == "int8":   # never shared: onnxruntime re-biases each int8 weight and zero point to uint8 in place
+        return graph.raw(base, T.INT8, q.shape, q.astype(np.int8).tobytes())
     if fmt == "int4":  # two's-complement nibbles, first element in the low nibble
         nib = (q.astype(np.int8).ravel() & 0x0F).astype(np.uint8)
         nib = np.concatenate([nib, np.zeros(len(nib) % 2, np.uint8)])

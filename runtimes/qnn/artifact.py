@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from runtimes import parity
+from runtimes import machine, parity
 from runtimes.artifact import Artifact, ArtifactWriter, load_artifact, tool_versions
 from runtimes.errors import ExportError, ParityError
 from runtimes.qnn.compile import compile_context, parse_soc
@@ -112,7 +112,8 @@ def export_qnn_artifact(model: nn.Module, out: str | Path, *, input_shape: tuple
                       "encodings_count": {"activations": len(enc["activation_encodings"]),
                                           "params": len(enc["param_encodings"])}},
             "qnn": {"backend": "HTP", "contexts": contexts, "float_model": FLOAT, "encodings": ENCODINGS},
-            "parity": {"precision_class": f"qnn-{pclass}", "thresholds": thresholds, "metrics": metrics},
+            "parity": {"precision_class": f"qnn-{pclass}", "thresholds": thresholds, "metrics": metrics,
+                       "machine": machine.describe()},
             "metrics": export_metrics,
             "tools": {**tool_versions("torch", "onnx", "onnxruntime", "onnxruntime-qnn", "numpy"), **(tools or {})},
         }

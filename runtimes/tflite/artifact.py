@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from runtimes import parity
+from runtimes import machine, parity
 from runtimes.artifact import Artifact, ArtifactWriter, load_artifact, tool_versions
 from runtimes.errors import ExportError, ParityError
 from runtimes.tflite.convert import ACTIVATION_BITS, check_precision, convert_fp32, quantize_static
@@ -100,7 +100,8 @@ def export_tflite_artifact(model: nn.Module, out: str | Path, *, input_shape: tu
             "preprocess": {"resize": "bilinear", "pixel_scale": 1 / 255, "layout": "NCHW", **preprocess},
             "labels": list(labels),
             "quant": quant_block,
-            "parity": {"precision_class": f"tflite-{precision}", "thresholds": thresholds, "metrics": metrics},
+            "parity": {"precision_class": f"tflite-{precision}", "thresholds": thresholds, "metrics": metrics,
+                       "machine": machine.describe()},
             "metrics": export_metrics,
             "tools": {**tool_versions("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "numpy"),
                       **(tools or {})},
