@@ -92,3 +92,33 @@ def test_image_folder_labelled_and_flat(tmp_path):
     (tmp_path / "flat" / "b.png").write_bytes(b"not an image")
     with pytest.raises(UsageError, match="cannot read image"):
         load_image_folder(tmp_path / "flat", 28, 1)
+
+
+def test_auto_data_follows_the_model():
+    """`auto` is Fashion-MNIST for the bundled 1-channel models and the photos for RGB (ImageNet) ones."""
+    from edgevit.data import load_data, resolve_data_spec
+    from edgevit.data.preprocess import Preprocess
+    gray = Preprocess(size=28, channels=1, mean=(0.286,), std=(0.353,))
+    rgb = Preprocess(size=32, channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    assert resolve_data_spec("auto:256", gray) == "fashion-mnist:256"
+    assert resolve_data_spec("auto:63+mirror", rgb) == "photos:63+mirror"
+    assert resolve_data_spec("folder:/x:4", rgb) == "folder:/x:4"
+    x, y = load_data("auto:8", rgb, split="test")
+    assert x.shape[1:] == (3, 32, 32) and y is None           # photos: unlabelled, agreement only
+    x, y = load_data("auto:8", gray, split="test")
+    assert x.shape[1:] == (1, 28, 28) and y is not None and len(y) == 8
+    with pytest.raises(UsageError):
+        resolve_data_spec("auto:0", gray)
+
+
+def test_quantize_defaults_calibrate_an_imagenet_model_on_photos(cli_runner, tmp_path):
+    import json
+    from edgevit.cli import cli
+    import importlib.util
+    if importlib.util.find_spec("timm") is None:   # (importing timm itself needs edgevit's torchvision stubs)
+        pytest.skip("timm not installed")
+    r = cli_runner.invoke(cli, ["quantize", "timm:test_vit", "--bits", "w8a8", "--eval-limit", "8",
+                                "--out", str(tmp_path / "q")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert report["calib"].startswith("photos") and report["eval"]["data"] == "photos"

@@ -54,6 +54,49 @@ def test_fp32_export_matches_torch(tiny_artifacts, images):
     assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-4
 
 
+class _Embedded(nn.Module):
+    """A position embedding stored as a transposed (non-contiguous) view, as the NPU rewrite's (1, C, 1, S)
+    layout makes it, then a 1×1 conv."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.proj = nn.Conv2d(32, 32, 1)
+        self.pos = nn.Parameter(torch.randn(1, 16, 1, 32, generator=torch.Generator().manual_seed(seed)).permute(0, 3, 2, 1))
+
+    def forward(self, x):
+        return self.proj(x + self.pos)
+
+
+class _TwoEmbeddings(nn.Module):
+    """Two same-shaped non-contiguous embeddings (a split model's two devices): without the fix,
+    litert-torch served one's values for the other in 3 of 8 conversions in one process."""
+
+    def __init__(self):
+        super().__init__()
+        self.subs = nn.ModuleList([_Embedded(0), _Embedded(1)])
+
+    def forward(self, x):
+        return torch.cat([s(x).flatten(1) for s in self.subs], 1)
+
+
+def test_non_contiguous_parameters_convert_exactly(tmp_path):
+    from runtimes.tflite.convert import convert_fp32
+    from runtimes.tflite.lower import lower_for_tflite
+    from runtimes.tflite.runner import TfliteRunner
+    from runtimes.artifact import Artifact
+    model = _TwoEmbeddings().eval()
+    assert not any(s.pos.is_contiguous() for s in model.subs)
+    lowered, _ = lower_for_tflite(model)
+    assert all(t.is_contiguous() for t in lowered.parameters()) and not model.subs[0].pos.is_contiguous()  # a copy
+    x = torch.randn(1, 32, 1, 16)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    for i in range(6):   # the aliasing depended on allocator address reuse: several conversions in one process
+        convert_fp32(lowered, tuple(x.shape), tmp_path / f"m{i}.tflite")
+        got = TfliteRunner(Artifact(tmp_path, {"entry": f"m{i}.tflite"})).run(x.numpy())
+        assert np.abs(got - ref).max() <= 1e-5
+
+
 def test_int8_model_is_integer_end_to_end(tiny_artifacts):
     from runtimes.tflite.inspect import check_integer, integer_report
     _, fp32, int8 = tiny_artifacts

@@ -207,8 +207,10 @@ def plot_sensitivity(rows: list, path: Path, metric: str) -> None:
 @click.option("--fmt", "family", default="int", show_default=True,
               type=click.Choice(["int", "fp4", "fp6", "fp8", "mxfp4", "mxfp6", "mxfp8", "mxint8"]))
 @click.option("--bits", default="w4a8", show_default=True, help="Precision every layer is tried at, e.g. w4a8.")
-@click.option("--calib", default="fashion-mnist:256", show_default=True, help="Calibration data (`photos` for ImageNet models).")
-@click.option("--eval-data", default="fashion-mnist", show_default=True, help="Evaluation data (`photos` for ImageNet models).")
+@click.option("--calib", default="auto:256", show_default=True,
+              help="Calibration data; auto = the model's own (Fashion-MNIST, or the photos for ImageNet models).")
+@click.option("--eval-data", default="auto", show_default=True,
+              help="Evaluation data; auto = the model's own (Fashion-MNIST, or the photos for ImageNet models).")
 @click.option("--eval-limit", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--fold-bn/--no-fold-bn", default=None, help="Fold BatchNorm first [default: on for models with BN].")
 @click.option("--equalize/--no-equalize", default=None, help="Cross-layer equalisation first [default: with --fold-bn].")
@@ -257,7 +259,8 @@ def analyze_cmd(model, weights, trust_checkpoint, family, bits, calib, eval_data
 def load_sets(calib: str, eval_data: str, eval_limit: int | None, meta, seed: int):
     """(calib, eval x, eval y or None, note). `photos[:N]` are the real photos: calibration on the even views,
     evaluation (agreement with FP32) on the disjoint odd views — same scenes, different crops and flips."""
-    from edgevit.data import calibration_tensor, load_data, parse_data_spec
+    from edgevit.data import calibration_tensor, load_data, parse_data_spec, resolve_data_spec
+    calib, eval_data = (resolve_data_spec(d, meta.preprocess) for d in (calib, eval_data))
     cal_x = calibration_tensor(parse_data_spec(calib), meta.preprocess, seed=seed)
     spec = parse_data_spec(eval_data)
     if eval_limit is not None:

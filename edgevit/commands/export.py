@@ -54,8 +54,9 @@ def _parity_data(spec: str, meta, seed: int):
 @model_options
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="onnx", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Artifact directory to create.")
-@click.option("--parity-data", default="fashion-mnist:512", show_default=True,
-              help="Real test images for the export-time parity check (fashion-mnist:N or folder:PATH[:N]).")
+@click.option("--parity-data", default="auto:512", show_default=True,
+              help="Real test images for the export-time parity check (auto[:N], fashion-mnist:N, photos[:N] or "
+                   "folder:PATH[:N]); auto = the model's own data (Fashion-MNIST for the bundled models, the photos for ImageNet ones).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the parity subset.")
 @click.option("--opset", type=click.IntRange(17, 23), default=None,
               help="ONNX opset (default 17 for FP32, 21 for quantised graphs).")
@@ -63,7 +64,7 @@ def _parity_data(spec: str, meta, seed: int):
 @click.option("--graph-form", type=click.Choice(["exact", "integer"]), default="exact", show_default=True,
               help="Quantised graphs: 'exact' rounds only where the torch model does; 'integer' (w8a8 CNNs) "
                    "also requantises conv outputs and residual adds so onnxruntime runs integer kernels end to end.")
-@click.option("--calib-data", default="fashion-mnist:256", show_default=True,
+@click.option("--calib-data", default="auto:256", show_default=True,
               help="Training images calibrating the integer form's requantisation scales.")
 @click.option("--precision", type=click.Choice(["fp32", "w8a8", "w8a16", "w4a16"]), default=None,
               help="TFLite (fp32|w8a8|w8a16, via ai-edge-quantizer) and QNN (w8a16 default|w8a8|w4a16) precision "
@@ -91,7 +92,7 @@ def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed
       edgevit export vit-tiny --runtime qnn --precision w8a16 --soc SM8650 --soc SM8550 --out out/vit-qnn
     """
     from edgevit import __version__
-    from edgevit.data import parse_data_spec
+    from edgevit.data import parse_data_spec, resolve_data_spec
     from runtimes.artifact import check_destination
     if runtime not in BUILT:
         raise UsageError(f"the {runtime} exporter is not built yet; use --runtime onnx or tflite")
@@ -112,6 +113,7 @@ def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed
     if graph_form == "integer" and not _is_quantized_dir(model):
         raise UsageError("--graph-form integer needs a quantised checkpoint; run `edgevit quantize --bits w8a8` first")
     module, meta, spec, reload = _load_any(model, weights, trust_checkpoint)
+    parity_data, calib_data = (resolve_data_spec(d, meta.preprocess) for d in (parity_data, calib_data))
     x, y = _parity_data(parity_data, meta, seed)
     calib = None
     if graph_form == "integer":
@@ -241,7 +243,8 @@ def bench_cmd(artifacts, threads, warmup, iters, batch, json_out):
 
 @click.command("check-parity")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", default="fashion-mnist:512", show_default=True, help="Real test images (fashion-mnist:N or folder:PATH[:N]).")
+@click.option("--data", default="auto:512", show_default=True,
+              help="Real test images (auto[:N], fashion-mnist:N, photos[:N] or folder:PATH[:N]); auto = the model's own data (Fashion-MNIST for the bundled models, the photos for ImageNet ones).")
 @click.option("--seed", default=1, show_default=True, help="Seed for the image subset (export used 0).")
 @click.option("--model", "model_override", default=None,
               help="Torch model to compare with (default: the one recorded in the manifest).")
@@ -256,7 +259,7 @@ def check_parity_cmd(artifact, data, seed, model_override, weights, threads):
     Example:
       edgevit check-parity out/vit-small-onnx --data fashion-mnist:512
     """
-    from edgevit.data import parse_data_spec
+    from edgevit.data import parse_data_spec, resolve_data_spec
     from runtimes import machine, parity
     from runtimes.artifact import load_artifact
     from runtimes.runner import open_runner, run_batched
@@ -273,6 +276,7 @@ def check_parity_cmd(artifact, data, seed, model_override, weights, threads):
         raise UsageError(f"{artifact} does not record its torch model; pass --model NAME_OR_QUANTIZED_DIR")
     from edgevit.data.preprocess import Preprocess
     meta = type(meta)(meta.name, Preprocess.from_dict(art.manifest["preprocess"]), meta.labels, meta.source)
+    data = resolve_data_spec(data, meta.preprocess)
     x, y = _parity_data(data, meta, seed)
     import torch
     with torch.no_grad():

@@ -88,15 +88,16 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
                    "--backend brevitas. [default: rtn]")
 @click.option("--backend", default="edgevit", show_default=True, type=click.Choice(BACKENDS),
               help="Quantiser: edgevit's own, or brevitas' PTQ (pip install edgevit[brevitas]) into the same checkpoint.")
-@click.option("--calib", default="fashion-mnist:256", show_default=True,
-              help="Calibration data: fashion-mnist:N (train split), folder:PATH[:N] or photos; "
-                   "append +mirror to add each image's mirror image.")
+@click.option("--calib", default="auto:256", show_default=True,
+              help="Calibration data: auto[:N], fashion-mnist:N (train split), folder:PATH[:N] or photos[:N]; "
+                   "append +mirror to add each image's mirror image. auto = the model's own data (Fashion-MNIST for the bundled models, the photos for ImageNet ones).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (checkpoint + report.json).")
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None,
               help="YAML with overrides (weight_format, group_size, act_granularity, softmax_bits, layers: {pattern: ...}).")
 @click.option("--keep-float", multiple=True, help="Layer-name pattern to leave in float (repeatable), e.g. head.")
-@click.option("--eval-data", default="fashion-mnist", show_default=True,
-              help="Evaluation data: the Fashion-MNIST test set or folder:PATH (agreement with float if unlabelled).")
+@click.option("--eval-data", default="auto", show_default=True,
+              help="Evaluation data: auto, fashion-mnist[:N] (test set), photos[:N] or folder:PATH (agreement with "
+                   "float if unlabelled). auto = the model's own data (Fashion-MNIST for the bundled models, the photos for ImageNet ones).")
 @click.option("--eval-limit", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset of N images.")
 @click.option("--fold-bn/--no-fold-bn", default=None, help="Fold BatchNorm into convs first [default: on for models with BN].")
 @click.option("--equalize/--no-equalize", default=None,
@@ -127,7 +128,7 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
       edgevit quantize mobilenetv2 --bits w4a8 --method adaround --calib folder:photos/ --eval-data folder:photos/ --out out/mnv2
     """
     import quant
-    from edgevit.data import load_data, parse_data_spec
+    from edgevit.data import load_data, parse_data_spec, resolve_data_spec
     from edgevit.report.metrics import fp32_size_bytes, human_bytes
 
     # -- validate everything before any work (ptq() validates again; that is cheap) ----------------
@@ -146,11 +147,12 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
         brevitas_backend.check_available(spec, method)
     elif method == "gptq":
         raise UsageError("--method gptq is brevitas' algorithm here: add --backend brevitas (pip install edgevit[brevitas])")
-    parse_data_spec(calib)
+    parse_data_spec(calib), parse_data_spec(eval_data)
+    float_model, meta = load(model, weights, trust_checkpoint)
+    calib, eval_data = (resolve_data_spec(d, meta.preprocess) for d in (calib, eval_data))
     eval_spec = parse_data_spec(eval_data)
     if eval_limit is not None:
         eval_spec = type(eval_spec)(eval_spec.kind, eval_spec.path, eval_limit)
-    float_model, meta = load(model, weights, trust_checkpoint)
     with spec_errors():
         quant.plan_model(float_model, spec)
     labelled = eval_spec.kind == "fashion-mnist" and len(meta.labels) == 10

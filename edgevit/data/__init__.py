@@ -4,7 +4,9 @@ A data spec is `fashion-mnist` (the test split for evaluation, the train split f
 `fashion-mnist:512` (a seeded random subset of 512), `folder:PATH[:N]` for users' own images, or
 `photos[:N]`: the unlabelled real colour photos of edgevit.data.photos for ImageNet models (evaluation
 uses the odd views, calibration the disjoint even views; N keeps the first N, which span all scenes).
-Any spec may end in `+mirror`: each image is followed by its left-right mirror image, doubling a small
+`auto[:N]` is the model's own kind of data, decided by its input (resolve_data_spec): Fashion-MNIST for
+1-channel models (the bundled family), the photos for RGB ones (ImageNet backbones: timm, MobileNetV2, …),
+so an ImageNet model is never calibrated or evaluated on upscaled clothes. Any spec may end in `+mirror`: each image is followed by its left-right mirror image, doubling a small
 calibration set without new data. On MobileNetV2 W4A8 with the 63 calibration photos, mirroring lifted
 logit SQNR by 2.1 dB for AdaRound and 2.2 dB for BRECQ: reconstruction on 63 images over-fits them.
 """
@@ -21,12 +23,13 @@ from edgevit.data.image_folder import load_image_folder
 from edgevit.data.preprocess import Preprocess
 from edgevit.errors import UsageError
 
-__all__ = ["DataSpec", "parse_data_spec", "load_data", "calibration_tensor", "Preprocess", "FASHION_MNIST_LABELS"]
+__all__ = ["DataSpec", "parse_data_spec", "resolve_data_spec", "load_data", "calibration_tensor", "Preprocess",
+           "FASHION_MNIST_LABELS"]
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    kind: str            # "fashion-mnist" | "folder" | "photos"
+    kind: str            # "fashion-mnist" | "folder" | "photos" | "auto" (resolved by the model's input)
     path: str | None = None
     limit: int | None = None
     mirror: bool = False  # append each image's left-right mirror (calibration augmentation)
@@ -42,15 +45,23 @@ def parse_data_spec(spec: str) -> DataSpec:
     head, _, rest = spec.partition(":")
     if head in ("fashion-mnist", "fmnist"):
         return DataSpec("fashion-mnist", None, _parse_limit(rest, spec) if rest else None)
-    if head == "photos":
-        return DataSpec("photos", None, _parse_limit(rest, spec) if rest else None)
+    if head in ("photos", "auto"):
+        return DataSpec(head, None, _parse_limit(rest, spec) if rest else None)
     if head == "folder" and rest:
         path, sep, n = rest.rpartition(":")
         if sep and n.isdigit():
             return DataSpec("folder", path, _parse_limit(n, spec))
         return DataSpec("folder", rest, None)
-    raise UsageError(f"unknown data spec {spec!r}; use fashion-mnist, fashion-mnist:512, photos[:N] or folder:PATH[:N], "
+    raise UsageError(f"unknown data spec {spec!r}; use auto[:N], fashion-mnist[:N], photos[:N] or folder:PATH[:N], "
                      "optionally followed by +mirror")
+
+
+def resolve_data_spec(spec: str, preprocess: Preprocess) -> str:
+    """`auto[:N][+mirror]` → the same with the model's own data set (Fashion-MNIST for 1-channel inputs,
+    the photos for RGB ones); any other spec unchanged. Reports and manifests record the resolved spec."""
+    if parse_data_spec(spec).kind != "auto":
+        return spec
+    return ("fashion-mnist" if preprocess.channels == 1 else "photos") + spec[len("auto"):]
 
 
 def _parse_limit(text: str, spec: str) -> int:
@@ -66,6 +77,8 @@ def load_data(spec: str | DataSpec, preprocess: Preprocess, split: str = "test",
     A limit draws a seeded random subset (the same seed gives the same images).
     """
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind == "auto":
+        spec = replace(spec, kind="fashion-mnist" if preprocess.channels == 1 else "photos")
     if spec.mirror:
         x, y = load_data(replace(spec, mirror=False), preprocess, split, seed)
         return (torch.stack([x, x.flip(-1)], 1).flatten(0, 1),

@@ -97,8 +97,9 @@ def check_quantize(options: dict, recipe) -> None:
 
 
 def run_quantize(state: State, options: dict, ctx: Context) -> State:
-    from edgevit.data import load_data, parse_data_spec
+    from edgevit.data import load_data, parse_data_spec, resolve_data_spec
     from edgevit.models.train import evaluate
+    options = {**options, **{k: resolve_data_spec(options[k], state.meta.preprocess) for k in ("calib", "eval-data")}}
     spec_ = parse_data_spec(options["eval-data"])
     if options.get("eval-limit"):
         spec_ = type(spec_)(spec_.kind, spec_.path, options["eval-limit"])

@@ -4,7 +4,7 @@
 No torch and no edgevit install: everything the device needs (preprocessing, labels, input name and
 shape) is read from the artifact's manifest.json, so this file is the whole app.
 
-    python classify.py ARTIFACT_DIR image1.png [image2.jpg ...] [--top 5] [--threads 1] [--json]
+    python classify.py ARTIFACT_DIR image1.png [image2.jpg ...] [--top 5] [--threads 1] [--json [--logits]]
 """
 from __future__ import annotations
 
@@ -120,6 +120,7 @@ def main(argv=None) -> None:
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print JSON (for scripts and CI)")
+    ap.add_argument("--logits", action="store_true", help="with --json: add each image's raw output logits")
     a = ap.parse_args(argv)
     if a.top < 1 or a.threads < 1:
         fail("--top and --threads must be >= 1")
@@ -139,6 +140,9 @@ def main(argv=None) -> None:
     results = [{"image": img, "latency_ms": round(t, 3),
                 "top": [{"label": labels[j] if j < len(labels) else f"class_{j}", "p": float(row[j])}
                         for j in np.argsort(-row)[:a.top]]} for img, row, t in zip(a.images, p, ms)]
+    if a.logits:                                   # exact float32 values, for parity checks on the device
+        for r, row in zip(results, z):
+            r["logits"] = [float(v) for v in row]
     if a.json:
         print(json.dumps({"runtime": m["runtime"], "precision": (m.get("quant") or {}).get("precision", "fp32"),
                           "results": results}, indent=2))

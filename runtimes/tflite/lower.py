@@ -34,8 +34,21 @@ class MulLayerNorm(nn.Module):
 
 
 def lower_for_tflite(model: nn.Module) -> tuple[nn.Module, dict]:
-    """A copy of `model` with every nn.LayerNorm as MulLayerNorm; returns (model, {lowering: count})."""
+    """A copy of `model` with every nn.LayerNorm as MulLayerNorm and every parameter and buffer contiguous;
+    returns (model, {lowering: count}).
+
+    Contiguous because litert-torch's constant cache keys a constant on the storage address of
+    `tensor.contiguous()`: for a non-contiguous parameter that is a temporary copy, freed at once, so the
+    next same-shaped non-contiguous parameter can get its address and be served the first one's values.
+    That was the intermittent FP32 parity failure (max abs 0.0295) of a split model whose two devices'
+    (1, C, 1, S) position embeddings were transposed views: about half the conversions in one process
+    swapped them (tests/test_tflite.py::test_non_contiguous_parameters_convert_exactly).
+    """
     model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if not t.is_contiguous():
+                t.data = t.data.contiguous()
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
