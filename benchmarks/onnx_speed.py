@@ -8,9 +8,10 @@ the load average is recorded. Top-1 is on 1000 real test images, runtime vs the 
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/onnx_speed.py --out benchmarks/results
 
-Every INT8 artifact is timed twice: as edgevit runs it (`session.x64quantprecision=1`, exact on any x86,
-runtimes.onnx.session) and on onnxruntime's default x86 path (`… (x64 fast path)`), which saturates on
-CPUs without VNNI; the table names this CPU's int8 features, and the fast path's top-1 is this CPU's.
+Every INT8 artifact is timed twice: as edgevit runs it on this CPU (runtimes.onnx.session: onnxruntime's
+default u8×s8 kernels where they are exact, i.e. AVX-512 VNNI, else `session.x64quantprecision=1`'s u8×u8
+path) and on the other path (`… (exact u8u8 path)` on a VNNI CPU: what exactness would cost; `… (fast u8s8
+path)` elsewhere: what it saves, and the accuracy it loses there). The table names this CPU's int8 features.
 
 `--sizes-only` re-exports and re-measures size and top-1 but takes the latency columns from the results
 already in --out (for a shared machine, where new timings would be distorted); the tables say so.
@@ -43,11 +44,12 @@ from runtimes.onnx.quantspec import spec_from_model  # noqa: E402
 from runtimes.runner import open_runner  # noqa: E402
 from runtimes import machine  # noqa: E402
 
-FAST = " (x64 fast path)"   # the same artifact without session.x64quantprecision
+# The same artifact on the int8 path edgevit does not take on this CPU (runtimes.onnx.session).
+OTHER = " (exact u8u8 path)" if machine.u8s8_exact() else " (fast u8s8 path)"
 
 
 def _runner_options(variant: str) -> dict:
-    return {"portable": False} if variant.endswith(FAST) else {}
+    return {"exact_int8": machine.u8s8_exact()} if variant.endswith(OTHER) else {}
 
 
 def _ort_reference(fp32_dir: Path, out: Path, kind: str, calib: np.ndarray) -> None:
@@ -111,7 +113,7 @@ def main() -> None:
     xe, ye = (t.numpy() for t in load_data("fashion-mnist:1000", PRE, "test", seed=1))
     calib_t = calibration_tensor("fashion-mnist:256", PRE, seed=0)
     calib = calib_t.numpy()
-    results = {"machine": {**machine.describe(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+    results = {"machine": {**machine.describe(), "u8s8_exact": machine.u8s8_exact(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                            "note": "ratios from interleaved rounds in one process", "loadavg": [round(v, 2) for v in os.getloadavg()]},
                "models": {}}
     for name in a.models.split(","):
@@ -148,9 +150,9 @@ def main() -> None:
             rows["w4a6-fp4"] = {"error": str(e)}
             sized = []
         fp32_bytes = load_artifact(d / "fp32").size_bytes
-        variants += [v + FAST for v in variants if v != "fp32"]
-        refs.update({v + FAST: refs.get(v) for v in variants if not v.endswith(FAST)})
-        path = {v: d / v.removesuffix(FAST) for v in variants}
+        variants += [v + OTHER for v in variants if v != "fp32"]
+        refs.update({v + OTHER: refs.get(v) for v in variants if not v.endswith(OTHER)})
+        path = {v: d / v.removesuffix(OTHER) for v in variants}
         if previous is None:
             timing = bench_interleaved([str(path[v]) for v in variants], rounds=a.rounds, iters=a.iters,
                                        options=[_runner_options(v) for v in variants])
@@ -176,7 +178,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "onnx_speed.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# ONNX Runtime CPU: INT8 speed, W4 size (batch 1, 1 thread)", "",
-             f"CPU: {machine.summary(results['machine'])} — int8 speed and the fast path's accuracy depend on it.",
+             f"CPU: {machine.summary(results['machine'])}; its u8×s8 kernels are "
+             f"{'exact (VNNI)' if results['machine']['u8s8_exact'] else 'inexact (no VNNI): edgevit runs the exact u8×u8 path'}. "
+             f"Rows ending `{OTHER.strip()}` run the same artifact on the path edgevit does not take on this CPU.",
              "Interleaved A/B in one process (median of rounds); 2-core machine; load average in the JSON."
              + (" Latency from the previous timed run; sizes and top-1 re-measured." if previous is not None else ""),
              "Top-1 on 1000 Fashion-MNIST test images; `torch` is the model that was exported (fake-quant); "

@@ -132,7 +132,7 @@ def check_out_dir(path: str | Path, force: bool) -> None:
     """Refuse a non-empty existing output unless forced (call it before doing any work)."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not force)):
-        raise SpecError(f"{path} exists and is not empty; choose another --out or pass --force to replace it")
+        raise SpecError(f"{path} exists and is not empty; choose another --out or pass --overwrite to replace it")
 
 
 def directory_size(path: str | Path) -> int:

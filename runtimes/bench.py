@@ -62,8 +62,8 @@ def bench_interleaved(paths: list[str], threads: int = 1, rounds: int = 15, iter
     On a shared machine, background load drifts over seconds; alternating short blocks exposes every
     artifact to the same load, so the *ratios* are fair even when absolute times are not. Reports the
     median over rounds of each block's median latency, and the load average at start and end.
-    `options[i]` are extra runner options for `paths[i]` (e.g. `{"portable": False}` to time onnxruntime's
-    x86 fast int8 path, which is inexact on CPUs without VNNI); a path may appear twice with different ones.
+    `options[i]` are extra runner options for `paths[i]` (e.g. `{"exact_int8": True}` to time onnxruntime's
+    exact x86 int8 path on a CPU that does not need it); a path may appear twice with different ones.
     """
     from runtimes.artifact import load_artifact
     from runtimes.runner import open_runner

@@ -50,6 +50,27 @@ def describe() -> dict:
     return out
 
 
+def u8s8_exact() -> bool:
+    """Whether onnxruntime's default x86 u8×s8 kernels accumulate exactly on this CPU: true on ARM and on x86
+    with AVX-512 VNNI (int32 dot products), false on AVX2/AVX-512F without it (int16 pair sums saturate).
+
+    Read from CPUID (numpy's dispatch table), not /proc/cpuinfo: that is what onnxruntime dispatches on, and
+    it stays right under emulation (qemu-user shows the host's /proc/cpuinfo). When x86 features cannot be
+    read, or the CPU has only AVX-VNNI (not in numpy's table), the answer is False: the exact path is the
+    safe one. runtimes.onnx.session applies session.x64quantprecision exactly when this is False."""
+    arch = platform.machine().lower()
+    if arch not in ("x86_64", "amd64", "i686", "x86"):
+        return True
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as cpu
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as cpu
+        except ImportError:
+            return False
+    return bool(cpu.get("AVX512VNNI"))
+
+
 def int8_class(arch: str, features: list[str]) -> str:
     """A short name for the integer-kernel family: 'x86-vnni', 'x86-avx2', 'arm-dotprod', 'arm', or arch."""
     if arch in ("x86_64", "amd64", "i686", "x86"):

@@ -51,7 +51,16 @@ def test_existing_out_is_not_overwritten_without_force(weights, tmp_path):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "x").write_text("keep")
     r = run("quantize", "vit-tiny", "--weights", weights, "--out", str(tmp_path / "o"))
-    assert r.exit_code == 2 and "--force" in r.output and (tmp_path / "o" / "x").read_text() == "keep"
+    assert r.exit_code == 2 and "--overwrite" in r.output and (tmp_path / "o" / "x").read_text() == "keep"
+
+
+def test_one_overwrite_flag_everywhere_force_a_hidden_alias(cli_runner):
+    from edgevit.cli import cli
+    for command in ("quantize", "analyze", "export", "split", "stitch"):
+        text = cli_runner.invoke(cli, [command, "--help"]).output
+        assert "--overwrite" in text and "--force" not in text, command
+    r = cli_runner.invoke(cli, ["quantize", "vit-tiny", "--bits", "w9a3", "--force", "--out", "x"])
+    assert r.exit_code == 2 and "no such option" not in r.output.lower()    # --force is still accepted
 
 
 @pytest.mark.slow

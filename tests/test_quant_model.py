@@ -114,7 +114,7 @@ def test_save_refuses_to_overwrite_without_force(vit, x, tmp_path):
     q = quant.quantize_model(vit, quant.parse_spec("int", "w8a8"), x)
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "keep.txt").write_text("mine")
-    with pytest.raises(quant.SpecError, match="--force"):
+    with pytest.raises(quant.SpecError, match="--overwrite"):
         quant.save_quantized(q, tmp_path / "ck")
     assert (tmp_path / "ck" / "keep.txt").read_text() == "mine"
     quant.save_quantized(q, tmp_path / "ck", force=True)

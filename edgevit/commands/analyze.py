@@ -14,7 +14,7 @@ import click
 import torch
 from tqdm import tqdm
 
-from edgevit.commands.common import console, load, model_options, print_table
+from edgevit.commands.common import console, load, model_options, overwrite_option, print_table
 from edgevit.errors import UsageError
 
 DEFAULT_CANDIDATES = "int:w8a8,int:w6a8,int:w4a8,int:w3a8,int:w2a8"
@@ -104,7 +104,7 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
                      for j, c in enumerate(candidates)] for i, n in enumerate(names)])
     torch.manual_seed(seed)
     deltas = mp.sensitivity_matrix(prepared, candidates, calib, calib[:64] if len(calib) > 64 else calib, names,
-                                   mode=mode, progress=lambda it: tqdm(list(it), desc="sensitivity", leave=False))
+                                   mode=mode, progress=lambda it: tqdm(list(it), desc="sensitivity", leave=False, disable=None))
     ref = logits(prepared, eval_x)
     target = eval_y if eval_y is not None else ref.argmax(-1)
     base = 100.0 * (ref.argmax(-1) == target).double().mean().item()
@@ -119,7 +119,7 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
                 "predicted_noise": float(deltas[np.arange(len(names)), picks].sum()), "top1": acc, "drop": base - acc,
                 "recipe": recipe}
 
-    pareto = [measure(p) for p in tqdm(mp.frontier(sizes, deltas, points), desc="pareto", leave=False)]
+    pareto = [measure(p) for p in tqdm(mp.frontier(sizes, deltas, points), desc="pareto", leave=False, disable=None)]
     uniform = {c.label: measure(np.full(len(names), j)) for j, c in enumerate(candidates)}
     if "size" in budget:
         picks = mp.choose(sizes, deltas, budget["size"] - fixed)
@@ -219,7 +219,7 @@ def plot_sensitivity(rows: list, path: Path, metric: str) -> None:
 @click.option("--top", default=10, show_default=True, help="Rows in the table of layers that matter.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for sensitivity.json + .png.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Replace files in an existing non-empty --out.")
+@overwrite_option("force")
 def analyze_cmd(model, weights, trust_checkpoint, family, bits, calib, eval_data, eval_limit, fold_bn, equalize,
                 leave_one_out, top, out, seed, force):
     """Per-layer sensitivity of MODEL at one precision: output SQNR and top-1 drop with only that layer
@@ -242,7 +242,7 @@ def analyze_cmd(model, weights, trust_checkpoint, family, bits, calib, eval_data
     with _spec_errors():
         qmodel = quant.quantize_model(prepared, spec, calib_x.split(64))
     result = layer_sensitivity(prepared, qmodel, eval_x, eval_y, leave_one_out=leave_one_out,
-                               progress=lambda it: tqdm(list(it), desc="layers", leave=False))
+                               progress=lambda it: tqdm(list(it), desc="layers", leave=False, disable=None))
     result |= {"model": model, "fmt": family, "bits": bits, "graph": greport, "data": note}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,19 @@ def model_options(f):
     return wrapper
 
 
+def overwrite_option(param: str = "overwrite"):
+    """`--overwrite`: replace a non-empty --out. One spelling on every command; `--force`, which quantize and
+    analyze used to say, stays accepted as a hidden alias. The command receives it as `param`."""
+    def decorate(f):
+        @click.option("--overwrite", "_overwrite", is_flag=True, help="Replace an existing non-empty --out.")
+        @click.option("--force", "_force", is_flag=True, hidden=True)
+        @functools.wraps(f)
+        def wrapper(*args, _overwrite: bool, _force: bool, **kwargs):
+            return f(*args, **{param: _overwrite or _force}, **kwargs)
+        return wrapper
+    return decorate
+
+
 def load(model: str, weights: str | None, trust_checkpoint: bool):
     from edgevit.models.registry import load_model
     return load_model(model, weights, trust_checkpoint)

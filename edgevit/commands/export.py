@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgevit.commands.common import console, load, model_options, print_table
+from edgevit.commands.common import console, load, model_options, overwrite_option, print_table
 from edgevit.errors import StageError, UsageError
 
 RUNTIMES = ("onnx", "tflite", "qnn")
@@ -75,7 +75,7 @@ def _parity_data(spec: str, meta, seed: int):
               help="QNN only: images run on the (slow) HTP emulator for the parity check.")
 @click.option("--weight-scales", type=click.Choice(["minmax", "model"]), default="minmax", show_default=True,
               help="TFLite integer export: 'model' keeps edgevit's own int8 weights and scales.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing artifact at --out.")
+@overwrite_option()
 def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed, opset, static_batch, graph_form,
                calib_data, precision, soc, parity_images, weight_scales, overwrite):
     """Export MODEL (a model name, or a directory written by `edgevit quantize`) as a runtime artifact.

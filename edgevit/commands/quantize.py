@@ -9,7 +9,7 @@ import click
 import torch
 from tqdm import tqdm
 
-from edgevit.commands.common import console, load, model_options, print_table
+from edgevit.commands.common import console, load, model_options, overwrite_option, print_table
 from edgevit.errors import UsageError
 from quant.reconstruct import ReconConfig, quantize_with_method
 
@@ -66,7 +66,7 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
     """Top-1 of both models (labels given) and their top-1 agreement, in one pass each."""
     fp, qp = [], []
     with torch.no_grad():
-        for i in tqdm(range(0, len(x), batch), desc="evaluate", leave=False):
+        for i in tqdm(range(0, len(x), batch), desc="evaluate", leave=False, disable=None):
             fp.append(fmodel(x[i:i + batch]).argmax(-1))
             qp.append(qmodel(x[i:i + batch]).argmax(-1))
     fp, qp = torch.cat(fp), torch.cat(qp)
@@ -115,7 +115,7 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
 @click.option("--sensitivity", default="full", show_default=True, type=click.Choice(["scaled", "full"]),
               help="--bits auto: measure every (layer, candidate) (full) or one per layer scaled by local noise.")
 @click.option("--seed", default=0, show_default=True, help="Seed for calibration and evaluation sampling.")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@overwrite_option("force")
 def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend, calib, out, recipe, keep_float,
                  eval_data, eval_limit, seed, force, **fixes):
     """Post-training quantisation of MODEL to INT / FP / MX formats; writes a packed checkpoint.
@@ -208,7 +208,7 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
 
 def _progress(iterable=None, **kw):
     """tqdm factory handed to quant/ (which imports no tqdm): one bar per calibration / block."""
-    return tqdm(iterable, leave=False, mininterval=0.5, **kw)
+    return tqdm(iterable, leave=False, mininterval=0.5, disable=None, **kw)   # bars on a terminal only
 
 
 def _finite(o):

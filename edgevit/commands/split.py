@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgevit.commands.common import console, load, model_options, print_table
+from edgevit.commands.common import console, load, model_options, overwrite_option, print_table
 from edgevit.errors import UsageError
 
 DEVICES_HELP = ("A device count (identical devices) or a YAML file: devices: [{name, memory_mb, compute, "
@@ -39,7 +39,7 @@ DEVICES_HELP = ("A device count (identical devices) or a YAML file: devices: [{n
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None,
               help="Checkpoints for resuming distillation (default .edgevit-split/MODEL-seedN).")
 @click.option("--latency-rounds", type=click.IntRange(5), default=100, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@overwrite_option()
 def split_cmd(model, weights, trust_checkpoint, devices_spec, out, keep, latency, bits, fmt, quantize_fusion, data, eval_data, train_images,
               fusion_images, epochs, batch_size, lr, seed, work_dir, latency_rounds, overwrite):
     """Split MODEL across devices (ED-ViT): class-wise pruned sub-models, distilled, plus a fusion MLP.
@@ -137,7 +137,7 @@ def serve_split_cmd(artifact, executor, address, data, batch_size, timeout_s, de
     degraded_images = 0
     with make_executor(executor, plan, timeout_s=timeout_s, degrade=degrade, address=address) as ex:
         t0 = time.perf_counter()
-        for i in tqdm(range(0, len(x), batch_size), desc=f"serve ({executor})", leave=False):
+        for i in tqdm(range(0, len(x), batch_size), desc=f"serve ({executor})", leave=False, disable=None):
             p = ex.predict(x[i:i + batch_size].numpy())
             preds.append(p.top1)
             missing.update(p.missing)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgevit.commands.common import console, print_table
+from edgevit.commands.common import console, overwrite_option, print_table
 from edgevit.errors import UsageError
 
 
@@ -67,7 +67,7 @@ class _Int(click.IntRange):
 @click.option("--device", default="auto", show_default=True,
               help="Training device: auto (cuda if available, else cpu), cpu or cuda[:N]; evaluation stays on the CPU.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@overwrite_option()
 @click.pass_context
 def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, lora_rank, sampling, distill, lr,
                warmup_epochs, anchor_lr_scale, anchor_distill, anchor_prob, batch_size, train_data, eval_data,

@@ -64,7 +64,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     model.eval()
     correct = 0
     dev = next(model.parameters()).device
-    for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False):
+    for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress or None, leave=False):
         pred = model(x[i:i + batch_size].to(dev)).argmax(-1).cpu()
         correct += (pred == y[i:i + batch_size]).sum().item()
     return 100.0 * correct / len(x)
@@ -101,7 +101,7 @@ def train(model: torch.nn.Module, preprocess: Preprocess, recipe: TrainRecipe, t
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
         perm = torch.randperm(len(xtr), generator=gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress or None)
         for i in bar:
             idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size].to(device)
             xb = augment(xtr[idx], recipe.shift, recipe.hflip, gen)

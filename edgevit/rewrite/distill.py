@@ -102,7 +102,7 @@ def cache_teacher(teacher: nn.Module, x: torch.Tensor, recipe: DistillRecipe, pa
     views = [False, True] if recipe.hflip else [False]
     logits, tokens = [], []
     total = math.ceil(len(x) / batch) * len(views)
-    bar = tqdm(total=total, desc="teacher targets", disable=not progress)
+    bar = tqdm(total=total, desc="teacher targets", disable=not progress or None)
     for flip in views:
         lo, tok = [], []
         for i in range(0, len(x), batch):
@@ -227,7 +227,7 @@ def distill(teacher: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: 
         adapter.train()
         perm = torch.randperm(len(xtr), generator=gen)
         flips = (torch.rand(len(xtr), generator=gen) < 0.5) if recipe.hflip else torch.zeros(len(xtr), dtype=torch.bool)
-        bar = tqdm(range(steps), desc=f"{'robust' if robust else 'distil'} {epoch + 1}/{n_epochs}", disable=not progress)
+        bar = tqdm(range(steps), desc=f"{'robust' if robust else 'distil'} {epoch + 1}/{n_epochs}", disable=not progress or None)
         for i in bar:
             idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
             view = flips[idx].long()

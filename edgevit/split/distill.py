@@ -74,7 +74,7 @@ def distill_submodel(student: nn.Module, subset: list[int], x: torch.Tensor, y: 
         student.train()
         perm = torch.randperm(len(x), generator=gen)
         flips = torch.rand(len(x), generator=gen) < 0.5
-        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", disable=not progress, leave=False)
+        bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", disable=not progress or None, leave=False)
         total = 0.0
         for i in bar:
             idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
@@ -116,7 +116,7 @@ def train_fusion(features: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor,
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-3)
     steps = math.ceil(len(features) / batch_size)
     target = teacher.log_softmax(-1)
-    for epoch in tqdm(range(epochs), desc="fusion", disable=not progress, leave=False):
+    for epoch in tqdm(range(epochs), desc="fusion", disable=not progress or None, leave=False):
         perm = torch.randperm(len(features), generator=gen)
         for i in range(steps):
             idx = perm[i * batch_size:(i + 1) * batch_size]

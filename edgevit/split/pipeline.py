@@ -82,7 +82,7 @@ def build_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, devices: lis
     xtr, ytr, xfu, yfu = x[tr], y[tr], x[fu], y[fu]
     model = model.eval()
 
-    with tqdm(total=1, desc="teacher logits", disable=not progress, leave=False) as bar:
+    with tqdm(total=1, desc="teacher logits", disable=not progress or None, leave=False) as bar:
         t_train, t_fuse = teacher_logits(model, xtr), batched(model, xfu)
         bar.update()
     confusion = confusion_matrix(t_fuse, yfu, num_classes)
@@ -110,7 +110,7 @@ def build_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, devices: lis
                           progress=progress)
     split = SplitModel(subs, subsets, fusion).eval()
     if options.quant is not None:
-        with tqdm(total=1, desc=f"quantise {options.quant.bits}", disable=not progress, leave=False) as bar:
+        with tqdm(total=1, desc=f"quantise {options.quant.bits}", disable=not progress or None, leave=False) as bar:
             split = quantize_split(split, options.quant, xtr, ytr, xfu, seed=options.seed)
             bar.update()
     plan = {"devices": [{**d.to_dict(), "classes": s, "difficulty": round(df, 4), **r}

@@ -29,7 +29,7 @@ def evaluate_configs(model: StitchedModel, x: torch.Tensor, y: torch.Tensor, bat
     model.eval()
     correct = torch.zeros(model.num_configs, dtype=torch.long)
     batches = range(0, len(x), batch_size)
-    bar = tqdm(total=len(batches) * model.num_configs, desc="eval configs", disable=not progress)
+    bar = tqdm(total=len(batches) * model.num_configs, desc="eval configs", disable=not progress or None)
     for s in batches:
         xb, yb = x[s:s + batch_size], y[s:s + batch_size]
         feats = [block_inputs(a, xb) for a in model.anchors]

@@ -143,7 +143,7 @@ def export_stitched(model: StitchedModel, out: str | Path, *, rows: list[dict], 
     one = np.ascontiguousarray(parity_inputs[:1], dtype=np.float32)
     ref_inputs = torch.from_numpy(parity_inputs)
     graphs = {}
-    for cid in tqdm(range(model.num_configs), desc="ONNX export + parity + ORT latency", disable=not progress):
+    for cid in tqdm(range(model.num_configs), desc="ONNX export + parity + ORT latency", disable=not progress or None):
         graph = _export_graph(ConfigView(model, cid), input_shape, opset)
         sess = cpu_session(graph.SerializeToString())
         _parity(sess, ConfigView(model, cid), ref_inputs, rows[cid])

@@ -227,7 +227,7 @@ def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, 
             cfg_ids, buckets = step_configs(steps_per_epoch, is_anchor, recipe, phase, gen, macs)
             n_steps = steps_per_epoch if step_budget is None else min(steps_per_epoch, step_budget)
             phase_steps, warm = total * steps_per_epoch, int(recipe.warmup_frac * total * steps_per_epoch)
-            bar = tqdm(range(n_steps), desc=f"stitch {phase} epoch {epoch - first + 1}/{total}", disable=not progress)
+            bar = tqdm(range(n_steps), desc=f"stitch {phase} epoch {epoch - first + 1}/{total}", disable=not progress or None)
             for i in bar:
                 idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size].to(device)
                 xb = augment(x[idx], recipe.shift, recipe.hflip, gen)

@@ -66,12 +66,31 @@ def preprocess(paths: list[str], spec: dict) -> np.ndarray:
     return np.ascontiguousarray(x, np.float32)
 
 
+def u8s8_exact() -> bool:
+    """True where onnxruntime's default x86 int8 kernels are exact (ARM; x86 with AVX-512 VNNI, read from
+    CPUID via numpy). Elsewhere the manifest's `session.x64quantprecision` is needed: x86 without VNNI sums
+    u8×s8 products in int16 and saturates. Unknown → False: the exact path is the safe one."""
+    import platform
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return True
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as cpu
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as cpu
+        except ImportError:
+            return False
+    return bool(cpu.get("AVX512VNNI"))
+
+
 class Onnx:
     def __init__(self, root: Path, m: dict, threads: int):
         import onnxruntime as ort
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         for k, v in ((m.get("quant") or {}).get("runtime_options") or {}).items():
+            if k == "session.x64quantprecision" and u8s8_exact():
+                continue   # the default kernels are exact here, and faster
             if k == "edgevit.graph_optimization_level" and v == "basic":
                 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
             elif not k.startswith("edgevit."):

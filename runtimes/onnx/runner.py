@@ -12,10 +12,10 @@ class OnnxRunner:
     """One InferenceSession (runtimes.onnx.session: the artifact's run-time options, exact int8 on any x86)."""
 
     def __init__(self, artifact: Artifact, threads: int = 1, optimization: str | None = None,
-                 portable: bool = True):
+                 exact_int8: bool | None = None):
         try:
             self.session = cpu_session(artifact.entry, threads, manifest_config(artifact.manifest),
-                                       optimization, portable)
+                                       optimization, exact_int8)
         except Exception as e:  # noqa: BLE001 — ORT raises its own exception types
             raise RuntimeArtifactError(f"onnxruntime cannot load {artifact.entry}: {str(e).splitlines()[0]}") from e
         self.threads = threads
