@@ -209,7 +209,7 @@ def reference_logits(art: Path, x, cache: dict):
     """The torch model the artifact's manifest records (as `edgevit check-parity` reloads it) on x."""
     import torch
 
-    from edgevit.commands.export import _load_any
+    from edgevit.artifacts import load_any
     from runtimes.reference import torch_logits
     reload = (json.loads((art / "manifest.json").read_text()).get("model") or {}).get("reload") or {}
     if reload.get("kind") == "registry":
@@ -222,7 +222,7 @@ def reference_logits(art: Path, x, cache: dict):
         raise RuntimeError(f"{art} does not record its torch model")
     if key not in cache:
         cache.clear()                      # one model in memory at a time
-        cache[key] = _load_any(model_ref[0], model_ref[1], False)[0].eval()
+        cache[key] = load_any(model_ref[0], model_ref[1], False)[0].eval()
     with torch.no_grad():
         return torch_logits(cache[key], x)
 

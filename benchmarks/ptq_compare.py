@@ -6,7 +6,7 @@ Every quantiser sees the same calibration images and is scored on the same evalu
 - mobilenetv2 (real ImageNet weights): the `photos` spec, 126 real photos (7 scenes × 18 views);
   calibration on the 63 even views and their mirror images (`photos+mirror`: 63 photos are too few for
   reconstruction, which over-fits them), evaluation on the 63 odd views: top-1 agreement with FP32, logit SQNR.
-edgevit runs exactly what `edgevit quantize` runs (`edgevit.commands.quantize.ptq`: default graph fixes
+edgevit runs exactly what `edgevit quantize` runs (`edgevit.ptq.ptq`: default graph fixes
 — BN folding, CLE over pairs and residual streams, bias correction on models with BN —, default
 observers); the peers get the float model.
 A peer that cannot express a precision gets a row with "n/a" and the reason.
@@ -34,8 +34,7 @@ import numpy as np
 import torch
 
 import quant
-from edgevit.commands.analyze import load_sets
-from edgevit.commands.quantize import ptq
+from edgevit.ptq import load_sets, ptq
 from edgevit.models.registry import load_model
 
 PRECISIONS = [("int", "w8a8"), ("int", "w4a8"), ("int", "w4a6"), ("fp4", "w4a8"), ("fp4", "w4a6"), ("mxfp4", "w4a8")]

@@ -15,7 +15,7 @@ import torch
 
 import quant
 import quant.mixed_precision as mp
-from edgevit.commands.analyze import load_sets, post_fixes, prepare_graph
+from edgevit.ptq import load_sets, post_fixes, prepare_graph
 from edgevit.models.registry import load_model
 from quant.sensitivity import logits
 

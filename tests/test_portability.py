@@ -67,13 +67,28 @@ def test_int8_manifest_carries_the_portable_session_option(cli_runner, tmp_path)
     assert 'get("runtime_options")' in demo and "def u8s8_exact" in demo
 
 
+def test_check_parity_names_both_machines_and_flags_a_changed_result(cli_runner, tmp_path):
+    from runtimes import parity
+    _, a = _quantized_artifact(cli_runner, tmp_path, "vit-tiny")
+    r = cli_runner.invoke(cli, ["check-parity", str(a), "--data", "fashion-mnist:64"])
+    assert r.exit_code == 0, r.output
+    assert "recorded at export on" in r.output and "measured here on" in r.output and "differs" not in r.output
+    path = a / "manifest.json"          # pretend export measured something else (another CPU's kernels)
+    m = json.loads(path.read_text())
+    m["parity"]["metrics"]["sqnr_db"] = 24.5
+    path.write_text(json.dumps(m))
+    r = cli_runner.invoke(cli, ["check-parity", str(a), "--data", "fashion-mnist:64"])
+    assert r.exit_code == 0 and "differs from the recorded one" in r.output and "24.5 dB recorded" in r.output
+    assert parity.differences({"sqnr_db": "inf", "top1_agreement": 1.0}, {"sqnr_db": 70.0, "top1_agreement": 1.0}) == []
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(QEMU is None, reason="qemu-user-static is not installed (make install adds it)")
 @pytest.mark.parametrize("model,export_args", [("vit-small", ()),
                                                ("mobilenet-mini", ("--graph-form", "integer",
                                                                    "--calib-data", "fashion-mnist:64"))])
 def test_int8_artifacts_are_exact_on_an_avx2_cpu(cli_runner, tmp_path, model, export_args):
-    from edgevit.commands.quantize import load_checkpoint
+    from edgevit.ptq import load_checkpoint
     from edgevit.data import load_data
     from runtimes import parity
     from runtimes.runner import open_runner, run_batched

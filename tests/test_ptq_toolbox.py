@@ -118,7 +118,7 @@ def test_bias_correction_reduces_mean_output_error(data):
 def test_bias_correction_follows_plain_rounding_only_by_default(method, bc):
     """Reconstruction fits each unit's post-activation output; correcting its pre-activation means afterwards
     adds error (MobileNetV2 W4A8), so the default turns bias correction on after RTN only. An explicit flag wins."""
-    from edgevit.commands.analyze import graph_defaults
+    from edgevit.ptq import graph_defaults
     cnn, mlp = small_cnn(), nn.Sequential(nn.Linear(4, 4))
     assert graph_defaults(cnn, None, None, None, None, method=method)["bias_correction"] is bc
     assert graph_defaults(cnn, None, None, True, None, method=method)["bias_correction"] is True

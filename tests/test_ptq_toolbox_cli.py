@@ -47,7 +47,7 @@ def test_auto_precision_end_to_end(tmp_path):
     assert (out / "pareto.png").stat().st_size > 1000
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())["quantize"]
     assert recipe["layers"]                                      # a real mix, pinned per layer
-    from edgevit.commands.quantize import load_checkpoint
+    from edgevit.ptq import load_checkpoint
     q, _ = load_checkpoint(str(out))
     bits = {m.weight_quant.fmt.name for _, m in __import__("quant").quantized_layers(q)}
     assert bits == {"int8", "int4"}

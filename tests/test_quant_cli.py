@@ -75,7 +75,7 @@ def test_end_to_end_writes_checkpoint_and_report(weights, tmp_path):
     assert all(row["layer"] != "head" for row in report["layers"])
     cfg = quant.read_config(out)
     assert cfg["model"]["registry_name"] == "vit-tiny" and cfg["spec"]["keep_float"] == ["head"]
-    from edgevit.commands.quantize import load_checkpoint
+    from edgevit.ptq import load_checkpoint
     q, meta = load_checkpoint(str(out))
     assert q.blocks[0].attn.qkv.weight_quant.fmt.name == "e2m1" and meta.history[-1]["stage"] == "quantize"
     d = q.blocks[0].attn.qkv.export_descriptor()

@@ -6,48 +6,11 @@ from pathlib import Path
 
 import click
 
-from edgevit.commands.common import console, load, model_options, overwrite_option, print_table
-from edgevit.errors import StageError, UsageError
+from edgevit import artifacts
+from edgevit.artifacts import RUNTIMES, runtime_errors
+from edgevit.commands.common import console, model_options, overwrite_option, print_table
+from edgevit.errors import StageError
 
-RUNTIMES = ("onnx", "tflite", "qnn")
-BUILT = {"onnx", "tflite", "qnn"}
-DEFAULT_PRECISION = {"onnx": "fp32", "tflite": "fp32", "qnn": "w8a16"}
-
-
-def _usage(fn, *args, **kwargs):
-    """Call a runtimes/ function, turning its errors into the CLI's exit codes."""
-    from runtimes.errors import ExportError, ParityError, RuntimeArtifactError
-    try:
-        return fn(*args, **kwargs)
-    except (RuntimeArtifactError, ExportError) as e:
-        raise UsageError(str(e)) from e
-    except ParityError as e:
-        raise StageError(str(e)) from e
-
-
-def _is_quantized_dir(model: str) -> bool:
-    return Path(model).is_dir()
-
-
-def _load_any(model: str, weights, trust_checkpoint):
-    """(torch reference, ModelMeta, quant spec or None, reload info) for a model name or a quantised checkpoint dir."""
-    if _is_quantized_dir(model):
-        from edgevit.commands.quantize import load_checkpoint
-        from runtimes.onnx.quantspec import spec_from_model
-        qmodel, meta = load_checkpoint(model)
-        spec = _usage(spec_from_model, qmodel)
-        return qmodel, meta, spec, {"kind": "quantized", "path": str(Path(model).resolve())}
-    module, meta = load(model, weights, trust_checkpoint)
-    reload = {"kind": "registry", "name": model, "weights": str(Path(weights).resolve()) if weights else None}
-    return module, meta, None, reload
-
-
-def _parity_data(spec: str, meta, seed: int):
-    from edgevit.data import load_data, parse_data_spec
-    x, y = load_data(parse_data_spec(spec), meta.preprocess, split="test", seed=seed)
-    if y is not None and len(meta.labels) != int(y.max()) + 1 and len(meta.labels) < int(y.max()) + 1:
-        y = None  # the data's labels are not this model's classes: agreement only
-    return x.numpy(), (y.numpy() if y is not None else None)
 
 
 @click.command("export")
@@ -91,87 +54,15 @@ def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed
       edgevit export mobilenet-mini --runtime tflite --precision w8a8 --out out/cnn-int8-tflite
       edgevit export vit-tiny --runtime qnn --precision w8a16 --soc SM8650 --soc SM8550 --out out/vit-qnn
     """
-    from edgevit import __version__
-    from edgevit.data import parse_data_spec, resolve_data_spec
-    from runtimes.artifact import check_destination
-    if runtime not in BUILT:
-        raise UsageError(f"the {runtime} exporter is not built yet; use --runtime onnx or tflite")
-    if runtime == "onnx" and precision not in (None, "fp32"):
-        raise UsageError("ONNX precision comes from the quantised checkpoint: run `edgevit quantize` and export its directory")
-    if runtime != "tflite" and weight_scales != "minmax":
-        raise UsageError("--weight-scales applies to --runtime tflite")
-    precision = precision or DEFAULT_PRECISION[runtime]
-    if runtime == "qnn":
-        from runtimes.qnn.compile import parse_soc
-        from runtimes.qnn.errors import require_qnn
-        for s in soc:
-            _usage(parse_soc, s)
-        _usage(require_qnn)
-    parse_data_spec(parity_data)
-    parse_data_spec(calib_data)
-    _usage(check_destination, out, overwrite)
-    if graph_form == "integer" and not _is_quantized_dir(model):
-        raise UsageError("--graph-form integer needs a quantised checkpoint; run `edgevit quantize --bits w8a8` first")
-    module, meta, spec, reload = _load_any(model, weights, trust_checkpoint)
-    parity_data, calib_data = (resolve_data_spec(d, meta.preprocess) for d in (parity_data, calib_data))
-    x, y = _parity_data(parity_data, meta, seed)
-    calib = None
-    if graph_form == "integer":
-        from edgevit.data import load_data
-        calib = load_data(parse_data_spec(calib_data), meta.preprocess, split="train", seed=seed)[0].numpy()
-    common = dict(input_shape=meta.input_shape, preprocess=meta.preprocess.to_dict(), labels=list(meta.labels),
-                  parity_inputs=x, parity_labels=y, parity_data=f"{parity_data} (test split, seed {seed})",
-                  model_info={"name": meta.name, "source": meta.source, "family": meta.family,
-                              "reload": reload, "history": meta.history},
-                  overwrite=overwrite, tools={"edgevit": __version__})
-    if runtime == "tflite":
-        art = _export_tflite(module, spec, meta, out, precision, weight_scales, calib_data, seed, common)
-    elif runtime == "qnn":
-        art = _export_qnn(module, spec, meta, out, x, precision, soc, parity_images, calib_data, seed, common)
-    else:
-        art = _export_onnx(module, spec, meta, out, x, opset, static_batch, graph_form, calib, common)
+    art = artifacts.export(model, out, runtime, weights=weights, trust_checkpoint=trust_checkpoint,
+                           parity_data_spec=parity_data, seed=seed, opset=opset, static_batch=static_batch,
+                           graph_form=graph_form, calib_data=calib_data, precision=precision, soc=tuple(soc),
+                           parity_images=parity_images, weight_scales=weight_scales, overwrite=overwrite,
+                           status=console.status)
     m = art.manifest["parity"]["metrics"]
     console.print(f"wrote {out} ({art.precision()}, {art.size_bytes / 1e6:.3f} MB); parity on {m['n']} images: "
                   f"top-1 agreement {100 * m['top1_agreement']:.2f}%, max abs {m['max_abs']:.2e}, "
                   f"SQNR {m['sqnr_db']} dB")
-
-
-def _export_tflite(module, spec, meta, out, precision, weight_scales, calib_data, seed, common):
-    """litert-torch cannot trace fake-quant modules: a quantised checkpoint goes in as its float twin
-    (dequantised low-bit weights); `--weight-scales model` then keeps its int8 weights exactly."""
-    from edgevit.data import calibration_tensor
-    from runtimes.onnx.quantized import float_twin
-    from runtimes.tflite.artifact import export_tflite_artifact
-    model = float_twin(module, spec) if spec is not None else module
-    calib = calibration_tensor(calib_data, meta.preprocess, seed).numpy() if precision != "fp32" else None
-    with console.status(f"converting {meta.name} to TFLite ({precision}) and checking parity"):
-        return _usage(export_tflite_artifact, model, out, precision=precision, calibration=calib,
-                      calibration_data=calib_data, weight_scales=weight_scales, **common)
-
-
-def _export_qnn(module, spec, meta, out, x, precision, soc, parity_images, calib_data, seed, common):
-    """A float model is made NPU-native first (the qnn-htp rewrite: ViTs need it, CNNs get BN folded);
-    a quantised checkpoint is carried with its own scales."""
-    import torch
-
-    from edgevit.data import calibration_tensor
-    from runtimes.qnn.artifact import export_qnn_artifact
-    if spec is None:
-        from edgevit.rewrite import load_target, rewrite_model
-        with console.status(f"rewriting {meta.name} for qnn-htp"):
-            module, _ = rewrite_model(module, load_target("qnn-htp"), torch.from_numpy(x[:32]),
-                                      (1, *meta.input_shape[1:]))
-    calib = calibration_tensor(calib_data, meta.preprocess, seed).numpy()
-    with console.status(f"building the QNN bundle ({precision}), compiling for {', '.join(soc)}, emulator parity"):
-        return _usage(export_qnn_artifact, module, out, calibration=calib, calibration_data=calib_data,
-                      precision=precision, socs=tuple(soc), parity_images=parity_images, **common)
-
-
-def _export_onnx(module, spec, meta, out, x, opset, static_batch, graph_form, calib, common):
-    from runtimes.onnx.artifact import export_onnx_artifact
-    with console.status(f"exporting {meta.name} to ONNX and checking parity on {len(x)} images"):
-        return _usage(export_onnx_artifact, module, out, quant_spec=spec, opset=opset,
-                      dynamic_batch=not static_batch, graph_form=graph_form, calib_inputs=calib, **common)
 
 
 @click.command("run")
@@ -190,9 +81,10 @@ def run_cmd(artifact, images, top, threads, as_json):
     from runtimes.artifact import load_artifact
     from runtimes.preprocess import load_images
     from runtimes.runner import open_runner, run_batched, top_k
-    art = _usage(load_artifact, artifact)
-    x = _usage(load_images, list(images), art.manifest["preprocess"])
-    runner = _usage(open_runner, art, threads=threads)
+    with runtime_errors():
+        art = load_artifact(artifact)
+        x = load_images(list(images), art.manifest["preprocess"])
+        runner = open_runner(art, threads=threads)
     static = isinstance(art.manifest["input"]["shape"][0], int)
     logits = run_batched(runner, x, 1 if static else len(x))
     preds = top_k(logits, art.labels, top)
@@ -223,7 +115,8 @@ def bench_cmd(artifacts, threads, warmup, iters, batch, json_out):
     from runtimes.artifact import load_artifact
     from runtimes.bench import bench_many
     for a in artifacts:  # verify all before timing any
-        _usage(load_artifact, a)
+        with runtime_errors():
+            load_artifact(a)
     try:
         rows = bench_many(list(artifacts), threads, warmup, iters, batch,
                           progress=lambda p: console.print(f"[dim]benchmarking {p}[/dim]"))
@@ -259,52 +152,24 @@ def check_parity_cmd(artifact, data, seed, model_override, weights, threads):
     Example:
       edgevit check-parity out/vit-small-onnx --data fashion-mnist:512
     """
-    from edgevit.data import parse_data_spec, resolve_data_spec
-    from runtimes import machine, parity
-    from runtimes.artifact import load_artifact
-    from runtimes.runner import open_runner, run_batched
-    parse_data_spec(data)
-    art = _usage(load_artifact, artifact)
-    reload = (art.manifest.get("model") or {}).get("reload")
-    if model_override:
-        module, meta, _, _ = _load_any(model_override, weights, False)
-    elif reload and reload.get("kind") == "registry":
-        module, meta, _, _ = _load_any(reload["name"], weights or reload.get("weights"), False)
-    elif reload and reload.get("kind") == "quantized":
-        module, meta, _, _ = _load_any(reload["path"], None, False)
-    else:
-        raise UsageError(f"{artifact} does not record its torch model; pass --model NAME_OR_QUANTIZED_DIR")
-    from edgevit.data.preprocess import Preprocess
-    meta = type(meta)(meta.name, Preprocess.from_dict(art.manifest["preprocess"]), meta.labels, meta.source)
-    data = resolve_data_spec(data, meta.preprocess)
-    x, y = _parity_data(data, meta, seed)
-    import torch
-    with torch.no_grad():
-        ref = module.eval()(torch.from_numpy(x)).numpy()
-    runner = _usage(open_runner, art, threads=threads)
-    got = run_batched(runner, x, 1 if isinstance(art.manifest["input"]["shape"][0], int) else 256)
-    m = parity.compare(ref, got)
-    th = art.manifest["parity"]["thresholds"]
+    from runtimes import machine
+    c = artifacts.check_parity(artifact, data, seed, model_override, weights, threads)
+    m, th = c.metrics, c.thresholds
     rows = [["top-1 agreement", f"{100 * m['top1_agreement']:.2f}%",
              f">= {100 * th['top1_agreement']:.2f}%" if "top1_agreement" in th else "-"],
             ["max abs error", f"{m['max_abs']:.3g}", f"<= {th['max_abs']:.3g}" if "max_abs" in th else "-"],
             ["SQNR dB", str(m["sqnr_db"]), f">= {th['sqnr_db']}" if "sqnr_db" in th else "-"]]
-    if y is not None:
-        rows.append(["top-1 runtime / torch", f"{100 * (got.argmax(-1) == y).mean():.2f}% / "
-                     f"{100 * (ref.argmax(-1) == y).mean():.2f}%", "-"])
-    print_table(f"{artifact} ({art.precision()}) vs torch on {m['n']} images ({data}, seed {seed})",
-                ["metric", "value", "threshold"], rows)
-    record = art.manifest["parity"]
-    if record.get("machine"):
-        console.print(f"recorded at export on {machine.summary(record['machine'])}")
-    console.print(f"measured here on {machine.summary()}")
-    changed = parity.differences(m, record.get("metrics"))
-    if changed:
-        console.print("[bold yellow]this machine's result differs from the recorded one[/]: " + "; ".join(changed)
+    if c.top1:
+        rows.append(["top-1 runtime / torch", f"{c.top1['runtime']:.2f}% / {c.top1['torch']:.2f}%", "-"])
+    print_table(f"{artifact} ({c.precision}) vs torch on {m['n']} images ({c.data})", ["metric", "value", "threshold"], rows)
+    if c.recorded_machine:
+        console.print(f"recorded at export on {machine.summary(c.recorded_machine)}")
+    console.print(f"measured here on {machine.summary(c.machine)}")
+    if c.differences:
+        console.print("[bold yellow]this machine's result differs from the recorded one[/]: " + "; ".join(c.differences)
                       + " (integer kernels compute differently on this CPU, or the artifact changed)")
-    bad = parity.failures(m, th)
-    if bad:
-        raise StageError(f"parity failed: {'; '.join(bad)}")
+    if c.failures:
+        raise StageError(f"parity failed: {'; '.join(c.failures)}")
     console.print("parity OK")
 
 

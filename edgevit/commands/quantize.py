@@ -1,7 +1,6 @@
 """`edgevit quantize`: PTQ of a registry model to a packed checkpoint + report.json."""
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 
@@ -11,55 +10,9 @@ from tqdm import tqdm
 
 from edgevit.commands.common import console, load, model_options, overwrite_option, print_table
 from edgevit.errors import UsageError
-from quant.reconstruct import ReconConfig, quantize_with_method
+from edgevit.ptq import BACKENDS, METHODS, finite, progress_bar, ptq, read_recipe, spec_errors, validate_auto
 
-METHODS = ("rtn", "adaround", "brecq", "gptq")
-BACKENDS = ("edgevit", "brevitas")
 CALIB_BATCH = 64
-
-
-@contextlib.contextmanager
-def spec_errors():
-    """quant's SpecError is bad user input here: exit 2 with its one-line reason."""
-    import quant
-    try:
-        yield
-    except quant.SpecError as e:
-        raise UsageError(str(e)) from e
-
-
-def load_checkpoint(path: str):
-    """(quantised model, ModelMeta) from a directory written by `edgevit quantize`: the float
-    architecture comes back through the registry, then quant restores the quantised layers."""
-    import quant
-    from edgevit.models.registry import ModelMeta, load_model
-    with spec_errors():
-        info = quant.read_config(path)["model"]
-    if "registry_name" not in info:
-        raise UsageError(f"{path} does not record which model it was made from; re-run `edgevit quantize`")
-    fmodel, _ = load_model(info["registry_name"], info.get("weights"))
-    if info.get("graph"):   # BN folded / ReLU6 → ChannelClamp at quantisation time: rebuild that structure
-        from quant.equalize import restore_graph
-        restore_graph(fmodel, info["graph"])
-    with spec_errors():
-        qmodel = quant.load_quantized(path, fmodel)
-    return qmodel, ModelMeta.from_dict(info["meta"])
-
-
-def read_recipe(path: str | None) -> dict:
-    if path is None:
-        return {}
-    import yaml
-    try:
-        with open(path) as f:
-            recipe = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise UsageError(f"recipe {path} does not exist") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]})") from e
-    if not isinstance(recipe, dict):
-        raise UsageError(f"recipe {path} must be a mapping of options (see `edgevit quantize --help`)")
-    return recipe.get("quantize", recipe)
 
 
 def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
@@ -134,9 +87,8 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
     # -- validate everything before any work (ptq() validates again; that is cheap) ----------------
     asked = dict(family=family, bits=bits)   # `--bits auto` is resolved inside ptq()
     with spec_errors():
-        from edgevit.commands import analyze as ptq_fixes
         recipe_dict = read_recipe(recipe)
-        _, _, family, bits = ptq_fixes.validate_auto(bits, family, recipe_dict, fixes)
+        _, _, family, bits = validate_auto(bits, family, recipe_dict, fixes)
         spec = quant.parse_spec(family, bits, recipe_dict, keep_float)
         quant.check_out_dir(out, force)
         method = method or str(spec.recipe.get("method", "rtn"))
@@ -164,7 +116,7 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
     t0 = time.perf_counter()
     opts = dict(**asked, method=method, backend=backend, calib=calib, recipe=recipe_dict,
                 keep_float=keep_float, seed=seed, **fixes)
-    qmodel, fmodel, spec, info = ptq(float_model, meta, opts, eval_x, eval_y, progress=_progress)
+    qmodel, fmodel, spec, info = ptq(float_model, meta, opts, eval_x, eval_y, progress=progress_bar)
     quant_s = time.perf_counter() - t0
     calib_x, method_report, graph = info["calib_x"], info["method_report"], info["graph"]
     auto_report, auto_files = info["mixed_precision"], info["auto_files"] or {}
@@ -185,7 +137,7 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
 
     def report_file(sizes: dict) -> dict:
         report["size"] = sizes | {"ratio_vs_fp32": sizes["total_bytes"] / report["fp32_bytes"]}
-        return {"report.json": json.dumps(_finite(report), indent=2), **extra_files, **auto_files}
+        return {"report.json": json.dumps(finite(report), indent=2), **extra_files, **auto_files}
 
     with spec_errors():
         sizes = quant.save_quantized(qmodel, out, model_info={"registry_name": model, "weights": weights,
@@ -196,88 +148,14 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
              f"{acc['quant_top1']:.2f}%" if labelled else f"{acc['agreement']:.2f}%"]]
     if labelled:
         rows.append(["top-1 agreement", f"{acc['agreement']:.2f}%"])
-    finite = [r["output_sqnr_db"] for r in layers if r["output_sqnr_db"] not in (None, float("inf"))]
+    sqnrs = [r["output_sqnr_db"] for r in layers if r["output_sqnr_db"] not in (None, float("inf"))]
     rows += [["images evaluated", acc["images"]], ["layers quantised", len(layers)],
-             ["min / median output SQNR", f"{min(finite):.1f} / {sorted(finite)[len(finite) // 2]:.1f} dB" if finite else "-"],
+             ["min / median output SQNR", f"{min(sqnrs):.1f} / {sorted(sqnrs)[len(sqnrs) // 2]:.1f} dB" if sqnrs else "-"],
              ["size (FP32 → packed)", f"{human_bytes(report['fp32_bytes'])} → {human_bytes(sizes['total_bytes'])} "
               f"({report['size']['ratio_vs_fp32']:.3f}×)"],
              ["quantisation time", f"{quant_s:.1f} s"]]
     print_table(f"{meta.name} {family} {bits} ({method}, {backend})", ["metric", "value"], rows)
     console.print(f"wrote {out}")
-
-
-def _progress(iterable=None, **kw):
-    """tqdm factory handed to quant/ (which imports no tqdm): one bar per calibration / block."""
-    return tqdm(iterable, leave=False, mininterval=0.5, disable=None, **kw)   # bars on a terminal only
-
-
-def _finite(o):
-    """JSON has no inf/NaN: an infinite SQNR (no error at all) is written as null."""
-    if isinstance(o, float) and (o != o or o in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
-FIX_KEYS = ("fold_bn", "equalize", "bias_correction", "bn_reestimate", "candidates", "max_size", "max_latency_ms",
-            "max_drop", "sensitivity")
-
-
-def ptq(fmodel, meta, opts: dict, eval_x=None, eval_y=None, progress=None):
-    """`edgevit quantize`'s PTQ from its parameters by name (family, bits, method, backend, calib, recipe
-    — a path or a dict —, keep_float, seed and FIX_KEYS): validate, prepare the graph, optional --bits auto
-    (needs eval_x/eval_y), quantise, post-fixes. Returns (qmodel, prepared float model, spec, info).
-
-    Why here: `edgevit pipeline` re-applies exactly this after split/rewrite/stitch, so the CLI and the
-    pipeline must not drift.
-    """
-    import quant
-    from edgevit.commands import analyze as ptq_fixes
-    from edgevit.data import calibration_tensor, parse_data_spec
-    seed = int(opts.get("seed", 0))
-    fixes = {k: opts.get(k) for k in FIX_KEYS}
-    with spec_errors():
-        recipe = opts.get("recipe") if isinstance(opts.get("recipe"), dict) else read_recipe(opts.get("recipe"))
-        candidates, budget, family, bits = ptq_fixes.validate_auto(opts["bits"], opts["family"], recipe, fixes)
-        spec = quant.parse_spec(family, bits, recipe, list(opts.get("keep_float") or ()))
-        method = opts.get("method") or str(spec.recipe.get("method", "rtn"))
-        if method not in METHODS:
-            raise quant.SpecError(f"recipe method {method!r} is not one of {', '.join(METHODS)}")
-        recon = ReconConfig.from_dict({"seed": seed} | (spec.recipe.get("reconstruction") or {}))
-    backend = opts.get("backend") or "edgevit"
-    if backend == "brevitas":
-        from edgevit.backends import brevitas_backend
-        brevitas_backend.check_available(spec, method)
-    elif method == "gptq":
-        raise UsageError("--method gptq is brevitas' algorithm here: add --backend brevitas (pip install edgevit[brevitas])")
-    calib_x = calibration_tensor(parse_data_spec(opts["calib"]), meta.preprocess, seed=seed)
-    with spec_errors():
-        plan = quant.plan_model(fmodel, spec)
-    fix_opts = ptq_fixes.graph_defaults(fmodel, *(fixes[k] for k in ("fold_bn", "equalize", "bias_correction",
-                                                                      "bn_reestimate")), method=method)
-    prepared, graph, graph_report = ptq_fixes.prepare_graph(fmodel, fix_opts, calib_x)
-    auto_report = auto_files = None
-    if candidates is not None:
-        if eval_x is None:
-            raise UsageError("--bits auto needs evaluation images")
-        with spec_errors():
-            spec, plan, auto_report, auto_files = ptq_fixes.run_auto(prepared, spec, candidates, budget, calib_x,
-                                                                     eval_x, eval_y, fixes["sensitivity"], seed)
-    torch.manual_seed(seed)
-    with spec_errors():
-        if backend == "brevitas":
-            qmodel, method_report = brevitas_backend.quantize(prepared, spec, calib_x, plan=plan, method=method,
-                                                              progress=progress, keep_brevitas=True)
-        else:
-            qmodel, method_report = quantize_with_method(prepared, spec, calib_x, method, recon, plan=plan,
-                                                         progress=progress)
-    fix_report = ptq_fixes.post_fixes(prepared, qmodel, calib_x, fix_opts)
-    return qmodel, prepared, spec, {"method": method, "backend": backend, "method_report": method_report,
-                                    "graph": graph, "graph_fixes": fix_opts | graph_report | fix_report,
-                                    "mixed_precision": auto_report, "auto_files": auto_files, "calib_x": calib_x}
 
 
 COMMANDS = [quantize_cmd]

@@ -8,6 +8,7 @@ import click
 
 from edgevit.commands.common import console, overwrite_option, print_table
 from edgevit.errors import UsageError
+from edgevit.stitch.options import check_device, check_job, recipe_from_options
 
 
 class _OneLineBadParameter(click.BadParameter):
@@ -105,48 +106,6 @@ def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, lora
     console.print(f"{m['num_configs']} configurations; artifact {m['onnx_bytes'] / 1e6:.2f} MB = "
                   f"{m['onnx_vs_anchors']:.3f}x the anchors; set_config {m['switch_us']:.2f} µs; "
                   f"frontier shortfall vs the anchor line {m['frontier_shortfall_points']:.2f} points → {out}")
-
-
-def check_job(anchors: str, weights: str | None, train_data: str, eval_data: str) -> tuple[list[str], list | None, int]:
-    """(anchor names, per-anchor weights, depth) once the anchors load and can be stitched; else UsageError.
-    Shared by `edgevit stitch` and the pipeline's stitch stage, so both refuse the same inputs up front."""
-    from edgevit.data import parse_data_spec
-    from edgevit.stitch.anchors import AnchorError, check_anchors
-    from edgevit.stitch.pipeline import load_anchors
-    names = [a.strip() for a in str(anchors).split(",") if a.strip()]
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise UsageError("--anchors needs at least two different models, e.g. vit-tiny,vit-small")
-    wlist = [w.strip() or None for w in weights.split(",")] if weights else None
-    if wlist is not None and len(wlist) != len(names):
-        raise UsageError(f"--weights lists {len(wlist)} files for {len(names)} anchors; give one per anchor")
-    parse_data_spec(train_data), parse_data_spec(eval_data)
-    modules, metas = load_anchors(names, wlist)
-    try:
-        check_anchors(modules, metas[0].input_shape)
-    except AnchorError as e:
-        raise UsageError(str(e)) from e
-    return names, wlist, len(modules[0].blocks)
-
-
-def recipe_from_options(options: dict):
-    """The training recipe from `edgevit stitch`'s options (recipe-key spelling: `anchor-lr-scale`),
-    or a one-line UsageError naming the flag; shared by the CLI and the pipeline's stitch stage."""
-    from edgevit.stitch.train import RecipeError, StitchRecipe
-    keys = ("epochs", "batch-size", "lr", "sampling", "distill", "seed", "warmup-epochs", "anchor-lr-scale",
-            "anchor-distill", "anchor-prob")
-    try:
-        return StitchRecipe(**{k.replace("-", "_"): options[k] for k in keys if k in options})
-    except RecipeError as e:
-        raise UsageError(f"--{e}") from None
-
-
-def check_device(name: str) -> str:
-    """`--device` resolved (auto → cuda or cpu) or a one-line UsageError."""
-    from edgevit.stitch.train import DeviceError, resolve_device
-    try:
-        return resolve_device(name)
-    except DeviceError as e:
-        raise UsageError(f"--{e}") from e
 
 
 def _print_front(manifest: dict) -> None:

@@ -51,7 +51,7 @@ def augment(x: torch.Tensor, shift: int, hflip: bool, gen: torch.Generator) -> t
     return x
 
 
-def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
     return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
@@ -106,7 +106,7 @@ def train(model: torch.nn.Module, preprocess: Preprocess, recipe: TrainRecipe, t
             idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size].to(device)
             xb = augment(xtr[idx], recipe.shift, recipe.hflip, gen)
             for g in opt.param_groups:
-                g["lr"] = _lr_at(epoch * steps_per_epoch + i, total, warmup, recipe.lr)
+                g["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, recipe.lr)
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 loss = F.cross_entropy(model(xb), ytr[idx], label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from edgevit.errors import StageError, UsageError
 from edgevit.pipeline.state import State
@@ -34,7 +33,7 @@ class Context:
 def _quant_recipe(value) -> dict | None:
     if value is None or isinstance(value, dict):
         return value
-    from edgevit.commands.quantize import read_recipe
+    from edgevit.ptq import read_recipe
     return read_recipe(value)
 
 
@@ -44,7 +43,7 @@ def quantize_with(float_model, meta, options: dict, eval_xy=(None, None)):
     The single call the quantize stage and every re-application use: `edgevit quantize`'s own `ptq`
     with every recipe key passed through by its parameter name, so the CLI and the pipeline cannot drift.
     """
-    from edgevit.commands.quantize import ptq
+    from edgevit.ptq import ptq
     from edgevit.pipeline.recipe import stage_keys
     opts = {p.name: options[k] for k, p in stage_keys("quantize").items() if p is not None and k in options}
     opts["recipe"] = _quant_recipe(options.get("recipe"))
@@ -70,14 +69,13 @@ STRUCTURAL = ("rewrite", "split", "stitch")
 def check_quantize(options: dict, recipe) -> None:
     """`edgevit quantize`'s up-front checks (spec, method, backend, --bits auto budget, data specs)."""
     import quant
-    from edgevit.commands import analyze as ptq_fixes
-    from edgevit.commands.quantize import FIX_KEYS, METHODS, spec_errors
+    from edgevit.ptq import FIX_KEYS, METHODS, spec_errors, validate_auto
     from edgevit.data import parse_data_spec
     from edgevit.pipeline.recipe import stage_keys
     named = {p.name: options[k] for k, p in stage_keys("quantize").items() if p is not None and k in options}
     qrecipe = _quant_recipe(options.get("recipe"))
     with spec_errors():
-        candidates, _, family, bits = ptq_fixes.validate_auto(options["bits"], options["fmt"], qrecipe,
+        candidates, _, family, bits = validate_auto(options["bits"], options["fmt"], qrecipe,
                                                                {k: named.get(k) for k in FIX_KEYS})
         spec = quant.parse_spec(family, bits, qrecipe, list(options.get("keep-float") or []))
         method = options.get("method") or str(spec.recipe.get("method", "rtn"))
@@ -234,7 +232,7 @@ def _work_dir(options: dict, ctx: Context) -> Path:
 def check_stitch(options: dict, recipe) -> None:
     """`edgevit stitch`'s own checks (anchors load and stitch, data specs, device), the chosen
     configuration's id against the space's closed-form size, and the budget keys."""
-    from edgevit.commands.stitch import check_job
+    from edgevit.stitch.options import check_job
     from edgevit.stitch.evaluate import SelectError, parse_amount
     from edgevit.stitch.train import DeviceError, resolve_device
     if not options.get("anchors"):
@@ -281,7 +279,7 @@ def run_stitch(state: State, options: dict, ctx: Context) -> State:
     from edgevit.stitch.model import ConfigNet
     from edgevit.stitch.pipeline import StitchJob, load_stitched
     from edgevit.stitch.pipeline import run_stitch as stitch
-    from edgevit.commands.stitch import recipe_from_options
+    from edgevit.stitch.options import recipe_from_options
     from edgevit.stitch.train import resolve_device
     names = [a.strip() for a in options["anchors"].split(",") if a.strip()]
     weights = [w.strip() or None for w in options["weights"].split(",")] if options.get("weights") else None
@@ -323,23 +321,23 @@ def _runtimes(options: dict) -> list[str]:
 
 def check_export(options: dict, recipe) -> None:
     """`edgevit export`'s own up-front checks, per listed runtime."""
-    from edgevit.commands.export import BUILT
+    from edgevit.artifacts import RUNTIMES, runtime_errors
     from edgevit.data import parse_data_spec
     runtimes = _runtimes(options)
     for r in runtimes:
-        if r not in BUILT:
-            raise UsageError(f"recipe key export.runtime: the {r} exporter is not built; use {', '.join(sorted(BUILT))}")
+        if r not in RUNTIMES:
+            raise UsageError(f"recipe key export.runtime: the {r} exporter is not built; use {', '.join(RUNTIMES)}")
     if len(set(runtimes)) != len(runtimes):
         raise UsageError("recipe key export.runtime lists a runtime twice")
     if "tflite" in runtimes and importlib.util.find_spec("litert_torch") is None:
         raise UsageError("recipe key export.runtime: tflite needs litert-torch; pip install 'edgevit[tflite]'")
     if "qnn" in runtimes:
-        from edgevit.commands.export import _usage
         from runtimes.qnn.compile import parse_soc
         from runtimes.qnn.errors import require_qnn
-        for soc in options["soc"]:
-            _usage(parse_soc, soc)
-        _usage(require_qnn)
+        with runtime_errors():
+            for soc in options["soc"]:
+                parse_soc(soc)
+            require_qnn()
     if options.get("precision") not in (None, "fp32") and runtimes == ["onnx"]:
         raise UsageError("recipe key export.precision applies to tflite/qnn; ONNX precision comes from a quantize stage")
     if options.get("weight-scales", "minmax") != "minmax" and "tflite" not in runtimes:
@@ -363,13 +361,15 @@ CARRIED = {
 
 
 def _export_one(state: State, runtime: str, options: dict, out: Path) -> dict:
-    """One artifact via `edgevit export`'s own helpers, so the pipeline and the CLI export identically."""
+    """One artifact through edgevit.artifacts.export_model, the path `edgevit export` takes too."""
     from edgevit import __version__
-    from edgevit.commands import export as E
+    from edgevit.artifacts import DEFAULT_PRECISION, export_model, parity_data, runtime_errors
+    from edgevit.data import resolve_data_spec
     meta, seed = state.meta, options["seed"]
-    x, y = E._parity_data(options["parity-data"], meta, seed)
+    data = resolve_data_spec(options["parity-data"], meta.preprocess)
+    x, y = parity_data(data, meta, seed)
     common = dict(input_shape=meta.input_shape, preprocess=meta.preprocess.to_dict(), labels=list(meta.labels),
-                  parity_inputs=x, parity_labels=y, parity_data=f"{options['parity-data']} (test split, seed {seed})",
+                  parity_inputs=x, parity_labels=y, parity_data=f"{data} (test split, seed {seed})",
                   model_info={"name": meta.name, "source": meta.source, "family": meta.family,
                               "reload": {"kind": "pipeline", "state": str(out.parent / "state.pt")},
                               "history": meta.history},
@@ -377,12 +377,16 @@ def _export_one(state: State, runtime: str, options: dict, out: Path) -> dict:
     spec = None
     if state.qmodel is not None:
         from runtimes.onnx.quantspec import spec_from_model
-        spec = E._usage(spec_from_model, state.qmodel)
-    precision = options.get("precision") if runtime != "onnx" else None
-    precision = precision or E.DEFAULT_PRECISION[runtime]
+        with runtime_errors():
+            spec = spec_from_model(state.qmodel)
+    precision = (options.get("precision") if runtime != "onnx" else None) or DEFAULT_PRECISION[runtime]
     static = options.get("static-batch") or _is_static(state.model)
     try:
-        art = _export_with(E, state, runtime, options, spec, precision, static, x, common, out)
+        art = export_model(state.model, meta, spec, out, runtime, precision, x, common, seed=seed,
+                           opset=options.get("opset"), static_batch=static,
+                           graph_form=options.get("graph-form", "exact"), calib_data=options["calib-data"],
+                           soc=tuple(options.get("soc") or ("SM8650",)), parity_images=options.get("parity-images", 16),
+                           weight_scales=options.get("weight-scales", "minmax"))
     except UsageError as e:   # bad input was refused before any stage ran: here it is the model that failed
         raise StageError(f"{runtime} export: {e}") from e
     how = CARRIED[runtime].format(p=spec.precision) if spec is not None else art.precision()
@@ -390,24 +394,6 @@ def _export_one(state: State, runtime: str, options: dict, out: Path) -> dict:
         how = f"float twin of the {spec.precision} model, re-quantised to {precision} by ai-edge-quantizer"
     return {"runtime": runtime, "path": str(out), "precision": art.precision(), "carried": how,
             "size_bytes": art.size_bytes, "parity": art.manifest["parity"]["metrics"]}
-
-
-def _export_with(E, state, runtime, options, spec, precision, static, x, common, out):
-    from edgevit.data import load_data, parse_data_spec
-    meta, seed = state.meta, options["seed"]
-    if runtime == "onnx":
-        calib = None
-        if options.get("graph-form") == "integer":
-            calib = load_data(parse_data_spec(options["calib-data"]), meta.preprocess, split="train", seed=seed)[0].numpy()
-        art = E._export_onnx(state.model, spec, meta, out, x, options.get("opset"), static,
-                             options.get("graph-form", "exact"), calib, common)
-    elif runtime == "tflite":
-        art = E._export_tflite(state.model, spec, meta, out, precision, options.get("weight-scales", "minmax"),
-                               options["calib-data"], seed, common)
-    else:
-        art = E._export_qnn(state.model, spec, meta, out, x, precision, tuple(options["soc"]),
-                            options["parity-images"], options["calib-data"], seed, common)
-    return art
 
 
 def run_export(state: State, options: dict, ctx: Context) -> State:

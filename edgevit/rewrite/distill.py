@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edgevit.errors import UsageError
-from edgevit.models.train import _lr_at, evaluate
+from edgevit.models.train import lr_at, evaluate
 from edgevit.rewrite.student import ConvStudent, StudentConfig
 
 
@@ -236,8 +236,8 @@ def distill(teacher: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: 
             tl = t_logits[view, idx]
             tt = t_tokens[view, idx].float()
             for g in opt.param_groups:
-                g["lr"] = _lr_at(epoch * steps + i, total, warmup, recipe.lr) if not robust else \
-                    _lr_at((epoch - recipe.epochs) * steps + i, recipe.robust_epochs * steps, 0,
+                g["lr"] = lr_at(epoch * steps + i, total, warmup, recipe.lr) if not robust else \
+                    lr_at((epoch - recipe.epochs) * steps + i, recipe.robust_epochs * steps, 0,
                            recipe.lr * recipe.robust_lr_scale)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16 and not robust):   # noise ≈ bf16 ulp
                 fmap = student.forward_features(xb)

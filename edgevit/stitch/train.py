@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from edgevit.models.train import _lr_at, augment
+from edgevit.models.train import lr_at, augment
 from edgevit.stitch.model import StitchedModel
 
 
@@ -233,7 +233,7 @@ def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, 
                 xb = augment(x[idx], recipe.shift, recipe.hflip, gen)
                 cid = int(cfg_ids[i])
                 counts[cid] += 1
-                lr = _lr_at((epoch - first) * steps_per_epoch + i, phase_steps, warm, recipe.lr)
+                lr = lr_at((epoch - first) * steps_per_epoch + i, phase_steps, warm, recipe.lr)
                 for g in opt.param_groups:
                     g["lr"] = lr * g["lr_scale"]
                 cfg = model.configs[cid]

@@ -1,0 +1,139 @@
+"""edgevit's public Python API: one verb per stage, the same functions the CLI and the pipeline call.
+
+    import edgevit
+    model, meta = edgevit.load_model("timm:deit_tiny_patch16_224")
+    q = edgevit.quantize(model, meta, "int", "w8a8", calib="folder:my_photos/")
+    q.save("out/q")
+    art = edgevit.export("out/q", "out/q-onnx", runtime="onnx")
+    print(edgevit.run(art, ["cat.jpg"])[0])            # [(label, probability), …]
+    print(edgevit.check_parity(art).metrics)
+
+Errors are edgevit.errors.UsageError (bad input; the CLI exits 2) and StageError (a stage failed; exit 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from edgevit.artifacts import ParityCheck, check_parity
+from edgevit.errors import UsageError
+from edgevit.models.registry import ModelMeta, load_model
+
+__all__ = ["load_model", "quantize", "Quantized", "export", "load_artifact", "run", "bench", "check_parity",
+           "ParityCheck", "run_pipeline", "ModelMeta"]
+
+
+@dataclass
+class Quantized:
+    """A quantised model (`model`, fake-quant modules that run in torch), the float graph it was made from
+    after the graph fixes (`prepared`), its quantisation spec and what the stage measured (`info`)."""
+    model: nn.Module
+    meta: ModelMeta
+    spec: object
+    prepared: nn.Module
+    info: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)   # registry name and weights, to reload the architecture
+
+    def save(self, out: str | Path, overwrite: bool = False) -> dict:
+        """Write the packed checkpoint (codes + scales) that `edgevit export` and `load_checkpoint` read."""
+        import quant
+        from edgevit.ptq import spec_errors
+        if not self.source.get("registry_name"):
+            raise UsageError("this model was not loaded by name (edgevit.load_model), so a checkpoint could not "
+                             "rebuild its architecture; export it directly with edgevit.export(q, out)")
+        with spec_errors():
+            return quant.save_quantized(self.model, out, force=overwrite, model_info={
+                **self.source, "meta": self.meta.to_dict(), "graph": self.info.get("graph")})
+
+
+def quantize(model: nn.Module, meta: ModelMeta, fmt: str = "int", bits: str = "w8a8", *, method: str = "rtn",
+             calib="auto:256", keep_float: tuple[str, ...] = (), recipe: dict | str | None = None,
+             backend: str = "edgevit", seed: int = 0, weights: str | None = None, progress=None,
+             **fixes) -> Quantized:
+    """Post-training quantisation with `edgevit quantize`'s defaults (graph fixes per model, RTN).
+
+    `calib`: a data spec (`auto:256` — the model's own data —, `folder:PATH[:N]`, `photos`, …), preprocessed
+    images as a tensor or array (N, C, H, W), or a torch DataLoader. `fmt` int|fp4|fp6|fp8|mx…, `bits` like
+    w8a8 or w4a6, `method` rtn|adaround|brecq; `fixes`: fold_bn, equalize, bias_correction, bn_reestimate
+    (None = per-model default). `--bits auto` needs evaluation data: use the CLI or `edgevit.ptq.ptq`."""
+    from edgevit.ptq import ptq
+    if bits.strip().lower() == "auto":
+        raise UsageError("bits='auto' searches per-layer formats on evaluation data: use `edgevit quantize "
+                         "--bits auto` or edgevit.ptq.ptq(model, meta, opts, eval_x, eval_y)")
+    opts = {"family": fmt, "bits": bits, "method": method, "backend": backend, "calib": calib,
+            "keep_float": tuple(keep_float), "recipe": recipe, "seed": seed, **fixes}
+    qmodel, prepared, spec, info = ptq(model, meta, opts, progress=progress)
+    source = {"registry_name": meta.name if meta.source != "user" or weights else None, "weights": weights}
+    qmeta = meta.with_stage("quantize", fmt=spec.family, bits=spec.bits, method=info["method"], seed=seed)
+    return Quantized(qmodel, qmeta, spec, prepared, info, source)
+
+
+def export(model, out: str | Path, runtime: str = "onnx", **options):
+    """A parity-checked artifact of `model` for `runtime` (onnx|tflite|qnn) at `out`; returns the Artifact.
+
+    `model`: a registry name, a directory written by `Quantized.save` / `edgevit quantize`, or a Quantized.
+    `options` are `edgevit export`'s (parity_data_spec, seed, opset, static_batch, graph_form, calib_data,
+    precision, soc, parity_images, weight_scales, overwrite)."""
+    from edgevit import __version__
+    from edgevit.artifacts import check_request, export_model, parity_data
+    from edgevit.artifacts import export as export_named
+    if not isinstance(model, Quantized):
+        return export_named(model, out, runtime, **options)
+    from edgevit.data import resolve_data_spec
+    from runtimes.artifact import check_destination
+    from runtimes.onnx.quantspec import spec_from_model
+    precision = check_request(runtime, options.pop("precision", None), options.get("weight_scales", "minmax"),
+                              tuple(options.get("soc", ("SM8650",))), options.get("graph_form", "exact"), True)
+    overwrite, seed = options.pop("overwrite", False), options.get("seed", 0)
+    check_destination(out, overwrite)
+    data = resolve_data_spec(options.pop("parity_data_spec", "auto:512"), model.meta.preprocess)
+    x, y = parity_data(data, model.meta, seed)
+    meta = model.meta
+    common = dict(input_shape=meta.input_shape, preprocess=meta.preprocess.to_dict(), labels=list(meta.labels),
+                  parity_inputs=x, parity_labels=y, parity_data=f"{data} (test split, seed {seed})",
+                  model_info={"name": meta.name, "source": meta.source, "family": meta.family,
+                              "history": meta.history},
+                  overwrite=overwrite, tools={"edgevit": __version__})
+    return export_model(model.model, meta, spec_from_model(model.model), out, runtime, precision, x, common,
+                        **options)
+
+
+def load_artifact(path: str | Path):
+    """An exported artifact directory, schema-checked and every file's sha256 verified."""
+    from edgevit.artifacts import runtime_errors
+    from runtimes.artifact import load_artifact as load
+    with runtime_errors():
+        return load(path)
+
+
+def run(artifact, images, top: int = 5, threads: int = 1) -> list[list[tuple[str, float]]]:
+    """Top-`top` (label, probability) per image file, with the artifact's own preprocessing and runtime."""
+    from edgevit.artifacts import runtime_errors
+    from runtimes.preprocess import load_images
+    from runtimes.runner import open_runner, run_batched, top_k
+    art = artifact if hasattr(artifact, "manifest") else load_artifact(artifact)
+    with runtime_errors():
+        x = load_images([str(p) for p in images], art.manifest["preprocess"])
+        runner = open_runner(art, threads=threads)
+    logits = run_batched(runner, x, 1 if isinstance(art.manifest["input"]["shape"][0], int) else len(x))
+    return top_k(logits, art.labels, top)
+
+
+def bench(artifacts, threads: int = 1, warmup: int = 20, iters: int = 200, batch: int = 1) -> list[dict]:
+    """Latency percentiles, throughput, peak RSS and size per artifact, each in its own fresh process."""
+    from runtimes.bench import bench_many
+    paths = [str(getattr(a, "root", a)) for a in artifacts]
+    for p in paths:
+        load_artifact(p)
+    return bench_many(paths, threads, warmup, iters, batch)
+
+
+def run_pipeline(recipe: str | Path, run_dir: str | Path, force: bool = False) -> dict:
+    """Run a pipeline recipe (YAML: quantize → split → rewrite → stitch → export) into `run_dir`, resuming
+    finished stages; returns the summary `edgevit pipeline` prints."""
+    from edgevit.pipeline import load_recipe, run
+    return run(load_recipe(recipe), Path(run_dir), force=force)
+
+

@@ -1,0 +1,151 @@
+"""`--bits auto`: automatic mixed precision under one budget (model size, latency on the NPU roofline cost
+model, or top-1 drop) from per-(layer, candidate) sensitivity; the search itself is quant.mixed_precision."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from edgevit.errors import UsageError
+from edgevit.ptq.plots import plot_pareto
+
+DEFAULT_CANDIDATES = "int:w8a8,int:w6a8,int:w4a8,int:w3a8,int:w2a8"
+
+_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+
+
+
+def parse_size(text: str) -> float:
+    """`1.2MB`, `800kB`, `3MiB`, `123456` → bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmg]i?b|b)?\s*", text.lower())
+    if not m:
+        raise UsageError(f"bad size {text!r}; write e.g. 1.2MB, 800kB or 3MiB")
+    return float(m.group(1)) * _UNITS[m.group(2) or "b"]
+
+
+def validate_auto(bits: str, family: str, recipe: dict, fixes: dict):
+    """(candidates or None, budget or None, family and bits of the base spec) — rejects a bad --bits auto
+    setup before any work: exactly one budget, parseable candidates."""
+    import quant.mixed_precision as mp
+    budgets = {k: fixes.get(k) for k in ("max_size", "max_latency_ms", "max_drop") if fixes.get(k) is not None}
+    if bits.strip().lower() != "auto":
+        if budgets:
+            raise UsageError(f"--{next(iter(budgets)).replace('_', '-')} needs --bits auto")
+        return None, None, family, bits
+    if len(budgets) != 1:
+        raise UsageError("--bits auto needs exactly one budget: --max-size 1.2MB, --max-latency-ms 3 or --max-drop 1.0")
+    cands = mp.parse_candidates(fixes.get("candidates") or DEFAULT_CANDIDATES, recipe)
+    key, value = next(iter(budgets.items()))
+    if key == "max_size":
+        budget = {"size": parse_size(value)}
+    elif value <= 0 and key == "max_latency_ms":
+        raise UsageError("--max-latency-ms must be positive")
+    else:
+        budget = {"latency_ms": value} if key == "max_latency_ms" else {"drop": value}
+    first = next((c for c in cands if c.config is not None), None)
+    if first is None:
+        raise UsageError("--candidates needs at least one quantised format besides float")
+    return cands, budget, first.family, first.bits
+
+
+def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: dict, mode: str, points: int,
+                   out_dir: Path, seed: int) -> tuple[dict, dict]:
+    """(recipe pinning each layer's format, report incl. the Pareto points) for one budget:
+    {"size": bytes} | {"latency_ms": ms} | {"drop": points of top-1}."""
+    import numpy as np
+
+    import quant
+    import quant.mixed_precision as mp
+    from quant.sensitivity import logits
+    names = [n for n, p in quant.plan_model(prepared, spec).items() if p.kind in ("linear", "conv")]
+    mods = dict(prepared.named_modules())
+    sizes = np.array([[mp.weight_bytes(mods[n], c) for c in candidates] for n in names])
+    fixed = 4.0 * (sum(t.numel() for t in prepared.state_dict().values() if t.is_floating_point())
+                   - sum(mods[n].weight.numel() for n in names))
+    macs = mp.layer_macs(prepared, calib, names)
+    io_elems = _io_elems(prepared, calib, names)
+    cost_model = mp.CostModel()
+    lat = np.array([[cost_model.latency_s(macs[n], sizes[i, j], io_elems[n], c) * 1e3
+                     for j, c in enumerate(candidates)] for i, n in enumerate(names)])
+    torch.manual_seed(seed)
+    deltas = mp.sensitivity_matrix(prepared, candidates, calib, calib[:64] if len(calib) > 64 else calib, names,
+                                   mode=mode, progress=lambda it: tqdm(list(it), desc="sensitivity", leave=False, disable=None))
+    ref = logits(prepared, eval_x)
+    target = eval_y if eval_y is not None else ref.argmax(-1)
+    base = 100.0 * (ref.argmax(-1) == target).double().mean().item()
+
+    def measure(picks) -> dict:
+        recipe = mp.assignment_recipe(names, candidates, picks, spec.recipe)
+        s = quant.parse_spec(spec.family, spec.bits, recipe, spec.keep_float)
+        q = quant.quantize_model(prepared, s, calib.split(64))
+        acc = 100.0 * (logits(q, eval_x).argmax(-1) == target).double().mean().item()
+        return {"size_bytes": float(fixed + sizes[np.arange(len(names)), picks].sum()),
+                "latency_ms": float(lat[np.arange(len(names)), picks].sum()),
+                "predicted_noise": float(deltas[np.arange(len(names)), picks].sum()), "top1": acc, "drop": base - acc,
+                "recipe": recipe}
+
+    pareto = [measure(p) for p in tqdm(mp.frontier(sizes, deltas, points), desc="pareto", leave=False, disable=None)]
+    uniform = {c.label: measure(np.full(len(names), j)) for j, c in enumerate(candidates)}
+    if "size" in budget:
+        picks = mp.choose(sizes, deltas, budget["size"] - fixed)
+        what = f"--max-size {budget['size'] / 1e6:.3f} MB"
+        floor = fixed + sizes.min(1).sum()
+    elif "latency_ms" in budget:
+        picks = mp.choose(lat, deltas, budget["latency_ms"])
+        what, floor = f"--max-latency-ms {budget['latency_ms']}", lat.min(1).sum()
+    else:
+        ok = [p for p in pareto if p["drop"] <= budget["drop"]]
+        if not ok:
+            raise UsageError(f"no candidate assignment keeps the drop within {budget['drop']} points (the best loses "
+                             f"{min(p['drop'] for p in pareto):.2f}); raise --max-drop or add wider candidates")
+        chosen = min(ok, key=lambda p: p["size_bytes"])
+        picks = None
+    if picks is None and "drop" not in budget:
+        raise UsageError(f"{what} is below the smallest possible model ({floor / 1e6:.3f} MB or ms with the cheapest "
+                         "candidate everywhere); raise the budget or add smaller candidates")
+    if picks is not None:
+        chosen = measure(picks)
+    plot_pareto(pareto, uniform, chosen, out_dir / "pareto.png", "top-1" if eval_y is not None else "agreement")
+    report = {"candidates": [c.label for c in candidates], "budget": budget, "sensitivity_mode": mode,
+              "layers": len(names), "fixed_bytes": fixed, "cost_model": vars(cost_model) if hasattr(cost_model, "__dict__")
+              else {"mac_per_s": cost_model.mac_per_s, "bytes_per_s": cost_model.bytes_per_s},
+              "chosen": {k: v for k, v in chosen.items() if k != "recipe"},
+              "pareto": [{k: v for k, v in p.items() if k != "recipe"} for p in pareto],
+              "uniform": {k: {kk: vv for kk, vv in v.items() if kk != "recipe"} for k, v in uniform.items()}}
+    return chosen["recipe"], report
+
+
+@torch.no_grad()
+def _io_elems(model, x, names) -> dict:
+    mods = dict(model.named_modules())
+    out = {}
+    hooks = [mods[n].register_forward_hook(lambda _m, i, y, n=n: out.__setitem__(n, i[0][:1].numel() + y[:1].numel()))
+             for n in names]
+    try:
+        model.eval()(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def run_auto(prepared, spec, candidates, budget, calib_x, eval_x, eval_y, mode: str, seed: int):
+    """`quantize --bits auto`: (spec with the chosen per-layer formats, its plan, report, extra files for --out:
+    recipe.yaml that reproduces the run, pareto.png)."""
+    import tempfile
+
+    import yaml
+
+    import quant
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe, report = auto_precision(prepared, spec, candidates, calib_x, eval_x, eval_y, budget, mode, 6,
+                                        Path(tmp), seed)
+        png = (Path(tmp) / "pareto.png").read_bytes()
+    spec = quant.parse_spec(recipe.get("fmt", spec.family), recipe.get("bits", spec.bits), recipe, spec.keep_float)
+    header = ("# edgevit quantize --bits auto: chosen per-layer formats; rerun with --recipe this file "
+              f"(budget {budget}, candidates {','.join(c.label for c in candidates)})\n")
+    return spec, quant.plan_model(prepared, spec), report, {
+        "recipe.yaml": header + yaml.safe_dump({"quantize": recipe}, sort_keys=False), "pareto.png": png}
+
