@@ -38,8 +38,9 @@ np.save(sys.argv[3], np.concatenate([r.run(x[i:i + 64]) for i in range(0, len(x)
 def _quantized_artifact(cli_runner, tmp: Path, model: str, *export_args: str) -> tuple[Path, Path]:
     q, a = tmp / f"{model}-q", tmp / f"{model}-a"
     r = cli_runner.invoke(cli, ["quantize", model, "--fmt", "int", "--bits", "w8a8", "--calib", "fashion-mnist:64",
-                                "--eval-data", "fashion-mnist:64", "--out", str(q)])
+                                "--eval-data", "fashion-mnist:64", "--out", str(q), "--json"])
     assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["spec"]["bits"] == "w8a8"    # --json: the report, nothing else on stdout
     r = cli_runner.invoke(cli, ["export", str(q), "--runtime", "onnx", "--out", str(a),
                                 "--parity-data", "fashion-mnist:128", *export_args])
     assert r.exit_code == 0, r.output
@@ -73,6 +74,9 @@ def test_check_parity_names_both_machines_and_flags_a_changed_result(cli_runner,
     r = cli_runner.invoke(cli, ["check-parity", str(a), "--data", "fashion-mnist:64"])
     assert r.exit_code == 0, r.output
     assert "recorded at export on" in r.output and "measured here on" in r.output and "differs" not in r.output
+    r = cli_runner.invoke(cli, ["check-parity", str(a), "--data", "fashion-mnist:64", "--json"])
+    report = json.loads(r.output)
+    assert r.exit_code == 0 and report["ok"] and report["metrics"]["n"] == 64 and report["machine"]["int8_class"]
     path = a / "manifest.json"          # pretend export measured something else (another CPU's kernels)
     m = json.loads(path.read_text())
     m["parity"]["metrics"]["sqnr_db"] = 24.5

@@ -143,7 +143,8 @@ def bench_cmd(artifacts, threads, warmup, iters, batch, json_out):
               help="Torch model to compare with (default: the one recorded in the manifest).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None)
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1))
-def check_parity_cmd(artifact, data, seed, model_override, weights, threads):
+@click.option("--json", "as_json", is_flag=True, help="Print the measurement as JSON (exit 1 still when it fails).")
+def check_parity_cmd(artifact, data, seed, model_override, weights, threads, as_json):
     """Compare ARTIFACT's outputs with its torch model on real images, against the manifest's thresholds.
 
     Exit 1 when a threshold fails.
@@ -155,6 +156,12 @@ def check_parity_cmd(artifact, data, seed, model_override, weights, threads):
     from runtimes import machine
     c = artifacts.check_parity(artifact, data, seed, model_override, weights, threads)
     m, th = c.metrics, c.thresholds
+    if as_json:
+        import dataclasses
+        click.echo(json.dumps({**dataclasses.asdict(c), "ok": c.ok}, indent=2))
+        if c.failures:
+            raise StageError(f"parity failed: {'; '.join(c.failures)}")
+        return
     rows = [["top-1 agreement", f"{100 * m['top1_agreement']:.2f}%",
              f">= {100 * th['top1_agreement']:.2f}%" if "top1_agreement" in th else "-"],
             ["max abs error", f"{m['max_abs']:.3g}", f"<= {th['max_abs']:.3g}" if "max_abs" in th else "-"],

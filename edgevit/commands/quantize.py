@@ -68,9 +68,10 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
 @click.option("--sensitivity", default="full", show_default=True, type=click.Choice(["scaled", "full"]),
               help="--bits auto: measure every (layer, candidate) (full) or one per layer scaled by local noise.")
 @click.option("--seed", default=0, show_default=True, help="Seed for calibration and evaluation sampling.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report (report.json's content) instead of the table.")
 @overwrite_option("force")
 def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend, calib, out, recipe, keep_float,
-                 eval_data, eval_limit, seed, force, **fixes):
+                 eval_data, eval_limit, seed, force, as_json, **fixes):
     """Post-training quantisation of MODEL to INT / FP / MX formats; writes a packed checkpoint.
 
     \b
@@ -154,6 +155,9 @@ def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend
              ["size (FP32 → packed)", f"{human_bytes(report['fp32_bytes'])} → {human_bytes(sizes['total_bytes'])} "
               f"({report['size']['ratio_vs_fp32']:.3f}×)"],
              ["quantisation time", f"{quant_s:.1f} s"]]
+    if as_json:
+        click.echo(json.dumps(finite({**report, "out": str(out), "checkpoint_bytes": sizes["total_bytes"]}), indent=2))
+        return
     print_table(f"{meta.name} {family} {bits} ({method}, {backend})", ["metric", "value"], rows)
     console.print(f"wrote {out}")
 
