@@ -275,7 +275,7 @@ def evaluate(name: str, cpu: str, m: dict, out: dict, ref, host, labels, wall: f
     got = np.asarray([r["logits"] for r in out["results"]], np.float32)
     met = parity.compare(ref, got)
     th = m["parity"]["thresholds"]
-    bad = parity.failures(met, th)
+    bad = parity.failures(met, th, parity.ties_excluded(m["parity"].get("precision_class", "")))
     prec = out.get("precision") or (m.get("quant") or {}).get("precision", "fp32")
     lines = [l for l in err.strip().splitlines() if l.strip()]
     row = {"name": name, "cpu": cpu, "runtime": m["runtime"], "precision": prec,

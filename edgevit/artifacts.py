@@ -212,5 +212,6 @@ def check_parity(artifact, data: str = "auto:512", seed: int = 1, model: str | N
     top1 = {} if y is None else {"runtime": float(100 * (got.argmax(-1) == y).mean()),
                                  "torch": float(100 * (ref.argmax(-1) == y).mean())}
     return ParityCheck(str(artifact), art.precision(), f"{data}, seed {seed}", m, record["thresholds"],
-                       parity.failures(m, record["thresholds"]), parity.differences(m, record.get("metrics")),
+                       parity.failures(m, record["thresholds"], parity.ties_excluded(record.get("precision_class", ""))),
+                       parity.differences(m, record.get("metrics")),
                        machine.describe(), record.get("machine"), top1)

@@ -33,32 +33,59 @@ def precision_class(precision: str) -> str:
     return "int8" if wbits >= 8 else "lowbit"
 
 
+# An image is a near-tie when the torch model's own top-1 margin is within TIE_SIGMAS × the typical (median
+# per-image) RMS logit error: arithmetic that differs by that much (float op order moving a value across an
+# activation rounding boundary, compounded over the blocks) may flip it, so its top-1 says nothing about
+# the runtime. Trained models have few (the bundled ones: none on 10k images); random-init backbones have
+# near-uniform logits and many. Agreement is judged on the decisive images; SQNR covers them all.
+TIE_SIGMAS = 4.0
+
+
 def compare(reference: np.ndarray, output: np.ndarray) -> dict:
-    """Parity metrics of `output` against `reference` logits (N, classes)."""
+    """Parity metrics of `output` against `reference` logits (N, classes): top-1 agreement (all images, and
+    the decisive ones that are not near-ties), max abs error, SQNR."""
     ref = np.asarray(reference, np.float64)
     out = np.asarray(output, np.float64)
     if ref.shape != out.shape:
         raise ParityError(f"runtime output shape {out.shape} differs from the torch model's {ref.shape}")
     noise = float(np.square(ref - out).sum())
     sqnr = math.inf if noise == 0 else 10 * math.log10(float(np.square(ref).sum()) / noise)
+    agree = ref.argmax(-1) == out.argmax(-1)
+    top2 = np.sort(ref, axis=-1)[:, -2:] if ref.shape[-1] > 1 else np.zeros((len(ref), 2))
+    sigma = float(np.median(np.sqrt(np.square(ref - out).mean(-1))))   # typical per-image noise: one wrong
+    decisive = (top2[:, 1] - top2[:, 0]) > TIE_SIGMAS * sigma            # image cannot widen the tie band
     return {"n": int(ref.shape[0]),
-            "top1_agreement": float((ref.argmax(-1) == out.argmax(-1)).mean()),
+            "top1_agreement": float(agree.mean()),
+            "decisive_n": int(decisive.sum()),
+            "top1_agreement_decisive": float(agree[decisive].mean()) if decisive.any() else 1.0,
             "max_abs": float(np.abs(ref - out).max()),
             "sqnr_db": "inf" if math.isinf(sqnr) else round(sqnr, 3)}
 
 
-def failures(metrics: dict, thresholds: dict) -> list[str]:
-    """Human-readable list of broken thresholds (empty when parity holds)."""
+def failures(metrics: dict, thresholds: dict, exclude_ties: bool = True) -> list[str]:
+    """Human-readable list of broken thresholds (empty when parity holds). Agreement is judged on the decisive
+    images (see TIE_SIGMAS) unless `exclude_ties` is off: for bars against the float model (TFLite's
+    re-quantised INT8), where flips are the quantisation error being measured, not kernel noise."""
     out = []
     if "max_abs" in thresholds and metrics["max_abs"] > thresholds["max_abs"]:
         out.append(f"max abs error {metrics['max_abs']:.3g} > {thresholds['max_abs']:.3g}")
-    if "top1_agreement" in thresholds and metrics["top1_agreement"] < thresholds["top1_agreement"]:
-        out.append(f"top-1 agreement {100 * metrics['top1_agreement']:.2f}% < "
-                   f"{100 * thresholds['top1_agreement']:.2f}%")
+    agreement = metrics.get("top1_agreement_decisive", metrics["top1_agreement"]) if exclude_ties \
+        else metrics["top1_agreement"]
+    if "top1_agreement" in thresholds and agreement < thresholds["top1_agreement"]:
+        ties = metrics["n"] - metrics.get("decisive_n", metrics["n"])
+        out.append(f"top-1 agreement {100 * agreement:.2f}% < {100 * thresholds['top1_agreement']:.2f}%"
+                   + (f" (on the {metrics['decisive_n']} images that are not near-ties; {ties} excluded)"
+                      if ties and exclude_ties else ""))
     sqnr = math.inf if metrics["sqnr_db"] == "inf" else metrics["sqnr_db"]
     if "sqnr_db" in thresholds and sqnr < thresholds["sqnr_db"]:
         out.append(f"SQNR {sqnr:.1f} dB < {thresholds['sqnr_db']:.1f} dB")
     return out
+
+
+def ties_excluded(precision_class: str) -> bool:
+    """Whether a parity class judges agreement on decisive images: every class that compares a runtime with
+    the model it was exported from; not TFLite's INT8 classes, whose bar is the PTQ error vs the float model."""
+    return not precision_class.startswith("tflite-w")
 
 
 def check(metrics: dict, thresholds: dict, what: str = "artifact") -> None:
@@ -79,7 +106,7 @@ def differences(metrics: dict, recorded: dict | None, sqnr_tol_db: float = 3.0, 
     here, then = (min(60.0, math.inf if m["sqnr_db"] == "inf" else float(m["sqnr_db"])) for m in (metrics, recorded))
     if abs(here - then) > sqnr_tol_db:
         out.append(f"SQNR {here:.1f} dB here vs {then:.1f} dB recorded")
-    if abs(metrics["top1_agreement"] - recorded["top1_agreement"]) > agreement_tol:
-        out.append(f"top-1 agreement {100 * metrics['top1_agreement']:.2f}% here vs "
-                   f"{100 * recorded['top1_agreement']:.2f}% recorded")
+    key = "top1_agreement_decisive" if "top1_agreement_decisive" in recorded else "top1_agreement"
+    if abs(metrics[key] - recorded[key]) > agreement_tol:
+        out.append(f"top-1 agreement {100 * metrics[key]:.2f}% here vs {100 * recorded[key]:.2f}% recorded")
     return out

@@ -82,3 +82,23 @@ def test_schema_file_is_plain_draft_2020_12():
 def test_non_artifact_directory_is_refused(tmp_path):
     with pytest.raises(RuntimeArtifactError, match="no manifest.json"):
         load_artifact(tmp_path)
+
+
+def test_parity_judges_agreement_on_decisive_images_only():
+    import numpy as np
+    """A flip where the torch model's own margin is inside the noise is a near-tie; a flip on a confident
+    image still fails, and so does a large error whatever the ties (SQNR)."""
+    from runtimes import parity
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((200, 10)) * 3
+    ref[:10, 1] = ref[:10, 0] = ref[:10].max(1) + 1          # 10 exact ties between classes 0 and 1
+    out = ref + rng.standard_normal(ref.shape) * 0.01         # ~50 dB of kernel noise
+    out[:10, 1] += 0.02                                         # … which breaks every tie towards class 1
+    m = parity.compare(ref, out)
+    th = parity.THRESHOLDS["int8"]
+    assert m["top1_agreement"] < th["top1_agreement"] and m["decisive_n"] <= 190
+    assert m["top1_agreement_decisive"] == 1.0 and parity.failures(m, th) == []
+    assert parity.failures(m, th, exclude_ties=False)         # the raw bar (TFLite INT8 vs float) still sees them
+    out[50] = out[50][::-1]                                    # a confident image flipped: a real disagreement
+    assert any("agreement" in f for f in parity.failures(parity.compare(ref, out), th))
+    assert any("SQNR" in f for f in parity.failures(parity.compare(ref, ref + rng.standard_normal(ref.shape)), th))
