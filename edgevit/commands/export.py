@@ -16,9 +16,11 @@ DEFAULT_PRECISION = {"onnx": "fp32", "tflite": "fp32", "qnn": "w8a16"}
 
 def _usage(fn, *args, **kwargs):
     """Call a runtimes/ function, turning its errors into the CLI's exit codes."""
-    from runtimes.errors import ExportError, ParityError, RuntimeArtifactError
+    from runtimes.errors import ExportError, ExportFailure, ParityError, RuntimeArtifactError
     try:
         return fn(*args, **kwargs)
+    except ExportFailure as e:   # a valid model the exporter cannot express: names the layer and the fallback
+        raise StageError(str(e)) from e
     except (RuntimeArtifactError, ExportError) as e:
         raise UsageError(str(e)) from e
     except ParityError as e:
