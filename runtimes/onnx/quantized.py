@@ -483,7 +483,8 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
             except ExportError:
                 raise
             except Exception as e:   # noqa: BLE001 — the exporter's own errors: say where and what to do
-                raise _export_failure(e, stack, spec) from e
+                raise _export_failure(e, stack, spec, wrapper,
+                                      (torch.zeros((1, *input_shape[1:])), *wrapper.weights)) from e
         m = onnx.load(tmp)
     finally:
         os.unlink(tmp)
@@ -552,18 +553,42 @@ class _where:
             h.remove()
 
 
-def _export_failure(e: Exception, stack: list[str], spec: QuantSpec) -> ExportFailure:
-    """One line: where the TorchScript exporter failed, why (its first line), and what to try instead."""
-    why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+def _export_failure(e: Exception, stack: list[str], spec: QuantSpec, wrapper: nn.Module,
+                    inputs: tuple) -> ExportFailure:
+    """One line: where the TorchScript exporter failed, why (its first line), and what to try instead.
+
+    Where: the module being traced when tracing fails, else the scope of the first graph node with the
+    op the conversion names ("Exporting the operator 'aten::X' ... is not supported")."""
+    text = str(e)
+    why = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
     why = why if len(why) <= 160 else why[:157] + "..."
-    if stack:
-        layer = stack[-1]
+    layer = stack[-1] if stack else _scope_of_failing_op(text, wrapper, inputs)
+    if layer:
         quantised = [n for n in spec.layers if n == layer or n.startswith(layer + ".")]
         hint = (f"keep it float with `edgevit quantize ... --keep-float {layer}`" if quantised else
-                "the module itself does not trace to ONNX (TorchScript exporter); export the float model to see "
-                "whether it exports at all, or use the dynamo exporter (torch.onnx.export(..., dynamo=True), needs "
-                "onnxscript) where it works")
+                "the module does not convert with the TorchScript exporter whatever its precision (export the float "
+                "model to confirm); replace it in the model, or use the dynamo exporter "
+                "(torch.onnx.export(..., dynamo=True), needs onnxscript) where it works")
         return ExportFailure(f"module {layer} ({type(e).__name__}): {why}; {hint}")
-    return ExportFailure(f"the TorchScript exporter failed converting the traced graph ({type(e).__name__}): {why}; "
-                         "export the float model to see whether it exports at all, keep the failing layers float "
-                         "with --keep-float, or use the dynamo exporter (needs onnxscript) where it works")
+    return ExportFailure(f"the TorchScript exporter failed ({type(e).__name__}): {why}; export the float model to "
+                         "see whether it exports at all, keep the failing layers float with --keep-float, or use "
+                         "the dynamo exporter (needs onnxscript) where it works")
+
+
+def _scope_of_failing_op(text: str, wrapper: nn.Module, inputs: tuple) -> str | None:
+    """Module path (`blocks.0.attn`) of the first traced node running the op an exporter message names
+    ("Exporting the operator 'aten::X' ... is not supported"): the model is traced again to read its scope."""
+    import re
+    op = re.search(r"operator '([\w:.]+)'", text)
+    if op is None:
+        return None
+    try:
+        with torch.no_grad():
+            graph = torch.jit.trace(wrapper, inputs, check_trace=False).inlined_graph
+    except Exception:   # noqa: BLE001 — only a better message is at stake
+        return None
+    for node in graph.nodes():
+        if node.kind() == op.group(1):
+            name = node.scopeName().rsplit("/", 1)[-1].removeprefix("__module.").removeprefix("twin")
+            return name.removeprefix(".") or None
+    return None
