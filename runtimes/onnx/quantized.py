@@ -103,10 +103,19 @@ def fold_batchnorm(model: nn.Module, spec: QuantSpec, fold: bool = True,
             beta = bn.bias.detach().numpy() if bn.bias is not None else 0.0
             layers[pair.layer] = LayerQuant(lq.fmt, lq.q, lq.scale * gamma[:, None], lq.zero_point, group=lq.group)
             layer.bias = nn.Parameter(torch.from_numpy(((b - mean) * gamma + beta).astype(np.float32)))
-        parent, _, leaf = pair.norm.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf,
-                _AfterNorm(None if fold else affine, {n: getattr(bn, n) for n in norm_act_parts(bn)}))
+        _replace(model, pair.norm, _AfterNorm(None if fold else affine, {n: getattr(bn, n) for n in norm_act_parts(bn)}))
+    # every other eval BatchNorm2d (one on a block's input, after a float op, …) as torch computes it too:
+    # onnxruntime's BatchNormalization kernel rounds differently, which activation rounding downstream amplifies
+    for name, bn in list(model.named_modules()):
+        if isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_mean is not None \
+                and norm_act_parts(bn) is not None:
+            _replace(model, name, _AfterNorm(_ChannelAffine(bn), {n: getattr(bn, n) for n in norm_act_parts(bn)}))
     return model, QuantSpec(spec.precision, layers, spec.acts)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 class _ChannelAffine(nn.Module):
@@ -372,23 +381,25 @@ def _typed_codes(graph: _Graph, base: str, fmt: str, q: np.ndarray) -> str:
 
 def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, opset: int) -> dict:
     """Replace the graph input `<name>.weight` (the layer's weight, passed in by construction) by its low-bit
-    form: one decoder per orientation read, feeding each reader directly (Identity/Transpose between
-    dropped), placed before the first reader."""
+    form feeding each reader directly (Identity/Transpose between dropped), placed before the first reader.
+
+    A module called more than once (CoaT's shared position encodings) has several readers: each gets its own
+    decoder and codes, since onnxruntime rewrites a DequantizeLinear's int8 initializers in place per reader
+    ("Attempt to replace the existing tensor" when two readers share them)."""
     source = weight_input(name)
     uses = graph.weight_uses(source, name)
-    outputs: dict[str, tuple[str, str]] = {}
+    outputs: list[tuple[str, str]] = []
     order = list(graph.g.node)
     first = min((order.index(n) for n, _, _ in uses), default=0)
     graph.pending = []
     for node, k, orient in uses:
-        if orient not in outputs:
-            outputs[orient] = _weight_dq(graph, name, lq, orient, opset)
-        node.input[k] = outputs[orient][0]
+        outputs.append(_weight_dq(graph, name, lq, orient, opset))
+        node.input[k] = outputs[-1][0]
     for j, n in enumerate(graph.pending):
         graph.g.node.insert(first + j, n)
     graph.g.input.remove(next(i for i in graph.g.input if i.name == source))
     direct = [n.op_type for n, k, _ in uses if n.op_type in ("MatMul", "Gemm", "Conv") and k == 1]
-    encoding = next(iter(outputs.values()))[1] if outputs else "unused"
+    encoding = outputs[0][1] if outputs else "unused"
     return {"name": name, "op": (direct or [n.op_type for n, _, _ in uses] or ["none"])[0], "fmt": lq.fmt,
             "granularity": lq.granularity, "encoding": encoding,
             "scale_dtype": "float16" if lq.scale_dtype == "float16" and format_bits(lq.fmt) < 8 else "float32"}
