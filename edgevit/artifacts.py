@@ -25,9 +25,11 @@ Status = Callable[[str], ContextManager]   # e.g. rich's console.status: a spinn
 def runtime_errors():
     """runtimes/ errors as edgevit's: a bad artifact or an unexportable request is bad input, a parity
     failure is the stage failing."""
-    from runtimes.errors import ExportError, ParityError, RuntimeArtifactError
+    from runtimes.errors import ExportError, ExportFailure, ParityError, RuntimeArtifactError
     try:
         yield
+    except ExportFailure as e:   # a valid model the exporter cannot express: names the layer and the fallback
+        raise StageError(str(e)) from e
     except (RuntimeArtifactError, ExportError) as e:
         raise UsageError(str(e)) from e
     except ParityError as e:

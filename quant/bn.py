@@ -15,6 +15,8 @@ quantised outputs again (the first two moments match the float model's).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -148,3 +150,115 @@ def reestimate_bn(model: nn.Module, calib: torch.Tensor, batch: int = 64) -> dic
             m.momentum = momentum
             m.eval()
     return {"layers": len(bns), "images": len(calib)}
+
+
+# -- BatchNorms that follow a Conv2d / Linear anywhere in the graph (torch.fx) -----------------------------
+
+_RESHAPES = {"flatten", "reshape", "view"}
+
+
+class NormPair(NamedTuple):
+    """`norm` (an eval BatchNorm) reads only `layer`'s output; `view` is the broadcast shape of a per-channel
+    vector at the norm's input ((1, C, 1, 1) for BatchNorm2d after a conv, (1, C) for BatchNorm1d on a
+    Linear's tokens flattened to rows)."""
+    layer: str
+    norm: str
+    view: tuple[int, ...]
+
+
+def norm_act_parts(bn: nn.Module) -> tuple[str, ...] | None:
+    """Children a BatchNorm module applies after normalising, in order: () for plain BatchNorm1d/2d,
+    ("drop", "act") for timm's BatchNormAct2d (normalise, dropout, activation); None for any other subclass,
+    whose forward is unknown and so never folded."""
+    if type(bn) in (nn.BatchNorm1d, nn.BatchNorm2d):
+        return ()
+    if isinstance(bn, nn.BatchNorm2d) and type(bn).__name__ == "BatchNormAct2d" and \
+            {n for n, _ in bn.named_children()} <= {"drop", "act"}:
+        return tuple(n for n in ("drop", "act") if isinstance(getattr(bn, n, None), nn.Module))
+    return None
+
+
+class _NormTracer(torch.fx.Tracer):
+    """Conv/Linear (also quantised ones), every BatchNorm and every module without children are single calls."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm))
+                or not any(True for _ in m.children()) or super().is_leaf_module(m, qualname))
+
+
+def _graph_pairs(root: nn.Module, prefix: str) -> list[tuple[str, str, bool]] | None:
+    """(layer, norm, through_reshape) in `root`'s fx graph; None when it cannot be traced."""
+    try:
+        graph = _NormTracer().trace(root)
+    except Exception:   # data-dependent control flow, unsupported ops: no pairs rather than a wrong one
+        return None
+    modules = dict(root.named_modules())
+    mod = lambda n: modules.get(n.target) if n.op == "call_module" else None   # noqa: E731
+    out = []
+    for n in graph.nodes:
+        if not isinstance(mod(n), (nn.Conv2d, nn.Linear)):
+            continue
+        cur, reshaped = n, False
+        while len(cur.users) == 1:
+            u = next(iter(cur.users))
+            if u.args[:1] != (cur,):
+                break
+            if (u.op == "call_method" and u.target in _RESHAPES) or \
+                    (u.op == "call_function" and u.target in (torch.flatten, torch.reshape)):
+                cur, reshaped = u, True
+                continue
+            if isinstance(mod(u), nn.modules.batchnorm._BatchNorm) and len(u.args) == 1 and not u.kwargs:
+                out.append((prefix + n.target, prefix + u.target, reshaped))
+            break
+    return out
+
+
+@torch.no_grad()
+def norm_pairs(model: nn.Module, example: torch.Tensor, layers=None) -> list[NormPair]:
+    """Every eval BatchNorm that reads nothing but one Conv2d's / Linear's output, found in the torch.fx graph.
+
+    The graph is the whole model's, or — when fx cannot trace the whole model (data-dependent control flow)
+    — each BatchNorm's parent's, which is where conv+norm modules (timm's ConvNormAct, a ResNet block) pair
+    them. Between a Linear and a BatchNorm1d only reshapes that keep the feature axis last are allowed (LeViT's
+    Linear → flatten(0, 1) → BatchNorm1d). One forward of `example` checks the shapes and that each module
+    runs once. `layers` (names) limits the writers considered; `model` is not changed.
+    """
+    pairs = _graph_pairs(model, "")
+    if pairs is None:
+        pairs, roots = [], []
+        for name, m in model.named_modules():
+            parent = name.rpartition(".")[0]
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and name and parent not in roots:
+                roots.append(parent)
+        for parent in roots:
+            pairs += _graph_pairs(model.get_submodule(parent), parent + "." if parent else "") or []
+    if layers is not None:
+        pairs = [p for p in pairs if p[0] in set(layers)]
+    if not pairs:
+        return []
+    modules = dict(model.named_modules())
+    seen: dict[str, list] = {}
+
+    def hook(m, inputs, output, name):
+        seen.setdefault(name, []).append((tuple(inputs[0].shape), tuple(output.shape)))
+    handles = [modules[n].register_forward_hook(lambda m, i, y, n=n: hook(m, i, y, n)) for p in pairs for n in p[:2]]
+    try:
+        model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for layer, norm, reshaped in pairs:
+        bn, w = modules[norm], modules[layer]
+        if len(seen.get(layer, ())) != 1 or len(seen.get(norm, ())) != 1 or norm_act_parts(bn) is None \
+                or bn.running_mean is None or bn.training:
+            continue
+        (_, y), (x, _) = seen[layer][0], seen[norm][0]
+        channels = w.out_channels if isinstance(w, nn.Conv2d) else w.out_features
+        if bn.num_features != channels:
+            continue
+        if isinstance(w, nn.Conv2d) and not reshaped and len(x) == 4 and x == y:
+            out.append(NormPair(layer, norm, (1, -1, 1, 1)))
+        elif isinstance(w, nn.Linear) and len(x) == 2 and x[-1] == y[-1] == channels:
+            out.append(NormPair(layer, norm, (1, -1)))
+    return out

@@ -11,3 +11,8 @@ class ExportError(ValueError):
 
 class ParityError(RuntimeError):
     """The runtime's outputs disagree with the torch model beyond the manifest's thresholds (exit 1)."""
+
+
+class ExportFailure(ExportError):
+    """A valid model whose graph cannot be exported as asked: names the layer, the cause and the fallback
+    (exit 1 at the CLI: a failure inside the stage, not bad input)."""

@@ -111,7 +111,9 @@ def load(arch: str, weights: str | None = None) -> tuple[nn.Module, ModelMeta]:
     timm = import_timm()
     _check_arch(timm, arch)
     state = _clean(load_state_dict(weights)) if weights else None
-    model = timm.create_model(arch, pretrained=False)
+    with torch.random.fork_rng(devices=[]):   # the same random model in every process (determinism)
+        torch.manual_seed(0)
+        model = timm.create_model(arch, pretrained=False)
     if state is not None:
         n = _num_classes(model, state)
         if n is not None and n != model.num_classes:

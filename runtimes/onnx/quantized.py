@@ -3,8 +3,10 @@
 The model is copied into a *twin*: quantised layers hold their dequantised weights (BatchNorm folded
 into the per-channel scales), and every activation quantiser becomes an `ActQuantOp` that the exporter
 writes as explicit rounding ops at its place (layer inputs, q/k/v of q·kᵀ and attn·v, softmax output,
-LayerNorm/GELU inputs). The twin is exported with the shared FP32 exporter; each quantised layer's
-weight initializer is then found by value and replaced by its low-bit form:
+LayerNorm/GELU inputs). The twin is exported with the shared FP32 exporter, each quantised layer's weight
+entering as a graph input named `<layer>.weight` (so constant folding cannot merge a BatchNorm into it or
+rename it: the weight is identified by construction, never by value); each such input is then replaced by
+the layer's low-bit form, read directly by its Conv/Gemm/MatMul (Identity/Transpose in between dropped):
 
   int8, int4 (opset 21), fp8 e4m3fn/e5m2   → typed codes + DequantizeLinear (per-axis or blocked scales)
   int2/3/5/6/7, int4 per-group on convs    → codes packed 32//b per uint32 word, unpacked in-graph
@@ -36,7 +38,7 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 from torch import nn
 
-from runtimes.errors import ExportError
+from runtimes.errors import ExportError, ExportFailure
 from runtimes.onnx.actquant import ActQuantOp, function_protos
 from runtimes.onnx.export import export_onnx
 from runtimes.onnx.functions import DOMAIN, Body, attach
@@ -54,54 +56,102 @@ _DQ_TYPES = {"int8": T.INT8, "int4": T.INT4, "fp8_e4m3": T.FLOAT8E4M3FN, "fp8_e5
 __all__ = ["export_quantized_onnx", "spec_from_model", "float_twin"]
 
 
-def fold_batchnorm(model: nn.Module, spec: QuantSpec, fold: bool = True) -> tuple[nn.Module, QuantSpec]:
-    """Fold each BatchNorm2d that directly follows a quantised conv (same nn.Sequential) into its scale,
-    or with `fold=False` turn it into an explicit per-channel affine the exporter cannot fold.
+def fold_batchnorm(model: nn.Module, spec: QuantSpec, fold: bool = True,
+                   input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, QuantSpec]:
+    """Fold each BatchNorm that reads only a quantised conv's/linear's output into its scale, or with
+    `fold=False` turn it into an explicit per-channel affine that stays apart from the layer.
 
-    The exporter folds eval-mode BN into the conv anyway; doing it here keeps the codes exact: BN scales
-    output channels, so it multiplies the per-channel/per-group scales and leaves the grid values alone.
-    But the folded weight is rounded differently from the fake-quant model's conv-then-BN, and dynamic
-    activation rounding downstream amplifies that: on mobilenet-mini at fp4 w4a6 (per-token e2m3), the
-    folded graph disagreed with torch on 1.3 % of test images, the unfolded one on none. So only graphs
-    whose activations are all static 8-bit QDQ (where ORT needs the folded conv for QLinearConv) fold.
+    The pairs come from the torch.fx graph (quant.bn.norm_pairs: any module structure, e.g. timm's
+    ConvNormAct / BatchNormAct2d, a ResNet block's conv1 → bn1, LeViT's Linear → BatchNorm1d; a model fx
+    cannot trace is traced per BatchNorm parent) given `input_shape`, and from nn.Sequential adjacency.
+    A norm-with-activation keeps its dropout and activation (same child names, so their quantisers keep
+    theirs).
+
+    Folding keeps the codes exact: BN scales output channels, so it multiplies the per-channel/per-group
+    scales and leaves the grid values alone. But the folded weight is rounded differently from the
+    fake-quant model's conv-then-BN, and dynamic activation rounding downstream amplifies that: on
+    mobilenet-mini at fp4 w4a6 (per-token e2m3), the folded graph disagreed with torch on 1.3 % of test
+    images, the unfolded one on none. So only graphs whose activations are all static 8-bit QDQ (where ORT
+    needs the folded conv for QLinearConv) fold; the others get `_ChannelAffine`, torch's own BN arithmetic.
     """
+    from quant.bn import NormPair, norm_act_parts, norm_pairs
     model = copy.deepcopy(model).eval()
     layers = dict(spec.layers)
-    for name, lq in spec.layers.items():
+    pairs = []
+    if input_shape is not None:
+        pairs = norm_pairs(model, torch.zeros((1, *input_shape[1:])), layers)
+    paired = {p.layer for p in pairs} | {p.norm for p in pairs}
+    for name, lq in spec.layers.items():   # nn.Sequential adjacency (also without an example input)
         parent, _, leaf = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
-        if not (isinstance(owner, nn.Sequential) and leaf.isdigit() and int(leaf) + 1 < len(owner)):
+        if name in paired or not (isinstance(owner, nn.Sequential) and leaf.isdigit() and int(leaf) + 1 < len(owner)):
             continue
+        norm = f"{parent}.{int(leaf) + 1}" if parent else str(int(leaf) + 1)
         bn = owner[int(leaf) + 1]
-        if not isinstance(bn, nn.BatchNorm2d) or lq.q.ndim != 4:
-            continue
-        if not fold:
-            owner[int(leaf) + 1] = _ChannelAffine(bn)
-            continue
-        gamma = (bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)).numpy().astype(np.float32)
-        conv = owner[int(leaf)]
-        b = conv.bias.detach().numpy() if getattr(conv, "bias", None) is not None else 0.0
-        new_bias = ((b - bn.running_mean.detach().numpy()) * gamma + bn.bias.detach().numpy()).astype(np.float32)
-        layers[name] = LayerQuant(lq.fmt, lq.q, lq.scale * gamma[:, None], lq.zero_point, group=lq.group)
-        conv.bias = nn.Parameter(torch.from_numpy(new_bias))
-        owner[int(leaf) + 1] = nn.Identity()
+        if isinstance(bn, nn.BatchNorm2d) and norm_act_parts(bn) is not None and lq.q.ndim == 4 \
+                and norm not in paired and bn.running_mean is not None:
+            pairs.append(NormPair(name, norm, (1, -1, 1, 1)))
+    for pair in pairs:
+        lq, bn = layers[pair.layer], model.get_submodule(pair.norm)
+        layer = model.get_submodule(pair.layer)
+        affine = _ChannelAffine(bn, pair.view)
+        if fold:
+            w = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+            gamma = (w / torch.sqrt(bn.running_var + bn.eps)).numpy().astype(np.float32)
+            b = layer.bias.detach().numpy() if getattr(layer, "bias", None) is not None else 0.0
+            mean = bn.running_mean.detach().numpy()
+            beta = bn.bias.detach().numpy() if bn.bias is not None else 0.0
+            layers[pair.layer] = LayerQuant(lq.fmt, lq.q, lq.scale * gamma[:, None], lq.zero_point, group=lq.group)
+            layer.bias = nn.Parameter(torch.from_numpy(((b - mean) * gamma + beta).astype(np.float32)))
+        _replace(model, pair.norm, _AfterNorm(None if fold else affine, {n: getattr(bn, n) for n in norm_act_parts(bn)}))
+    # every other eval BatchNorm2d (one on a block's input, after a float op, …) as torch computes it too:
+    # onnxruntime's BatchNormalization kernel rounds differently, which activation rounding downstream amplifies
+    for name, bn in list(model.named_modules()):
+        if isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_mean is not None \
+                and norm_act_parts(bn) is not None:
+            _replace(model, name, _AfterNorm(_ChannelAffine(bn), {n: getattr(bn, n) for n in norm_act_parts(bn)}))
     return model, QuantSpec(spec.precision, layers, spec.acts)
 
 
-class _ChannelAffine(nn.Module):
-    """Eval BatchNorm2d as torch's CPU kernel computes it, y = x·α + β (α = w/√(var+ε), β = b − mean·α),
-    written as Mul/Add so the ONNX exporter keeps it apart from the conv."""
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
-    def __init__(self, bn: nn.BatchNorm2d):
+
+class _ChannelAffine(nn.Module):
+    """Eval BatchNorm as torch's CPU kernel computes it, y = x·α + β (α = w/√(var+ε), β = b − mean·α),
+    written as Mul/Add so the ONNX exporter keeps it apart from the conv; α, β shaped `view`."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, view: tuple[int, ...] = (1, -1, 1, 1)):
         super().__init__()
         with torch.no_grad():
-            alpha = bn.weight * (1 / torch.sqrt(bn.running_var + bn.eps))
-            beta = bn.bias - bn.running_mean * alpha
-        self.register_buffer("alpha", alpha.detach().reshape(1, -1, 1, 1).clone())
-        self.register_buffer("beta", beta.detach().reshape(1, -1, 1, 1).clone())
+            alpha = 1 / torch.sqrt(bn.running_var + bn.eps)
+            alpha = bn.weight * alpha if bn.weight is not None else alpha
+            beta = (bn.bias if bn.bias is not None else 0) - bn.running_mean * alpha
+        self.register_buffer("alpha", alpha.detach().reshape(view).clone())
+        self.register_buffer("beta", beta.detach().reshape(view).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.alpha + self.beta
+
+
+class _AfterNorm(nn.Module):
+    """What is left of a BatchNorm once folded (nothing, or its `_ChannelAffine`), then what the norm module
+    applied after normalising (timm's BatchNormAct2d: `drop`, `act`), under the same child names."""
+
+    def __init__(self, affine: nn.Module | None, after: dict[str, nn.Module]):
+        super().__init__()
+        self.affine = affine
+        self.order = list(after)
+        for n, m in after.items():
+            setattr(self, n, m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.affine is not None:
+            x = self.affine(x)
+        for n in self.order:
+            x = getattr(self, n)(x)
+        return x
 
 
 def float_twin(model: nn.Module, spec: QuantSpec, activations: bool = False, functions: bool = False) -> nn.Module:
@@ -140,10 +190,7 @@ class _Graph:
         self.pending: list = []
         self.shared: dict = {}
         self.functions: dict = {}   # packed-weight decoder kinds used, by function name
-        self._by_value: dict[bytes, list[str]] = {}
-        for i in self.g.initializer:
-            if i.data_type == T.FLOAT:
-                self._by_value.setdefault(numpy_helper.to_array(i).astype(np.float32).tobytes(), []).append(i.name)
+        self.used |= {i.name for i in self.g.input}
 
     def name(self, base: str) -> str:
         """`base` itself while unused (layer-named tensors stay short and readable), else base_<n>."""
@@ -176,20 +223,39 @@ class _Graph:
         self.pending.append(helper.make_node(op, inputs, [out], domain=domain or None, **attrs))
         return out
 
-    def find_weight(self, w: np.ndarray, name: str):
-        """(initializer name, consumer node, orientation) of the float weight `w`."""
-        found = [(n, "as-is") for n in self._by_value.get(w.astype(np.float32).tobytes(), [])]
-        if w.ndim == 2:
-            found += [(n, "transposed") for n in self._by_value.get(np.ascontiguousarray(w.T).astype(np.float32).tobytes(), [])]
-        found = [f for f in found if f[0] in self.inits]
-        if len(found) != 1:
-            raise ExportError(f"layer {name}: found its weight {len(found)} times in the exported graph "
-                              "(expected once); layers with identical weights cannot be told apart")
-        init_name, orient = found[0]
-        users = [n for n in self.g.node if init_name in n.input]
-        if len(users) != 1 or users[0].op_type not in ("MatMul", "Gemm", "Conv"):
-            raise ExportError(f"layer {name}: its weight feeds {[u.op_type for u in users]}, not one MatMul/Gemm/Conv")
-        return init_name, users[0], orient
+    def weight_uses(self, name: str, layer: str) -> list[tuple[onnx.NodeProto, int, str]]:
+        """Where the graph input `name` (a quantised layer's weight, runtimes.onnx.quantized._WeightsAsInputs)
+        is read: (node, input index, orientation) per use. Identity and 2-D Transpose nodes in between are
+        looked through (the node is the one after them; a Transpose flips the orientation); anything else
+        (a Reshape, a conv weight's Transpose) reads the weight as it is, and keeps doing so."""
+        consumers: dict[str, list] = {}
+        for n in self.g.node:
+            for k, i in enumerate(n.input):
+                consumers.setdefault(i, []).append((n, k))
+        if name in {o.name for o in self.g.output}:
+            raise ExportFailure(f"layer {layer}: its weight is a graph output; keep it float with --keep-float {layer}")
+        out, todo = [], [(n, k, "as-is") for n, k in consumers.get(name, [])]
+        while todo:
+            n, k, orient = todo.pop(0)
+            perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
+            through = n.op_type == "Identity" or (n.op_type == "Transpose" and perm == [1, 0])
+            nxt = consumers.get(n.output[0], []) if through else []
+            if through and nxt and n.output[0] not in {o.name for o in self.g.output}:
+                flip = {"as-is": "transposed", "transposed": "as-is"}
+                todo += [(m, j, flip[orient] if n.op_type == "Transpose" else orient) for m, j in nxt]
+            else:
+                out.append((n, k, orient))
+        return out
+
+    def prune(self) -> None:
+        """Remove nodes whose outputs nobody reads (the Identity/Transpose left behind by weight rewrites)."""
+        while True:
+            read = {i for n in self.g.node for i in n.input} | {o.name for o in self.g.output}
+            dead = [n for n in self.g.node if n.op_type in ("Identity", "Transpose") and not read & set(n.output)]
+            if not dead:
+                return
+            for n in dead:
+                self.g.node.remove(n)
 
 
 def _pack_words(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -314,21 +380,57 @@ def _typed_codes(graph: _Graph, base: str, fmt: str, q: np.ndarray) -> str:
 
 
 def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, opset: int) -> dict:
-    init_name, node, orient = graph.find_weight(lq.dequantized(), name)
-    if node.op_type == "Gemm":
-        a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
-        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
-            raise ExportError(f"layer {name}: Gemm with transA/alpha/beta is not supported")
-        orient = "as-is" if a.get("transB", 0) else "transposed"
+    """Replace the graph input `<name>.weight` (the layer's weight, passed in by construction) by its low-bit
+    form feeding each reader directly (Identity/Transpose between dropped), placed before the first reader.
+
+    A module called more than once (CoaT's shared position encodings) has several readers: each gets its own
+    decoder and codes, since onnxruntime rewrites a DequantizeLinear's int8 initializers in place per reader
+    ("Attempt to replace the existing tensor" when two readers share them)."""
+    source = weight_input(name)
+    uses = graph.weight_uses(source, name)
+    outputs: list[tuple[str, str]] = []
+    order = list(graph.g.node)
+    first = min((order.index(n) for n, _, _ in uses), default=0)
     graph.pending = []
-    w, encoding = _weight_dq(graph, name, lq, orient, opset)
-    node.input[1] = w
-    idx = list(graph.g.node).index(node)
-    for k, n in enumerate(graph.pending):
-        graph.g.node.insert(idx + k, n)
-    graph.g.initializer.remove(graph.inits.pop(init_name))
-    return {"name": name, "op": node.op_type, "fmt": lq.fmt, "granularity": lq.granularity, "encoding": encoding,
+    for node, k, orient in uses:
+        outputs.append(_weight_dq(graph, name, lq, orient, opset))
+        node.input[k] = outputs[-1][0]
+    for j, n in enumerate(graph.pending):
+        graph.g.node.insert(first + j, n)
+    graph.g.input.remove(next(i for i in graph.g.input if i.name == source))
+    direct = [n.op_type for n, k, _ in uses if n.op_type in ("MatMul", "Gemm", "Conv") and k == 1]
+    encoding = outputs[0][1] if outputs else "unused"
+    return {"name": name, "op": (direct or [n.op_type for n, _, _ in uses] or ["none"])[0], "fmt": lq.fmt,
+            "granularity": lq.granularity, "encoding": encoding,
             "scale_dtype": "float16" if lq.scale_dtype == "float16" and format_bits(lq.fmt) < 8 else "float32"}
+
+
+def weight_input(layer: str) -> str:
+    """The graph input that carries `layer`'s weight through the TorchScript export."""
+    return f"{layer}.weight"
+
+
+class _WeightsAsInputs(nn.Module):
+    """`twin` with the quantised layers' weights taken as inputs after the image.
+
+    The TorchScript exporter folds constants: an eval BatchNorm into the conv before it, a Linear's
+    transpose into a new initializer, and renames what it folded; a weight that enters as a graph input
+    cannot be folded or renamed, so each layer's weight is found in the exported graph by its name — by
+    construction, whatever the model's module structure — and replaced there by its low-bit decoder.
+    """
+
+    def __init__(self, twin: nn.Module, layers: list[str]):
+        super().__init__()
+        self.twin = twin
+        self.layers = [twin.get_submodule(n) for n in layers]
+        self.weights = tuple(m._parameters.pop("weight").detach() for m in self.layers)
+        for m, w in zip(self.layers, self.weights):
+            m.weight = w   # a plain attribute from here on (forward sets it to the traced input)
+
+    def forward(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        for m, w in zip(self.layers, weights):   # module attributes, not functional_call: jit tracing
+            m.weight = w
+        return self.twin(x)
 
 
 def _check_integer_form(spec: QuantSpec) -> None:
@@ -376,20 +478,33 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
         if calib_inputs is None or not len(calib_inputs):
             raise ExportError("the integer graph form needs calibration images for its requantisation scales")
     path = Path(path)
-    model, spec = fold_batchnorm(model, spec, fold=all(a.granularity == "per-tensor" and a.fmt in ("int8", "uint8")
-                                                       for a in spec.acts.values()))
+    static8 = all(a.granularity == "per-tensor" and a.fmt in ("int8", "uint8") for a in spec.acts.values())
+    model, spec = fold_batchnorm(model, spec, fold=static8, input_shape=input_shape)
     twin = float_twin(model, spec, activations=True, functions=True)
+    names = list(spec.layers)
+    wrapper = _WeightsAsInputs(twin, names)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
-        export_onnx(twin, input_shape, tmp, opset=min(opset, 20), dynamic_batch=dynamic_batch)
+        with _where(twin) as stack:
+            try:
+                export_onnx(wrapper, input_shape, tmp, opset=min(opset, 20),
+                            dynamic_batch=dynamic_batch, input_names=("input", *map(weight_input, names)),
+                            extra_inputs=wrapper.weights)
+            except ExportError:
+                raise
+            except Exception as e:   # noqa: BLE001 — the exporter's own errors: say where and what to do
+                raise _export_failure(e, stack, spec, wrapper,
+                                      (torch.zeros((1, *input_shape[1:])), *wrapper.weights)) from e
         m = onnx.load(tmp)
     finally:
         os.unlink(tmp)
+    _strip_prefix(m, "twin.")
     if opset > 20:
         m = onnx.version_converter.convert_version(m, opset)
     graph = _Graph(m)
     layers = [_rewrite_layer(graph, name, lq, opset) for name, lq in spec.layers.items()]
+    graph.prune()
     called = {n.op_type for n in m.graph.node if n.domain == DOMAIN}
     attach(m, {**function_protos(called, opset), **{k: v.function(opset) for k, v in graph.functions.items()}})
     requant = 0
@@ -408,3 +523,83 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
                             "formats": sorted({f"{a.fmt}/{a.granularity}" for a in spec.acts.values()}),
                             "in_graph": {n: a.to_dict() for n, a in spec.acts.items()}},
             "layers": layers}
+
+
+def _strip_prefix(m: onnx.ModelProto, prefix: str) -> None:
+    """Initializers named `twin.<param>` by the wrapper export keep the model's own parameter names."""
+    g = m.graph
+    taken = {i.name for i in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    rename = {i.name: i.name[len(prefix):] for i in g.initializer
+              if i.name.startswith(prefix) and i.name[len(prefix):] not in taken}
+    for i in g.initializer:
+        i.name = rename.get(i.name, i.name)
+    for n in g.node:
+        for k, name in enumerate(n.input):
+            if name in rename:
+                n.input[k] = rename[name]
+
+
+class _where:
+    """The module path being traced while the exporter runs (innermost last), to name a failing layer."""
+
+    def __init__(self, model: nn.Module):
+        self.names = {id(m): n for n, m in model.named_modules() if n}
+        self.stack: list[str] = []
+
+    def __enter__(self) -> list[str]:
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+        def pre(m, _inputs):
+            if id(m) in self.names:
+                self.stack.append(self.names[id(m)])
+
+        def post(m, _inputs, _out):
+            if id(m) in self.names and self.stack and self.stack[-1] == self.names[id(m)]:
+                self.stack.pop()
+        self.handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post)]
+        return self.stack
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def _export_failure(e: Exception, stack: list[str], spec: QuantSpec, wrapper: nn.Module,
+                    inputs: tuple) -> ExportFailure:
+    """One line: where the TorchScript exporter failed, why (its first line), and what to try instead.
+
+    Where: the module being traced when tracing fails, else the scope of the first graph node with the
+    op the conversion names ("Exporting the operator 'aten::X' ... is not supported")."""
+    text = str(e)
+    why = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+    why = why if len(why) <= 160 else why[:157] + "..."
+    layer = stack[-1] if stack else _scope_of_failing_op(text, wrapper, inputs)
+    if layer:
+        quantised = [n for n in spec.layers if n == layer or n.startswith(layer + ".")]
+        hint = (f"keep it float with `edgevit quantize ... --keep-float {layer}`" if quantised else
+                "the module does not convert with the TorchScript exporter whatever its precision (export the float "
+                "model to confirm); replace it in the model, or use the dynamo exporter "
+                "(torch.onnx.export(..., dynamo=True), needs onnxscript) where it works")
+        return ExportFailure(f"module {layer} ({type(e).__name__}): {why}; {hint}")
+    return ExportFailure(f"the TorchScript exporter failed ({type(e).__name__}): {why}; export the float model to "
+                         "see whether it exports at all, keep the failing layers float with --keep-float, or use "
+                         "the dynamo exporter (needs onnxscript) where it works")
+
+
+def _scope_of_failing_op(text: str, wrapper: nn.Module, inputs: tuple) -> str | None:
+    """Module path (`blocks.0.attn`) of the first traced node running the op an exporter message names
+    ("Exporting the operator 'aten::X' ... is not supported"): the model is traced again to read its scope."""
+    import re
+    op = re.search(r"operator '([\w:.]+)'", text)
+    if op is None:
+        return None
+    try:
+        with torch.no_grad():
+            graph = torch.jit.trace(wrapper, inputs, check_trace=False).inlined_graph
+    except Exception:   # noqa: BLE001 — only a better message is at stake
+        return None
+    for node in graph.nodes():
+        if node.kind() == op.group(1):
+            name = node.scopeName().rsplit("/", 1)[-1].removeprefix("__module.").removeprefix("twin")
+            return name.removeprefix(".") or None
+    return None

@@ -229,9 +229,9 @@ def build_qdq(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path, cal
         model = edgevit_quantize(model, precision or "w8a16", calibration)
     spec = unfolded = spec_from_model(model)
     act_type = check_spec(spec)
-    folded, spec = fold_batchnorm(model, spec)
-    spec = _positive_scales(spec)
     shape = (1, *input_shape[1:])
+    folded, spec = fold_batchnorm(model, spec, input_shape=shape)
+    spec = _positive_scales(spec)
     info = BundleInfo(out_dir / float_name, out_dir / qdq_name, spec.precision, act_type)
     import warnings
     with warnings.catch_warnings():
