@@ -171,6 +171,7 @@ class ParityCheck:
     machine: dict                      # runtimes.machine.describe() here
     recorded_machine: dict | None = None
     top1: dict = field(default_factory=dict)   # runtime / torch top-1 % when the data has the model's labels
+    ties_excluded: bool = True                 # agreement judged on decisive images (runtimes.parity.TIE_SIGMAS)
 
     @property
     def ok(self) -> bool:
@@ -213,7 +214,7 @@ def check_parity(artifact, data: str = "auto:512", seed: int = 1, model: str | N
     record = art.manifest["parity"]
     top1 = {} if y is None else {"runtime": float(100 * (got.argmax(-1) == y).mean()),
                                  "torch": float(100 * (ref.argmax(-1) == y).mean())}
+    ties = parity.ties_excluded(record.get("precision_class", ""))
     return ParityCheck(str(artifact), art.precision(), f"{data}, seed {seed}", m, record["thresholds"],
-                       parity.failures(m, record["thresholds"], parity.ties_excluded(record.get("precision_class", ""))),
-                       parity.differences(m, record.get("metrics")),
-                       machine.describe(), record.get("machine"), top1)
+                       parity.failures(m, record["thresholds"], ties), parity.differences(m, record.get("metrics")),
+                       machine.describe(), record.get("machine"), top1, ties)

@@ -61,7 +61,9 @@ def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed
                            status=console.status)
     m = art.manifest["parity"]["metrics"]
     console.print(f"wrote {out} ({art.precision()}, {art.size_bytes / 1e6:.3f} MB); parity on {m['n']} images: "
-                  f"top-1 agreement {100 * m['top1_agreement']:.2f}%, max abs {m['max_abs']:.2e}, "
+                  f"top-1 agreement {100 * m['top1_agreement']:.2f}%"
+                  + (f" ({100 * m['top1_agreement_decisive']:.2f}% on the {m['decisive_n']} that are not near-ties)"
+                     if m.get("decisive_n", m["n"]) < m["n"] else "") + f", max abs {m['max_abs']:.2e}, "
                   f"SQNR {m['sqnr_db']} dB")
 
 
@@ -162,8 +164,10 @@ def check_parity_cmd(artifact, data, seed, model_override, weights, threads, as_
         if c.failures:
             raise StageError(f"parity failed: {'; '.join(c.failures)}")
         return
-    rows = [["top-1 agreement", f"{100 * m['top1_agreement']:.2f}%",
-             f">= {100 * th['top1_agreement']:.2f}%" if "top1_agreement" in th else "-"],
+    bar = f">= {100 * th['top1_agreement']:.2f}%" if "top1_agreement" in th else "-"
+    rows = [["top-1 agreement, all images", f"{100 * m['top1_agreement']:.2f}%", "-" if c.ties_excluded else bar],
+            [f"  the {m['decisive_n']} that are not near-ties", f"{100 * m['top1_agreement_decisive']:.2f}%",
+             bar if c.ties_excluded else "-"],
             ["max abs error", f"{m['max_abs']:.3g}", f"<= {th['max_abs']:.3g}" if "max_abs" in th else "-"],
             ["SQNR dB", str(m["sqnr_db"]), f">= {th['sqnr_db']}" if "sqnr_db" in th else "-"]]
     if c.top1:
