@@ -300,3 +300,25 @@ def test_int8_layernorm_stays_in_xnnpack(tmp_path, images):
     check_integer(q)
     builtin = delegation_report(q)["builtin_ops"]
     assert "SQUARED_DIFFERENCE" not in builtin and "SUB" not in builtin
+
+
+class _ChannelsFirstLayerNorm(nn.LayerNorm):
+    """timm's LayerNorm2d: a LayerNorm subclass that normalises NCHW over C by permuting around it."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_layernorm_subclasses_keep_their_own_forward(tmp_path):
+    from runtimes.artifact import Artifact
+    from runtimes.tflite.convert import convert_fp32
+    from runtimes.tflite.lower import lower_for_tflite
+    from runtimes.tflite.runner import TfliteRunner
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _ChannelsFirstLayerNorm(8), nn.Flatten()).eval()
+    lowered, report = lower_for_tflite(model)
+    assert isinstance(lowered[1], _ChannelsFirstLayerNorm) and report == {}
+    x = torch.randn(1, 3, 6, 6)
+    convert_fp32(lowered, tuple(x.shape), tmp_path / "m.tflite")
+    got = TfliteRunner(Artifact(tmp_path, {"entry": "m.tflite"})).run(x.numpy())
+    with torch.no_grad():
+        assert np.abs(got - model(x).numpy()).max() <= 1e-4

@@ -52,7 +52,7 @@ def lower_for_tflite(model: nn.Module) -> tuple[nn.Module, dict]:
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.LayerNorm):
+            if type(child) is nn.LayerNorm:   # subclasses (timm's LayerNorm2d) permute first: left as they are
                 setattr(parent, name, MulLayerNorm(child))
                 count += 1
     return model, ({"layernorm→mean/mul/rsqrt": count} if count else {})
