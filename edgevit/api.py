@@ -77,7 +77,7 @@ def export(model, out: str | Path, runtime: str = "onnx", **options):
     `options` are `edgevit export`'s (parity_data_spec, seed, opset, static_batch, graph_form, calib_data,
     precision, soc, parity_images, weight_scales, overwrite)."""
     from edgevit import __version__
-    from edgevit.artifacts import check_request, export_model, parity_data
+    from edgevit.artifacts import check_request, export_model, parity_data, runtime_errors
     from edgevit.artifacts import export as export_named
     if not isinstance(model, Quantized):
         return export_named(model, out, runtime, **options)
@@ -87,7 +87,8 @@ def export(model, out: str | Path, runtime: str = "onnx", **options):
     precision = check_request(runtime, options.pop("precision", None), options.get("weight_scales", "minmax"),
                               tuple(options.get("soc", ("SM8650",))), options.get("graph_form", "exact"), True)
     overwrite, seed = options.pop("overwrite", False), options.get("seed", 0)
-    check_destination(out, overwrite)
+    with runtime_errors():
+        check_destination(out, overwrite)
     data = resolve_data_spec(options.pop("parity_data_spec", "auto:512"), model.meta.preprocess)
     x, y = parity_data(data, model.meta, seed)
     meta = model.meta
