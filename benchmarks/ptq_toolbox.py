@@ -4,7 +4,6 @@ at the size of uniform W4A8 on mobilenet-mini and MobileNetV2. One torch thread;
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ptq_toolbox.py [--sections mixed_precision_mobilenetv2 ...]
 """
-import copy
 import json
 import os
 import time

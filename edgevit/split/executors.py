@@ -76,11 +76,6 @@ class SplitPlan:
         return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
 
-def session_config(part: dict) -> dict:
-    """onnxruntime session entries a part's quantised graph asks for (runtimes.onnx.quantized)."""
-    return manifest_config(part)
-
-
 def ort_session(model: Path | bytes, threads: int = 1, config: dict | None = None):
     """A sequential, `threads`-thread CPU session (runtimes.onnx.session: exact int8 on any x86)."""
     return cpu_session(model, threads, config)
@@ -93,7 +88,7 @@ class Executor:
         if timeout_s <= 0:
             raise UsageError("--timeout must be positive")
         self.plan, self.timeout_s, self.degrade = plan, timeout_s, degrade
-        self.fusion = ort_session(plan.root / plan.fusion["model"], config=session_config(plan.fusion))
+        self.fusion = ort_session(plan.root / plan.fusion["model"], config=manifest_config(plan.fusion))
         self.fusion_input = self.fusion.get_inputs()[0].name
 
     def predict(self, x: np.ndarray) -> Prediction:
@@ -132,7 +127,7 @@ class LocalExecutor(Executor):
                  threads_per_device: int = 1):
         plan = directory if isinstance(directory, SplitPlan) else SplitPlan(directory)
         super().__init__(plan, timeout_s, degrade)
-        self.sessions = {d["name"]: ort_session(plan.model_path(d), threads_per_device, session_config(d))
+        self.sessions = {d["name"]: ort_session(plan.model_path(d), threads_per_device, manifest_config(d))
                          for d in plan.devices}
         self.pool = cf.ThreadPoolExecutor(max_workers=len(self.sessions), thread_name_prefix="edgevit-device")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.errors import UsageError
-from edgevit.split.executors import DeviceError, Executor, SplitPlan, session_config
+from edgevit.split.executors import DeviceError, Executor, SplitPlan
+from runtimes.onnx.session import manifest_config
 
 
 def _require_ray():
@@ -64,7 +65,7 @@ class RayExecutor(Executor):
             blob = ray.put(plan.model_path(d).read_bytes())
             self.actors[d["name"]] = actor_cls.options(resources={d["ray_resource"]: 1},
                                                        name=None).remote(d["name"], blob, threads_per_device,
-                                                                        session_config(d))
+                                                                        manifest_config(d))
         self._wait_ready(start_timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:
