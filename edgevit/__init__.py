@@ -5,7 +5,7 @@ The public API (edgevit.api; loaded on first use so `import edgevit` and the CLI
 `check_parity` (→ `ParityCheck`), `run_pipeline` (`edgevit.pipeline` is the package). The stage
 packages behind them: edgevit.ptq, edgevit.rewrite, edgevit.split, edgevit.stitch, edgevit.artifacts.
 """
-__version__ = "0.1.0"
+from edgevit.version import __version__
 
 _API = ("load_model", "quantize", "Quantized", "export", "load_artifact", "run", "bench", "check_parity",
         "ParityCheck", "run_pipeline", "ModelMeta")

@@ -76,7 +76,7 @@ def export(model, out: str | Path, runtime: str = "onnx", **options):
     `model`: a registry name, a directory written by `Quantized.save` / `edgevit quantize`, or a Quantized.
     `options` are `edgevit export`'s (parity_data_spec, seed, opset, static_batch, graph_form, calib_data,
     precision, soc, parity_images, weight_scales, overwrite)."""
-    from edgevit import __version__
+    from edgevit.version import __version__
     from edgevit.artifacts import check_request, export_model, parity_data, runtime_errors
     from edgevit.artifacts import export as export_named
     if not isinstance(model, Quantized):

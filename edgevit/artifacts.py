@@ -138,7 +138,7 @@ def export(model, out: str | Path, runtime: str = "onnx", *, weights: str | None
     """Export `model` — a registry name (`vit-small`, `timm:ARCH`, …) or a directory written by
     `edgevit quantize` — as a `runtime` artifact at `out`, parity-checked on real images first; returns the
     runtimes.artifact.Artifact. Nothing is written when a check fails (`overwrite` replaces an existing `out`)."""
-    from edgevit import __version__
+    from edgevit.version import __version__
     from edgevit.data import parse_data_spec, resolve_data_spec
     from runtimes.artifact import check_destination
     precision = check_request(runtime, precision, weight_scales, tuple(soc), graph_form, is_checkpoint(model))

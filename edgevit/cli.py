@@ -14,7 +14,7 @@ import traceback
 
 import click
 
-from edgevit import __version__
+from edgevit.version import __version__
 from edgevit.errors import StageError, UsageError
 
 COMMAND_MODULES = ["zoo", "quantize", "export", "rewrite", "split", "stitch", "pipeline", "analyze", "hub"]

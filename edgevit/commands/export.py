@@ -7,37 +7,17 @@ from pathlib import Path
 import click
 
 from edgevit import artifacts
-from edgevit.artifacts import RUNTIMES, runtime_errors
+from edgevit.artifacts import runtime_errors
 from edgevit.commands.common import console, model_options, overwrite_option, print_table
 from edgevit.errors import StageError
+from edgevit.stage_options import stage_options
 
 
 
+@stage_options("export")
 @click.command("export")
 @model_options
-@click.option("--runtime", type=click.Choice(RUNTIMES), default="onnx", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Artifact directory to create.")
-@click.option("--parity-data", default="auto:512", show_default=True,
-              help="Real test images for the export-time parity check (auto[:N], fashion-mnist:N, photos[:N] or "
-                   "folder:PATH[:N]); auto = the model's own data (Fashion-MNIST for the bundled models, the photos for ImageNet ones).")
-@click.option("--seed", default=0, show_default=True, help="Seed for the parity subset.")
-@click.option("--opset", type=click.IntRange(17, 23), default=None,
-              help="ONNX opset (default 17 for FP32, 21 for quantised graphs).")
-@click.option("--static-batch", is_flag=True, help="Fix the batch at 1 (NPUs want fully static shapes).")
-@click.option("--graph-form", type=click.Choice(["exact", "integer"]), default="exact", show_default=True,
-              help="Quantised graphs: 'exact' rounds only where the torch model does; 'integer' (w8a8 CNNs) "
-                   "also requantises conv outputs and residual adds so onnxruntime runs integer kernels end to end.")
-@click.option("--calib-data", default="auto:256", show_default=True,
-              help="Training images calibrating the integer form's requantisation scales.")
-@click.option("--precision", type=click.Choice(["fp32", "w8a8", "w8a16", "w4a16"]), default=None,
-              help="TFLite (fp32|w8a8|w8a16, via ai-edge-quantizer) and QNN (w8a16 default|w8a8|w4a16) precision "
-                   "for float models, calibrated on --calib-data. ONNX precision comes from `edgevit quantize`.")
-@click.option("--soc", multiple=True, default=("SM8650",), show_default=True,
-              help="QNN only: Snapdragon SoC(s) to compile a context binary for (repeat for several).")
-@click.option("--parity-images", default=16, show_default=True, type=click.IntRange(1),
-              help="QNN only: images run on the (slow) HTP emulator for the parity check.")
-@click.option("--weight-scales", type=click.Choice(["minmax", "model"]), default="minmax", show_default=True,
-              help="TFLite integer export: 'model' keeps edgevit's own int8 weights and scales.")
 @overwrite_option()
 def export_cmd(model, weights, trust_checkpoint, runtime, out, parity_data, seed, opset, static_batch, graph_form,
                calib_data, precision, soc, parity_images, weight_scales, overwrite):

@@ -10,7 +10,8 @@ from tqdm import tqdm
 
 from edgevit.commands.common import console, load, model_options, overwrite_option, print_table
 from edgevit.errors import UsageError
-from edgevit.ptq import BACKENDS, METHODS, finite, progress_bar, ptq, read_recipe, spec_errors, validate_auto
+from edgevit.stage_options import stage_options
+from edgevit.ptq import METHODS, finite, progress_bar, ptq, read_recipe, spec_errors, validate_auto
 
 CALIB_BATCH = 64
 
@@ -29,45 +30,10 @@ def _accuracy(fmodel, qmodel, x, y, batch: int) -> dict:
     return out
 
 
+@stage_options("quantize")
 @click.command("quantize")
 @model_options
-@click.option("--fmt", "family", default="int", show_default=True,
-              type=click.Choice(["int", "fp4", "fp6", "fp8", "mxfp4", "mxfp6", "mxfp8", "mxint8"]),
-              help="Number format family (fp picks E2M1 weights, A6=E2M3, A8=E3M4 as in FP4DiT).")
-@click.option("--bits", default="w8a8", show_default=True, help="Weight/activation bits, e.g. w8a8, w4a6, w4a16.")
-@click.option("--method", default=None, type=click.Choice(METHODS),
-              help="Weight rounding: rtn (round-to-nearest), adaround (per layer) or brecq (per block, FP4DiT's "
-                   "scale-aware rounding on FP grids); knobs under `reconstruction:` in --recipe; gptq with "
-                   "--backend brevitas. [default: rtn]")
-@click.option("--backend", default="edgevit", show_default=True, type=click.Choice(BACKENDS),
-              help="Quantiser: edgevit's own, or brevitas' PTQ (pip install edgevit[brevitas]) into the same checkpoint.")
-@click.option("--calib", default="auto:256", show_default=True,
-              help="Calibration data: auto[:N], fashion-mnist:N (train split), folder:PATH[:N] or photos[:N]; "
-                   "append +mirror to add each image's mirror image. auto = the model's own data (Fashion-MNIST for the bundled models, the photos for ImageNet ones).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (checkpoint + report.json).")
-@click.option("--recipe", type=click.Path(dir_okay=False), default=None,
-              help="YAML with overrides (weight_format, group_size, act_granularity, softmax_bits, layers: {pattern: ...}).")
-@click.option("--keep-float", multiple=True, help="Layer-name pattern to leave in float (repeatable), e.g. head.")
-@click.option("--eval-data", default="auto", show_default=True,
-              help="Evaluation data: auto, fashion-mnist[:N] (test set), photos[:N] or folder:PATH (agreement with "
-                   "float if unlabelled). auto = the model's own data (Fashion-MNIST for the bundled models, the photos for ImageNet ones).")
-@click.option("--eval-limit", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset of N images.")
-@click.option("--fold-bn/--no-fold-bn", default=None, help="Fold BatchNorm into convs first [default: on for models with BN].")
-@click.option("--equalize/--no-equalize", default=None,
-              help="Cross-layer equalisation of layer pairs and residual streams + high-bias absorption "
-                   "[default: with --fold-bn].")
-@click.option("--bias-correction/--no-bias-correction", default=None,
-              help="Empirical bias correction after rounding [default: on for models with BN, with --method rtn].")
-@click.option("--bn-reestimate/--no-bn-reestimate", default=None,
-              help="Re-estimate BN statistics after quantisation (with --no-fold-bn; helps W4, hurts W8) [default: off].")
-@click.option("--candidates", default=None, help="--bits auto: per-layer choices, FAMILY:wNaM or float "
-              "[default: int:w8a8,int:w6a8,int:w4a8,int:w3a8,int:w2a8].")
-@click.option("--max-size", default=None, help="--bits auto: model size budget, e.g. 1.2MB.")
-@click.option("--max-latency-ms", type=float, default=None, help="--bits auto: latency budget (NPU roofline cost model).")
-@click.option("--max-drop", type=float, default=None, help="--bits auto: smallest model losing at most this many top-1 points.")
-@click.option("--sensitivity", default="full", show_default=True, type=click.Choice(["scaled", "full"]),
-              help="--bits auto: measure every (layer, candidate) (full) or one per layer scaled by local noise.")
-@click.option("--seed", default=0, show_default=True, help="Seed for calibration and evaluation sampling.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (report.json's content) instead of the table.")
 @overwrite_option("force")
 def quantize_cmd(model, weights, trust_checkpoint, family, bits, method, backend, calib, out, recipe, keep_float,

@@ -8,6 +8,7 @@ import click
 
 from edgevit.commands.common import console, load, print_table
 from edgevit.errors import UsageError
+from edgevit.stage_options import stage_options
 
 
 def _target_choice():
@@ -24,26 +25,13 @@ def _real_inputs(meta, data: str, split: str, seed: int):
     return x, y
 
 
+@stage_options("rewrite")
 @click.command("rewrite")
 @click.argument("model", required=False)
-@click.option("--target", "target_name", type=_target_choice(), default="qnn-htp", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), help="New directory for model.pt/.onnx and reports.")
-@click.option("--disable", multiple=True, metavar="PASS", help="Switch a pass off (repeatable).")
-@click.option("--gelu", type=click.Choice(["op", "tanh", "sigmoid", "keep"]), default=None,
-              help="GELU form; default: the target's. tanh/sigmoid change outputs (accuracy change reported).")
-@click.option("--data", default="fashion-mnist:256", show_default=True, help="Real inputs for equivalence and reports.")
-@click.option("--report/--no-report", default=True, show_default=True, help="W8A16/W8A8/W4A16 robustness report.")
 @click.option("--list-passes", is_flag=True, help="List the passes and exit.")
-@click.option("--seed", default=0, show_default=True, help="Seed for data sampling.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict for timm:/factory models.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow loading a pickled nn.Module (.pt).")
-@click.option("--distill", type=click.Choice(["conv"]), default=None,
-              help="Replace the ViT by a distilled depthwise-separable conv student (AutoNeural's encoder swap).")
-@click.option("--epochs", type=click.IntRange(1, 200), default=None, help="Distillation epochs (default 4).")
-@click.option("--train-data", default="fashion-mnist", show_default=True, help="Labelled training set for --distill.")
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
-              help="Teacher targets and resumable checkpoints for --distill (default: OUT.work).")
-@click.option("--keep-work", is_flag=True, help="Keep --work-dir after a successful --distill run.")
 def rewrite_cmd(model, target_name, out, disable, gelu, data, report, list_passes, seed, weights, trust_checkpoint,
                 distill, epochs, train_data, work_dir, keep_work):
     """Rewrite MODEL into an NPU-native graph (AutoNeural) and prove it: FP32 equivalence per pass,

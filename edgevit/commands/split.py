@@ -9,36 +9,12 @@ import click
 
 from edgevit.commands.common import console, load, model_options, overwrite_option, print_table
 from edgevit.errors import UsageError
+from edgevit.stage_options import stage_options
 
-DEVICES_HELP = ("A device count (identical devices) or a YAML file: devices: [{name, memory_mb, compute, "
-                "runtime}, ...]; compute is relative to this host.")
-
-
+@stage_options("split")
 @click.command("split")
 @model_options
-@click.option("--devices", "devices_spec", required=True, help=DEVICES_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to create.")
-@click.option("--keep", type=float, default=0.2, show_default=True,
-              help="Largest sub-model's share of the original's parameters (the fastest device's budget).")
-@click.option("--latency", type=float, default=0.3, show_default=True,
-              help="Fastest device's sub-model batch-1 cost as a share of the original's (kernel launches + MACs; "
-                   "whole attention/MLP branches are pruned to meet it).")
-@click.option("--bits", default=None, help="Quantise every sub-model after distillation, e.g. w8a8 (quant/ spec).")
-@click.option("--fmt", default="int", show_default=True, help="Number format family for --bits: int, fp4, fp6, fp8, mx...")
-@click.option("--quantize-fusion", is_flag=True, help="With --bits, quantise the fusion head too.")
-@click.option("--data", default="fashion-mnist", show_default=True,
-              help="Labelled training images (train split) for importance, distillation and fusion.")
-@click.option("--eval-data", default="fashion-mnist", show_default=True,
-              help="Labelled images (test split) for the accuracy in the report.")
-@click.option("--train-images", type=click.IntRange(16), default=12000, show_default=True)
-@click.option("--fusion-images", type=click.IntRange(16), default=2000, show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=4, show_default=True, help="Distillation epochs per sub-model.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
-              help="Checkpoints for resuming distillation (default .edgevit-split/MODEL-seedN).")
-@click.option("--latency-rounds", type=click.IntRange(5), default=100, show_default=True)
 @overwrite_option()
 def split_cmd(model, weights, trust_checkpoint, devices_spec, out, keep, latency, bits, fmt, quantize_fusion, data, eval_data, train_images,
               fusion_images, epochs, batch_size, lr, seed, work_dir, latency_rounds, overwrite):

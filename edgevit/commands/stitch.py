@@ -8,66 +8,13 @@ import click
 
 from edgevit.commands.common import console, overwrite_option, print_table
 from edgevit.errors import UsageError
+from edgevit.stage_options import Float, stage_options
 from edgevit.stitch.options import check_device, check_job, recipe_from_options
 
 
-class _OneLineBadParameter(click.BadParameter):
-    """click's bad-value error printed as edgevit's one line (click's own adds the usage and a hint)."""
-
-    def show(self, file=None) -> None:
-        click.secho(f"error: {self.format_message()}", fg="red", err=True)
-
-
-class _Float(click.FloatRange):
-    """A range-checked float whose bad values (and non-numbers) fail in one line, here and as recipe keys."""
-
-    def fail(self, message, param=None, ctx=None):
-        raise _OneLineBadParameter(message, ctx=ctx, param=param)
-
-
-class _Int(click.IntRange):
-    """A range-checked int that fails in one line, as `_Float`."""
-
-    def fail(self, message, param=None, ctx=None):
-        raise _OneLineBadParameter(message, ctx=ctx, param=param)
-
-
+@stage_options("stitch")
 @click.group("stitch", invoke_without_command=True)
-@click.option("--anchors", default=None, help="Comma-separated anchors of equal depth, e.g. vit-tiny,vit-small,vit-base "
-              "(bundled names or timm:<arch> with --weights).")
-@click.option("--weights", default=None, help="Comma-separated state dicts, one per anchor (for timm/user anchors).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Artifact directory to create.")
-@click.option("--epochs", type=_Int(0), default=3, show_default=True, help="Joint training epochs (0, with --warmup-epochs 0: LS init only).")
-@click.option("--kernel", type=_Int(1), default=2, show_default=True, help="Paired-stitching window (blocks).")
-@click.option("--stride", type=_Int(1), default=1, show_default=True, help="Paired-stitching stride.")
-@click.option("--two-way", is_flag=True, help="SN-Netv2 two-way stitching (large→small, s→l→s, l→s→l).")
-@click.option("--lora-rank", type=_Int(0), default=0, show_default=True, help="SN-Netv2 LoRA stitching layers of this rank (0: full).")
-@click.option("--sampling", type=click.Choice(["uniform", "flops"]), default="uniform", show_default=True,
-              help="Config sampling per step: uniform (v1) or FLOPs-grouped (v2).")
-@click.option("--distill", type=_Float(0, 1), default=0.0, show_default=True,
-              help="Weight of distillation from the largest anchor (0: off).")
-@click.option("--lr", type=_Float(0, min_open=True), default=2e-3, show_default=True,
-              help="Learning rate of the stitching layers (the anchors get lr × --anchor-lr-scale).")
-@click.option("--warmup-epochs", type=_Int(0), default=1, show_default=True,
-              help="Stitch-only epochs before the joint ones: anchors frozen, stitched configurations only.")
-@click.option("--anchor-lr-scale", type=_Float(0), default=0.025, show_default=True,
-              help="Anchors' learning rate as a fraction of --lr in the joint phase (0: anchors stay frozen).")
-@click.option("--anchor-distill", type=_Float(0, 1), default=1.0, show_default=True,
-              help="On an anchor's steps, weight of distillation from that anchor's original logits (0: off).")
-@click.option("--anchor-prob", type=_Float(0, 1), default=0.25, show_default=True,
-              help="Share of joint steps that train an anchor (0: the sampler's own share, 3 in 71 for 3 ViTs).")
-@click.option("--batch-size", type=_Int(1), default=128, show_default=True)
-@click.option("--train-data", default="fashion-mnist:20000", show_default=True, help="Training subset (train split).")
-@click.option("--eval-data", default="fashion-mnist", show_default=True, help="Labelled data for every config's top-1.")
-@click.option("--calib-images", type=_Int(1), default=100, show_default=True, help="Images for the LS init.")
-@click.option("--keep-graphs", type=click.Choice(["frontier", "all"]), default="frontier", show_default=True,
-              help="ONNX graphs kept in the artifact: the anchors + the MACs/accuracy Pareto front, or all "
-                   "(every config is exported, checked and timed either way).")
-@click.option("--latency-iters", type=_Int(1), default=50, show_default=True)
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None, help="Resume folder (default next to --out).")
-@click.option("--device", default="auto", show_default=True,
-              help="Training device: auto (cuda if available, else cpu), cpu or cuda[:N]; evaluation stays on the CPU.")
-@click.option("--seed", type=int, default=0, show_default=True)
 @overwrite_option()
 @click.pass_context
 def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, lora_rank, sampling, distill, lr,
@@ -118,7 +65,7 @@ def _print_front(manifest: dict) -> None:
 @stitch_cmd.command("select")
 @click.argument("artifact", type=click.Path())
 @click.option("--max-macs", default=None, help="MACs budget per image, e.g. 20M, 1.5G.")
-@click.option("--max-latency-ms", type=_Float(0, min_open=True), default=None,
+@click.option("--max-latency-ms", type=Float(0, min_open=True), default=None,
               help="Latency budget (ms, ORT 1 thread, batch 1, as measured at export).")
 @click.option("--json", "as_json", is_flag=True, help="Print the chosen configuration as JSON.")
 def select_cmd(artifact, max_macs, max_latency_ms, as_json):

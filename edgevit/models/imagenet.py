@@ -19,7 +19,8 @@ from torch import nn
 from edgevit.data.preprocess import Preprocess
 from edgevit.errors import UsageError
 from edgevit.models.cnn import conv_bn
-from edgevit.models.registry import IMAGENET_PREPROCESS, ModelMeta, apply_weights, load_state_dict
+from edgevit.models.meta import IMAGENET_PREPROCESS, ModelMeta
+from edgevit.models.weights import apply_weights, load_state_dict
 
 # EfficientNet-Lite was trained in TF with (pixel - 127) / 128 (efficientnet_lite_builder.MEAN_RGB/STDDEV_RGB).
 LITE_PREPROCESS = Preprocess(size=224, channels=3, mean=(127.0 / 255,) * 3, std=(128.0 / 255,) * 3)

@@ -9,47 +9,17 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from edgevit.data.preprocess import Preprocess
 from edgevit.errors import UsageError
 from edgevit.models import bundled
+from edgevit.models.meta import IMAGENET_PREPROCESS, ModelMeta
+from edgevit.models.weights import apply_weights, load_state_dict
 
-IMAGENET_PREPROCESS = Preprocess(size=224, channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-
-
-@dataclass
-class ModelMeta:
-    """What every stage passes along with the module: how to feed it and what came before."""
-    name: str
-    preprocess: Preprocess
-    labels: tuple[str, ...]
-    source: str                      # bundled | imagenet | timm | user
-    family: str = ""
-    description: str = ""
-    history: list[dict] = field(default_factory=list)   # one entry per stage applied
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (1, self.preprocess.channels, self.preprocess.size, self.preprocess.size)
-
-    def with_stage(self, stage: str, **info) -> "ModelMeta":
-        """A copy with one more history entry; stages return it with their module."""
-        return replace(self, history=[*self.history, {"stage": stage, **info}])
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "preprocess": self.preprocess.to_dict(), "labels": list(self.labels),
-                "source": self.source, "family": self.family, "description": self.description,
-                "history": self.history}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelMeta":
-        return cls(d["name"], Preprocess.from_dict(d["preprocess"]), tuple(d["labels"]), d["source"],
-                   d.get("family", ""), d.get("description", ""), list(d.get("history", [])))
+__all__ = ["IMAGENET_PREPROCESS", "ModelMeta", "apply_weights", "list_models", "load_model", "load_state_dict"]
 
 
 def list_models() -> list[dict]:
@@ -69,48 +39,6 @@ def list_models() -> list[dict]:
     rows.append({"name": "pkg.module:factory", "source": "user code + --weights", "data": "user",
                  "description": "your factory function; state dict from .pt/.safetensors", "test_top1": None})
     return rows
-
-
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or .pt (weights_only: never unpickles code)."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — any parse failure is the user's file
-        if "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise UsageError(f"{path} holds pickled objects, not a plain state dict; load it with "
-                             "--trust-checkpoint only if you trust its origin (unpickling runs code)") from e
-        raise UsageError(f"{path} is not a readable checkpoint ({type(e).__name__}); re-save it with "
-                         "torch.save(model.state_dict(), ...) or safetensors") from e
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UsageError(f"{path} does not hold a state dict of tensors")
-    return obj
-
-
-def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    """Load `state` strictly; a mismatch names the first offending keys."""
-    missing, unexpected = [], []
-    own = model.state_dict()
-    for k, v in state.items():
-        if k not in own:
-            unexpected.append(k)
-        elif own[k].shape != v.shape:
-            raise UsageError(f"{origin}: shape mismatch for {k}: checkpoint {tuple(v.shape)} vs model "
-                             f"{tuple(own[k].shape)}; check the architecture matches the weights")
-    missing = [k for k in own if k not in state]
-    if missing or unexpected:
-        raise UsageError(f"{origin} does not match the architecture: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}; check the model name matches the weights")
-    model.load_state_dict(state)
 
 
 def _load_bundled(name: str, weights: str | None) -> tuple[nn.Module, ModelMeta]:

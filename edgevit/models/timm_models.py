@@ -15,7 +15,8 @@ from torch import nn
 from edgevit.data.preprocess import Preprocess
 from edgevit.errors import UsageError
 from edgevit.models.imagenet import labels_for
-from edgevit.models.registry import ModelMeta, apply_weights, load_state_dict
+from edgevit.models.meta import ModelMeta
+from edgevit.models.weights import apply_weights, load_state_dict
 
 INSTALL_HINT = "pip install edgevit[timm]"
 _STUB_LIB = None          # keeps the torch.library registration alive for the process

@@ -1,8 +1,8 @@
 """Recipe YAML → validated stage list, before any work.
 
-Why the keys come from the click commands: "every CLI flag of a stage is a recipe key of the same
-name" stays true by construction when a stage grows a flag (e.g. `quantize --method brecq`), and the
-click types (Choice, IntRange, Path) convert and check recipe values exactly as they check flags.
+The keys of a stage are its options as `edgevit.stage_options` declares them — the same declaration the
+stage's CLI command is built from — so "every CLI flag of a stage is a recipe key of the same name" holds
+by construction, and click's types check recipe values exactly as they check flags.
 """
 from __future__ import annotations
 
@@ -52,13 +52,9 @@ class Recipe:
 
 
 def command_for(kind: str) -> click.Command:
-    """The stage's click command: its parameters are the recipe keys."""
-    import importlib
-    module = importlib.import_module(f"edgevit.commands.{kind}")
-    for cmd in module.COMMANDS:
-        if cmd.name == kind:
-            return cmd
-    raise UsageError(f"stage {kind!r} has no `edgevit {kind}` command in this install")
+    """A command holding the stage's options: the click context recipe values are converted in."""
+    from edgevit.stage_options import stage_command
+    return stage_command(kind)
 
 
 def flag_name(p: click.Parameter) -> str:

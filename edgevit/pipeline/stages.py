@@ -15,7 +15,10 @@ from pathlib import Path
 
 
 from edgevit.errors import StageError, UsageError
+from edgevit.pipeline.quantize import quant_recipe, quantize_with
 from edgevit.pipeline.state import State
+
+__all__ = ["Context", "quantize_with"]
 
 
 
@@ -29,27 +32,6 @@ class Context:
 
 
 # -- quantize ---------------------------------------------------------------------------------------
-
-def _quant_recipe(value) -> dict | None:
-    if value is None or isinstance(value, dict):
-        return value
-    from edgevit.ptq import read_recipe
-    return read_recipe(value)
-
-
-def quantize_with(float_model, meta, options: dict, eval_xy=(None, None)):
-    """PTQ of `float_model` with the quantize stage's options: (quantised copy, spec, info).
-
-    The single call the quantize stage and every re-application use: `edgevit quantize`'s own `ptq`
-    with every recipe key passed through by its parameter name, so the CLI and the pipeline cannot drift.
-    """
-    from edgevit.ptq import ptq
-    from edgevit.pipeline.recipe import stage_keys
-    opts = {p.name: options[k] for k, p in stage_keys("quantize").items() if p is not None and k in options}
-    opts["recipe"] = _quant_recipe(options.get("recipe"))
-    qmodel, _, spec, info = ptq(float_model, meta, opts, *eval_xy)
-    return qmodel, spec, info
-
 
 def _requant(state: State, why: str) -> State:
     """Re-apply the recorded quantisation (same spec, same calibration images) to the new float model."""
@@ -73,7 +55,7 @@ def check_quantize(options: dict, recipe) -> None:
     from edgevit.data import parse_data_spec
     from edgevit.pipeline.recipe import stage_keys
     named = {p.name: options[k] for k, p in stage_keys("quantize").items() if p is not None and k in options}
-    qrecipe = _quant_recipe(options.get("recipe"))
+    qrecipe = quant_recipe(options.get("recipe"))
     with spec_errors():
         candidates, _, family, bits = validate_auto(options["bits"], options["fmt"], qrecipe,
                                                                {k: named.get(k) for k in FIX_KEYS})
@@ -362,7 +344,7 @@ CARRIED = {
 
 def _export_one(state: State, runtime: str, options: dict, out: Path) -> dict:
     """One artifact through edgevit.artifacts.export_model, the path `edgevit export` takes too."""
-    from edgevit import __version__
+    from edgevit.version import __version__
     from edgevit.artifacts import DEFAULT_PRECISION, export_model, parity_data, runtime_errors
     from edgevit.data import resolve_data_spec
     meta, seed = state.meta, options["seed"]

@@ -76,6 +76,6 @@ def load_stage(stage_dir: Path, key: str) -> tuple[State, dict] | None:
     d = torch.load(st_path, weights_only=False)
     state = State(d["float_model"], ModelMeta.from_dict(d["meta"]), d["quant"], None, d["notes"], d["artifacts"])
     if state.quant is not None:   # quantised modules are built per model and don't pickle: rebuild (seeded)
-        from edgevit.pipeline.stages import quantize_with
+        from edgevit.pipeline.quantize import quantize_with
         state.qmodel = quantize_with(state.float_model, state.meta, state.quant)[0]
     return state, record

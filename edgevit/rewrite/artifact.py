@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from edgevit import __version__
+from edgevit.version import __version__
 from edgevit.errors import UsageError
 
 

@@ -9,7 +9,7 @@
 Modules: partition (class subsets), prune + subvit (class-wise structured pruning of branches, heads and
 units), cost (the batch-1 latency model the pruning budget counts in), distill (sub-model and fusion
 training), quantize (`--bits`: quant/ per sub-model), devices (budgets and assignment), pipeline (all of
-it), artifact + report (files, manifest, parity, measured numbers), executors + ray_executor (running it).
+it), artifact + report (files, manifest, parity, measured numbers), plan + executors + ray_executor (running it).
 """
 from edgevit.split.devices import Device, parse_devices
 from edgevit.split.distill import DistillRecipe

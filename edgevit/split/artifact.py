@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgevit import __version__
+from edgevit.version import __version__
 from edgevit.errors import StageError
 from edgevit.split.executors import LocalExecutor, SplitPlan
 from edgevit.split.model import SplitModel, save_split

@@ -9,12 +9,33 @@ A quantised split (`--bits`) holds quant/ fake-quant modules; its config records
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from edgevit.errors import UsageError
 from edgevit.split.subvit import SubViT
+
+
+@dataclass(frozen=True)
+class SplitQuant:
+    bits: str                     # e.g. w8a8
+    fmt: str = "int"              # quant/ family: int, fp4, fp6, fp8, mx...
+    fusion: bool = False          # quantise the fusion head too
+    calib_images: int = 256
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def spec(self):
+        """The quant/ spec; a bad `--bits`/`--fmt` is a one-line UsageError before any work."""
+        import quant
+        try:
+            return quant.parse_spec(self.fmt, self.bits)
+        except quant.SpecError as e:
+            raise UsageError(f"--bits {self.bits} --fmt {self.fmt}: {e}") from e
 
 
 class FusionHead(nn.Module):
@@ -57,7 +78,6 @@ class SplitModel(nn.Module):
         q = config.get("quant")
         if q:   # same quantisers; a dummy batch only sizes them, load_state_dict brings the real scales
             import quant
-            from edgevit.split.quantize import SplitQuant
             spec = SplitQuant(**q).spec()
             subs = [quant.quantize_model(s, spec, torch.zeros(1, s.config["in_chans"], s.config["img_size"],
                                                               s.config["img_size"])) for s in subs]

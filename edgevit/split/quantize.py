@@ -9,33 +9,13 @@ reference the quantised ONNX files must match.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 
-from edgevit.errors import UsageError
 from edgevit.split.distill import batched
-from edgevit.split.model import SplitModel
+from edgevit.split.model import SplitModel, SplitQuant
 from edgevit.split.prune import scoring_sample
 
-
-@dataclass(frozen=True)
-class SplitQuant:
-    bits: str                     # e.g. w8a8
-    fmt: str = "int"              # quant/ family: int, fp4, fp6, fp8, mx...
-    fusion: bool = False          # quantise the fusion head too
-    calib_images: int = 256
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def spec(self):
-        """The quant/ spec; a bad `--bits`/`--fmt` is a one-line UsageError before any work."""
-        import quant
-        try:
-            return quant.parse_spec(self.fmt, self.bits)
-        except quant.SpecError as e:
-            raise UsageError(f"--bits {self.bits} --fmt {self.fmt}: {e}") from e
+__all__ = ["SplitQuant", "quantize_split"]
 
 
 def quantize_split(split: SplitModel, q: SplitQuant, x: torch.Tensor, y: torch.Tensor, x_fusion: torch.Tensor,

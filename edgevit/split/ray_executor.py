@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.errors import UsageError
-from edgevit.split.executors import DeviceError, Executor, SplitPlan
+from edgevit.split.plan import DeviceError, Executor, SplitPlan
 from runtimes.onnx.session import manifest_config
 
 
@@ -31,7 +31,7 @@ class _DeviceWorker:
     """Body of the per-device actor: an onnxruntime session over the sub-model bytes."""
 
     def __init__(self, name: str, model_bytes: bytes, threads: int = 1, config: dict | None = None):
-        from edgevit.split.executors import ort_session
+        from edgevit.split.plan import ort_session
         self.name = name
         self.session = ort_session(model_bytes, threads, config)
 
