@@ -8,6 +8,10 @@
     print(edgevit.run(art, ["cat.jpg"])[0])            # [(label, probability), …]
     print(edgevit.check_parity(art).metrics)
 
+The structural stages: `rewrite_model` (NPU graph), `split_model` (ED-ViT, N devices), `stitch_models`
+(SN-Net family) — named so, because `edgevit.rewrite`, `.split` and `.stitch` are their packages.
+Every verb's keyword defaults are its CLI command's (tests/test_api.py checks they agree).
+
 Errors are edgevit.errors.UsageError (bad input; the CLI exits 2) and StageError (a stage failed; exit 1).
 """
 from __future__ import annotations
@@ -21,8 +25,8 @@ from edgevit.artifacts import ParityCheck, check_parity
 from edgevit.errors import UsageError
 from edgevit.models.registry import ModelMeta, load_model
 
-__all__ = ["load_model", "quantize", "Quantized", "export", "load_artifact", "run", "bench", "check_parity",
-           "ParityCheck", "run_pipeline", "ModelMeta"]
+__all__ = ["load_model", "quantize", "Quantized", "rewrite_model", "split_model", "stitch_models", "export",
+           "load_artifact", "run", "bench", "check_parity", "ParityCheck", "run_pipeline", "ModelMeta"]
 
 
 @dataclass
@@ -68,6 +72,67 @@ def quantize(model: nn.Module, meta: ModelMeta, fmt: str = "int", bits: str = "w
     source = {"registry_name": meta.name if meta.source != "user" or weights else None, "weights": weights}
     qmeta = meta.with_stage("quantize", fmt=spec.family, bits=spec.bits, method=info["method"], seed=seed)
     return Quantized(qmodel, qmeta, spec, prepared, info, source)
+
+
+def _loaded(model, meta):
+    """(module, meta) from a registry name or an already loaded pair."""
+    if isinstance(model, (str, Path)):
+        if meta is not None:
+            raise UsageError("give a model name, or a module with its ModelMeta, not both a name and a meta")
+        return load_model(str(model))
+    if meta is None:
+        raise UsageError("a module needs its ModelMeta: model, meta = edgevit.load_model(name)")
+    return model, meta
+
+
+def rewrite_model(model, meta: ModelMeta | None = None, target: str = "qnn-htp", *, data="auto:256",
+                  disable: tuple[str, ...] = (), gelu: str | None = None, report: bool = True, seed: int = 0):
+    """The NPU rewrite (AutoNeural) of `model` (a module + meta, or a registry name) for `target`
+    (qnn-htp, ane, …): every pass proven on `data`, target violations before/after, and with `report` the
+    W8A16/W8A8/W4A16 robustness of both graphs. Returns `Rewritten` (.model, .meta, .report, .save(out))."""
+    from edgevit.rewrite.stage import rewrite_stage
+    module, meta = _loaded(model, meta)
+    return rewrite_stage(module, meta, target, data=data, disable=tuple(disable), gelu=gelu, report=report, seed=seed)
+
+
+def split_model(model, meta: ModelMeta | None = None, *, devices: str | int, out: str | Path,
+                keep: float = 0.2, latency: float = 0.3, bits: str | None = None, fmt: str = "int",
+                quantize_fusion: bool = False, data: str = "auto", eval_data: str = "auto",
+                train_images: int = 12000, fusion_images: int = 2000, epochs: int = 4, batch_size: int = 128,
+                lr: float = 1e-3, seed: int = 0, work_dir: str | Path | None = None, latency_rounds: int = 100,
+                overwrite: bool = False, progress: bool = True):
+    """ED-ViT: split a ViT (module + meta, or a registry name) into class-wise pruned, distilled sub-models
+    for `devices` (a count or a devices YAML) plus a fusion head; writes the measured artifact at `out`
+    (run it with `edgevit serve-split` or `edgevit.split.make_executor`). Returns `SplitResult`
+    (.model, .plan, .report with accuracy vs the unsplit model, sizes and latencies)."""
+    from edgevit.split.stage import split_stage
+    module, meta = _loaded(model, meta)
+    return split_stage(module, meta, devices, out, keep=keep, latency=latency, bits=bits, fmt=fmt,
+                       quantize_fusion=quantize_fusion, data=data, eval_data=eval_data, train_images=train_images,
+                       fusion_images=fusion_images, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                       work_dir=work_dir, latency_rounds=latency_rounds, overwrite=overwrite, progress=progress)
+
+
+def stitch_models(anchors: str | list[str], out: str | Path, *, overwrite: bool = False, progress: bool = True,
+                  **options) -> dict:
+    """SN-Net: stitch a family of anchors (e.g. ["vit-tiny", "vit-small", "vit-base"]) into one network
+    whose configurations span their accuracy/MACs range; trains, measures every configuration and writes the
+    shared-weight artifact at `out`. `options`: `edgevit stitch`'s, by Python name (epochs, kernel, two_way,
+    lr, device, …; `edgevit stitch --help`), with its defaults. Returns the artifact's manifest (configs,
+    frontier, metrics); pick a configuration with `edgevit.stitch.evaluate.select`."""
+    from edgevit.stage_options import with_defaults
+    from edgevit.stitch.options import make_job
+    from edgevit.stitch.pipeline import run_stitch
+    from runtimes.artifact import check_destination
+    from runtimes.errors import RuntimeArtifactError
+    names = ",".join(anchors) if isinstance(anchors, (list, tuple)) else anchors
+    opts = with_defaults("stitch", {**options, "anchors": names})
+    job = make_job(opts, out, opts["work-dir"])
+    try:
+        check_destination(out, overwrite)
+    except RuntimeArtifactError as e:
+        raise UsageError(str(e)) from e
+    return run_stitch(job, progress=progress, keep_graphs=opts["keep-graphs"])
 
 
 def export(model, out: str | Path, runtime: str = "onnx", **options):

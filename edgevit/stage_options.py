@@ -206,3 +206,46 @@ def stage_options(kind: str):
 def stage_command(kind: str) -> click.Command:
     """A bare command holding only the stage's options: the click context recipe values are converted in."""
     return click.Command(kind, params=STAGES[kind])
+
+
+def flag_name(p: click.Parameter) -> str:
+    """The recipe key of a parameter: its first long flag without dashes (`--two-way` → `two-way`)."""
+    if isinstance(p, click.Argument):
+        return p.name.replace("_", "-")
+    longs = [o for o in p.opts if o.startswith("--")]
+    return (longs[0] if longs else p.opts[0]).lstrip("-")
+
+
+def default_of(p: click.Parameter, ctx: click.Context):
+    """A parameter's default as the CLI sees it (click ≥ 8.2 marks "no default" with a sentinel)."""
+    multiple = getattr(p, "multiple", False) or p.nargs == -1
+    d = p.get_default(ctx, call=True)
+    if type(d).__name__ == "Sentinel":
+        d = [] if multiple else (False if getattr(p, "is_flag", False) else None)
+    elif d is None and multiple:
+        d = []
+    return list(d) if multiple else d
+
+
+def with_defaults(kind: str, given: dict) -> dict:
+    """Stage `kind`'s options keyed by recipe key (`two-way`), the CLI's defaults filled in and `given` (by
+    Python name `two_way` or recipe key) converted and checked by the flag's own click type — so the Python
+    API takes exactly the CLI's options and defaults. A bad value or an unknown name is a one-line UsageError."""
+    import difflib
+
+    from edgevit.errors import UsageError
+    ctx = click.Context(stage_command(kind))
+    params = {flag_name(p): p for p in STAGES[kind]}
+    by_python = {p.name: k for k, p in params.items()}
+    out = {k: default_of(p, ctx) for k, p in params.items()}
+    for name, value in given.items():
+        key = by_python.get(name, name if name in params else None)
+        if key is None:
+            hint = difflib.get_close_matches(name, [*by_python, *params], 1)
+            raise UsageError(f"{kind} has no option {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else
+                             f"; options are {', '.join(sorted(by_python))}"))
+        try:
+            out[key] = params[key].type_cast_value(ctx, value) if value is not None else None
+        except click.BadParameter as e:
+            raise UsageError(f"{kind} option {name}: {e.message}") from None
+    return out

@@ -46,3 +46,61 @@ def test_api_rejects_bad_input_with_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="not an artifact directory"):
         edgevit.load_artifact(tmp_path / "nothing")
     assert {"load_model", "quantize", "export", "run", "check_parity", "run_pipeline"} <= set(dir(edgevit))
+
+
+@pytest.mark.parametrize("verb, kind, skip", [
+    ("rewrite_model", "rewrite", set()),
+    ("split_model", "split", set()),
+    ("quantize", "quantize", {"method"}),   # the CLI's None means the recipe's method, else rtn
+])
+def test_api_keyword_defaults_are_the_cli_defaults(verb, kind, skip):
+    """Every keyword a verb shares with its command defaults to the command's default."""
+    import inspect
+
+    import click
+
+    from edgevit.stage_options import STAGES, default_of, stage_command
+    ctx = click.Context(stage_command(kind))
+    renamed = {"family": "fmt", "target_name": "target", "devices_spec": "devices"}
+    by_python = {renamed.get(p.name, p.name): default_of(p, ctx) for p in STAGES[kind]}
+    sig = inspect.signature(getattr(edgevit, verb)).parameters
+    shared = [n for n in sig if n in by_python and n not in skip and sig[n].default is not inspect.Parameter.empty]
+    assert len(shared) >= 4
+    for n in shared:
+        want = by_python[n]
+        got = sig[n].default
+        assert (list(got) if isinstance(got, tuple) else got) == want, f"{verb}({n}=…) defaults to {got!r}, CLI to {want!r}"
+
+
+def test_rewrite_model_api(tmp_path):
+    model, meta = edgevit.load_model("vit-tiny")
+    r = edgevit.rewrite_model(model, meta, "ane", data="fashion-mnist:16", report=False)
+    assert r.meta.history[-1]["stage"] == "rewrite" and r.meta.history[-1]["target"] == "ane"
+    assert r.report["max_rel_err"] < 1e-3 and r.report["violations_after"] <= r.report["violations_before"]
+    out = r.save(tmp_path / "rw")
+    assert (out / "rewrite.json").is_file() and (out / "model.onnx").is_file()
+    with pytest.raises(UsageError, match="not empty"):
+        r.save(tmp_path / "rw")
+    with pytest.raises(UsageError, match="ModelMeta"):
+        edgevit.rewrite_model(model)
+
+
+def test_stitch_models_rejects_bad_options_before_work(tmp_path):
+    with pytest.raises(UsageError, match="did you mean 'epochs'"):
+        edgevit.stitch_models(["vit-tiny", "vit-small"], tmp_path / "s", epoch=1)
+    with pytest.raises(UsageError, match="lr"):
+        edgevit.stitch_models("vit-tiny,vit-small", tmp_path / "s", lr=-1)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_split_and_stitch_through_the_api(tmp_path):
+    model, meta = edgevit.load_model("vit-tiny")
+    res = edgevit.split_model(model, meta, devices=2, out=tmp_path / "split", train_images=64, fusion_images=32, epochs=1,
+                              eval_data="fashion-mnist:32", latency_rounds=5, work_dir=tmp_path / "w", progress=False)
+    assert (tmp_path / "split" / "manifest.json").is_file() and len(res.plan["devices"]) == 2
+    assert res.report["accuracy"]["eval_images"] == 32 and res.meta.history[-1]["stage"] == "split"
+    m = edgevit.stitch_models(["vit-small", "vit-tiny"], tmp_path / "stitch", epochs=0, warmup_epochs=0,
+                              train_data="fashion-mnist:64", eval_data="fashion-mnist:64", latency_iters=2,
+                              calib_images=16, device="cpu", progress=False)
+    assert m["metrics"]["num_configs"] == 36 and (tmp_path / "stitch" / "manifest.json").is_file()

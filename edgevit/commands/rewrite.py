@@ -8,21 +8,13 @@ import click
 
 from edgevit.commands.common import console, load, print_table
 from edgevit.errors import UsageError
+from edgevit.rewrite.stage import real_inputs
 from edgevit.stage_options import stage_options
 
 
 def _target_choice():
     from edgevit.rewrite.targets import target_names
     return click.Choice(target_names())
-
-
-def _real_inputs(meta, data: str, split: str, seed: int):
-    from edgevit.data import load_data
-    x, y = load_data(data, meta.preprocess, split=split, seed=seed)
-    if tuple(x.shape[1:]) != tuple(meta.input_shape[1:]):
-        raise UsageError(f"{data} gives inputs {tuple(x.shape[1:])} but {meta.name} takes {meta.input_shape[1:]}; "
-                         "pass --data folder:PATH with images for this model")
-    return x, y
 
 
 @stage_options("rewrite")
@@ -57,39 +49,23 @@ def rewrite_cmd(model, target_name, out, disable, gelu, data, report, list_passe
                         keep_work)
     if epochs is not None or work_dir or keep_work:
         raise UsageError("--epochs, --work-dir and --keep-work belong to --distill conv")
-    from edgevit.rewrite.artifact import check_out_dir, write_artifact
-    from edgevit.rewrite.checker import check_model, total_violations
-    from edgevit.rewrite.pipeline import rewrite_model, validate_passes
-    from edgevit.rewrite.robustness import robustness, summary_line
-    from edgevit.rewrite.targets import load_target
+    from edgevit.rewrite.artifact import check_out_dir
+    from edgevit.rewrite.pipeline import validate_passes
+    from edgevit.rewrite.robustness import summary_line
+    from edgevit.rewrite.stage import rewrite_stage
     validate_passes(list(disable))
     out_dir = check_out_dir(out)
-    target = load_target(target_name)
     module, meta = load(model, weights, trust_checkpoint)
-    x, y = _real_inputs(meta, data, "test", seed)
-    calib = x[: min(8, len(x))].numpy()
-    with console.status("checking the original graph"):
-        before = check_model(module, meta.input_shape, target, calib)
-    new, rep = rewrite_model(module, target, x, meta.input_shape, disable=list(disable), gelu_form=gelu, y=y)
-    with console.status("checking the rewritten graph"):
-        after = check_model(new, meta.input_shape, target, calib)
-    rep.update(check_before=before, check_after=after,
-               violations_before=total_violations(before), violations_after=total_violations(after))
-    reports = None
-    if report:
-        with console.status("quantisation-robustness report (W8A16, W8A8, W4A16)"):
-            cal_x, _ = _real_inputs(meta, data, "train", seed)
-            ev = x[:128]
-            reports = {"before rewrite": robustness(module, cal_x, ev), "after rewrite": robustness(new, cal_x, ev)}
-        rep["robustness"] = reports
-    meta = meta.with_stage("rewrite", target=target.name, passes=[s["pass"] for s in rep["passes"] if s["enabled"]],
-                           max_rel_err=rep["max_rel_err"])
-    write_artifact(out_dir, new, meta, rep, reports)
-    print_table(f"{meta.name} → {target.name}", ["pass", "on", "max rel err", "notes"],
+    result = rewrite_stage(module, meta, target_name, data=data, disable=tuple(disable), gelu=gelu, report=report,
+                           seed=seed, status=console.status)
+    result.save(out_dir)
+    rep, reports, meta = result.report, result.report.get("robustness"), result.meta
+    target = meta.history[-1]
+    print_table(f"{meta.name} → {target['target']}", ["pass", "on", "max rel err", "notes"],
                 [[s["pass"], "yes" if s["enabled"] else "no", f"{s['max_rel_err']:.1e}" if s["enabled"] else "-",
                   ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("pass", "enabled", "max_rel_err"))]
                  for s in rep["passes"]])
-    console.print(f"violations ({target.name}): {rep['violations_before']} before → {rep['violations_after']} after; "
+    console.print(f"violations ({target['target']}): {rep['violations_before']} before → {rep['violations_after']} after; "
                   f"FP32 max rel err {rep['max_rel_err']:.1e} on {rep['samples']} images")
     if reports:
         for k, r in reports.items():
@@ -161,7 +137,7 @@ def check_cmd(artifact_or_model, target_name, do_compile, data, as_json, weights
         name = str(path)
     else:
         module, meta = load(artifact_or_model, weights, trust_checkpoint)
-        calib = _real_inputs(meta, data, "train", 0)[0].numpy() if do_compile and target.compiler else None
+        calib = real_inputs(meta, data, "train", 0)[0].numpy() if do_compile and target.compiler else None
         result = check_model(module, meta.input_shape, target, calib, do_compile)
         name = meta.name
     if as_json:

@@ -29,42 +29,14 @@ def split_cmd(model, weights, trust_checkpoint, devices_spec, out, keep, latency
       edgevit split vit-small --devices devices.yaml --keep 0.3 --out out/split-het
       edgevit split vit-small --devices 4 --bits w8a8 --fmt int --out out/split4-w8a8
     """
-    from edgevit.data import load_data, parse_data_spec
-    from edgevit.split import DistillRecipe, SplitOptions, build_split, parse_devices, write_split_artifact
-    from edgevit.split.pipeline import validate
-    from edgevit.split.quantize import SplitQuant
     from edgevit.split.report import report_rows
-    from runtimes.artifact import check_destination
-    from runtimes.errors import RuntimeArtifactError
-
-    devices = parse_devices(devices_spec)
-    try:
-        check_destination(out, overwrite)
-    except RuntimeArtifactError as e:
-        raise UsageError(str(e)) from e
-    if lr <= 0:
-        raise UsageError("--lr must be positive")
-    if quantize_fusion and not bits:
-        raise UsageError("--quantize-fusion needs --bits (e.g. --bits w8a8)")
-    squant = SplitQuant(bits.lower(), fmt.lower(), quantize_fusion) if bits else None
-    if squant is not None:
-        squant.spec()
-    train_spec, eval_spec = parse_data_spec(data), parse_data_spec(eval_data)
+    from edgevit.split.stage import split_stage
     module, meta = load(model, weights, trust_checkpoint)
-    if train_spec.kind == "fashion-mnist" and len(meta.labels) != 10:
-        raise UsageError(f"{meta.name} predicts {len(meta.labels)} classes but Fashion-MNIST has 10; "
-                         "use --data/--eval-data folder:PATH with one sub-folder per class")
-    options = SplitOptions(keep=keep, latency=latency, quant=squant, train_images=train_images, fusion_images=fusion_images,
-                           distill=DistillRecipe(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), seed=seed)
-    validate(module, devices, options, len(meta.labels))
-    x, y = load_data(train_spec, meta.preprocess, split="train", seed=seed)
-    xe, ye = load_data(eval_spec, meta.preprocess, split="test", seed=seed)
-    if y is None or ye is None:
-        raise UsageError("split needs labelled data; use folders with one sub-folder per class")
-    work = Path(work_dir) if work_dir else Path(".edgevit-split") / f"{meta.name.replace('/', '_')}-seed{seed}"
-    split, plan = build_split(module, x, y, devices, options, work_dir=work)
-    _, report = write_split_artifact(out, split, plan, module, meta, xe, ye, overwrite=overwrite,
-                                     rounds=latency_rounds)
+    result = split_stage(module, meta, devices_spec, out, keep=keep, latency=latency, bits=bits, fmt=fmt,
+                         quantize_fusion=quantize_fusion, data=data, eval_data=eval_data, train_images=train_images,
+                         fusion_images=fusion_images, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                         work_dir=work_dir, latency_rounds=latency_rounds, overwrite=overwrite)
+    report, devices = result.report, result.plan["devices"]
     cols, rows = report_rows(report)
     print_table(f"{meta.name} split across {len(devices)} devices → {out}", cols, rows)
     a, s, lat = report["accuracy"], report["size"], report["latency"]

@@ -9,7 +9,7 @@ import click
 from edgevit.commands.common import console, overwrite_option, print_table
 from edgevit.errors import UsageError
 from edgevit.stage_options import Float, stage_options
-from edgevit.stitch.options import check_device, check_job, recipe_from_options
+from edgevit.stitch.options import make_job
 
 
 @stage_options("stitch")
@@ -33,20 +33,16 @@ def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, lora
     """
     if ctx.invoked_subcommand is not None:
         return
-    from edgevit.stitch.pipeline import StitchJob, run_stitch
+    from edgevit.stitch.pipeline import run_stitch
     from runtimes.artifact import check_destination
     from runtimes.errors import RuntimeArtifactError
     if not anchors or not out:
         raise UsageError("give --anchors a,b[,c] and --out DIR, e.g. --anchors vit-tiny,vit-small,vit-base --out out/stitch")
-    recipe = recipe_from_options({k.replace("_", "-"): v for k, v in ctx.params.items()})
-    names, wlist, _ = check_job(anchors, weights, train_data, eval_data)
-    device = check_device(device)
+    job = make_job({k.replace("_", "-"): v for k, v in ctx.params.items()}, out, work_dir)
     try:
         check_destination(out, overwrite)
     except RuntimeArtifactError as e:
         raise UsageError(str(e)) from e
-    job = StitchJob(names, Path(out), recipe, kernel, stride, two_way, lora_rank, train_data, eval_data, calib_images,
-                    Path(work_dir) if work_dir else None, latency_iters, wlist, device)
     manifest = run_stitch(job, keep_graphs=keep_graphs)
     _print_front(manifest)
     m = manifest["metrics"]

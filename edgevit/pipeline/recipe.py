@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from edgevit.errors import UsageError
+from edgevit.stage_options import flag_name
 
 STAGES = ("quantize", "rewrite", "split", "stitch", "export")
 # Flags the pipeline owns: the model comes from the top of the recipe, outputs go under the run dir,
@@ -57,13 +58,6 @@ def command_for(kind: str) -> click.Command:
     return stage_command(kind)
 
 
-def flag_name(p: click.Parameter) -> str:
-    if isinstance(p, click.Argument):
-        return p.name.replace("_", "-")
-    longs = [o for o in p.opts if o.startswith("--")]
-    return (longs[0] if longs else p.opts[0]).lstrip("-")
-
-
 def stage_keys(kind: str) -> dict[str, click.Parameter | None]:
     """Recipe keys of a stage → the click parameter behind each (None: a pipeline-only key)."""
     cmd = command_for(kind)
@@ -102,14 +96,8 @@ def _convert(kind: str, index: int, key: str, p: click.Parameter, value):
 
 
 def _default(kind: str, p: click.Parameter):
-    """The flag's default as the CLI would see it (click ≥ 8.2 marks "no default" with a sentinel)."""
-    multiple = getattr(p, "multiple", False) or p.nargs == -1
-    d = p.get_default(click.Context(command_for(kind)), call=True)
-    if type(d).__name__ == "Sentinel":
-        d = [] if multiple else (False if getattr(p, "is_flag", False) else None)
-    elif d is None and multiple:
-        d = []
-    return list(d) if multiple else d
+    from edgevit.stage_options import default_of
+    return default_of(p, click.Context(command_for(kind)))
 
 
 def stage_defaults(kind: str) -> dict:

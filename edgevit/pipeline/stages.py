@@ -165,32 +165,22 @@ def check_split(options: dict, recipe) -> None:
 
 
 def run_split(state: State, options: dict, ctx: Context) -> State:
-    from edgevit.data import load_data, parse_data_spec
-    from edgevit.split import DistillRecipe, SplitOptions, build_split, parse_devices, write_split_artifact
-    from edgevit.split.pipeline import validate
-    devices = parse_devices(str(options["devices"]))
-    opts = SplitOptions(keep=options["keep"], latency=options["latency"], train_images=options["train-images"],
-                        fusion_images=options["fusion-images"],
-                        distill=DistillRecipe(epochs=options["epochs"], batch_size=options["batch-size"],
-                                              lr=options["lr"], seed=options["seed"]), seed=options["seed"])
-    meta = state.meta
-    validate(state.float_model, devices, opts, len(meta.labels))
-    x, y = load_data(parse_data_spec(options["data"]), meta.preprocess, split="train", seed=options["seed"])
-    xe, ye = load_data(parse_data_spec(options["eval-data"]), meta.preprocess, split="test", seed=options["seed"])
-    if y is None or ye is None:
-        raise UsageError("recipe split.data / split.eval-data must be labelled (fashion-mnist or class folders)")
-    work = _work_dir(options, ctx)
-    split, plan = build_split(state.float_model, x, y, devices, opts, work_dir=work, progress=ctx.progress)
-    # the split stage's own artifact: one FP32 ONNX sub-model per device + fusion head, measured
-    _, report = write_split_artifact(ctx.stage_dir / "split", split, plan, state.float_model, meta, xe, ye,
-                                     overwrite=True, rounds=options["latency-rounds"])
+    from edgevit.split.stage import split_stage
+    result = split_stage(state.float_model, state.meta, str(options["devices"]), ctx.stage_dir / "split",
+                         keep=options["keep"], latency=options["latency"], data=options["data"],
+                         eval_data=options["eval-data"], train_images=options["train-images"],
+                         fusion_images=options["fusion-images"], epochs=options["epochs"],
+                         batch_size=options["batch-size"], lr=options["lr"], seed=options["seed"],
+                         work_dir=_work_dir(options, ctx), latency_rounds=options["latency-rounds"], overwrite=True,
+                         progress=ctx.progress)
+    report, split, devices = result.report, result.model, result.plan["devices"]
     (ctx.stage_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     a = report["accuracy"]
     state.notes.append(f"split: {len(devices)} devices, top-1 {a['split_top1']:.2f}% vs {a['original_top1']:.2f}% "
                        f"unsplit (FP32, {a['eval_images']} images); per-device FP32 parts in "
                        f"{ctx.stage_dir / 'split'}")
     state.float_model = split.eval()
-    state.meta = meta.with_stage("split", devices=len(devices), keep=options["keep"], epochs=options["epochs"])
+    state.meta = result.meta
     return _requant(state, "split distillation (trained sub-models and fusion head)")
 
 
@@ -259,19 +249,12 @@ def run_stitch(state: State, options: dict, ctx: Context) -> State:
     measured), then one configuration, as a standalone network, becomes the pipeline's model."""
     import dataclasses
     from edgevit.stitch.model import ConfigNet
-    from edgevit.stitch.pipeline import StitchJob, load_stitched
+    from edgevit.stitch.options import make_job
+    from edgevit.stitch.pipeline import load_stitched
     from edgevit.stitch.pipeline import run_stitch as stitch
-    from edgevit.stitch.options import recipe_from_options
-    from edgevit.stitch.train import resolve_device
-    names = [a.strip() for a in options["anchors"].split(",") if a.strip()]
-    weights = [w.strip() or None for w in options["weights"].split(",")] if options.get("weights") else None
-    recipe = recipe_from_options(options)
     out = ctx.stage_dir / "stitch"
-    work = _work_dir(options, ctx)
-    device = resolve_device(options["device"])
-    job = StitchJob(names, out, recipe, options["kernel"], options["stride"], options["two-way"], options["lora-rank"],
-                    options["train-data"], options["eval-data"], options["calib-images"], work,
-                    options["latency-iters"], weights, device)
+    job = make_job(options, out, _work_dir(options, ctx))
+    names, device = job.anchors, job.device
     shutil.rmtree(out, ignore_errors=True)
     manifest = stitch(job, progress=ctx.progress, keep_graphs=options["keep-graphs"])
     model, rows = load_stitched(out)

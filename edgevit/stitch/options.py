@@ -46,3 +46,19 @@ def check_device(name: str) -> str:
     except DeviceError as e:
         raise UsageError(f"--{e}") from e
 
+
+
+def make_job(options: dict, out, work_dir=None):
+    """A checked `StitchJob` from `edgevit stitch`'s options (recipe-key spelling, CLI defaults filled in, e.g.
+    by `edgevit.stage_options.with_defaults`); the CLI, the pipeline and `edgevit.stitch_models` build it here."""
+    from pathlib import Path
+
+    from edgevit.stitch.pipeline import StitchJob
+    if not options.get("anchors"):
+        raise UsageError("give --anchors a,b[,c], e.g. --anchors vit-tiny,vit-small,vit-base")
+    recipe = recipe_from_options(options)
+    names, wlist, _ = check_job(options["anchors"], options.get("weights"), options["train-data"], options["eval-data"])
+    device = check_device(options["device"])
+    return StitchJob(names, Path(out), recipe, options["kernel"], options["stride"], options["two-way"],
+                     options["lora-rank"], options["train-data"], options["eval-data"], options["calib-images"],
+                     Path(work_dir) if work_dir else None, options["latency-iters"], wlist, device)
