@@ -16,7 +16,6 @@ Errors are edgevit.errors.UsageError (bad input; the CLI exits 2) and StageError
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -24,54 +23,29 @@ from torch import nn
 from edgevit.artifacts import ParityCheck, check_parity
 from edgevit.errors import UsageError
 from edgevit.models.registry import ModelMeta, load_model
+from edgevit.ptq.stage import Quantized
 
 __all__ = ["load_model", "quantize", "Quantized", "rewrite_model", "split_model", "stitch_models", "export",
            "load_artifact", "run", "bench", "check_parity", "ParityCheck", "run_pipeline", "ModelMeta"]
 
 
-@dataclass
-class Quantized:
-    """A quantised model (`model`, fake-quant modules that run in torch), the float graph it was made from
-    after the graph fixes (`prepared`), its quantisation spec and what the stage measured (`info`)."""
-    model: nn.Module
-    meta: ModelMeta
-    spec: object
-    prepared: nn.Module
-    info: dict = field(default_factory=dict)
-    source: dict = field(default_factory=dict)   # registry name and weights, to reload the architecture
+def quantize(model: nn.Module, meta: ModelMeta, fmt: str = "int", bits: str = "w8a8", *, method: str | None = None,
+             backend: str = "edgevit", calib="auto:256", recipe: dict | str | None = None,
+             keep_float: tuple[str, ...] = (), eval_data="auto", eval_limit: int | None = None, seed: int = 0,
+             weights: str | None = None, progress=None, **fixes) -> Quantized:
+    """Post-training quantisation with `edgevit quantize`'s defaults (graph fixes per model, RTN), evaluated
+    against the float model.
 
-    def save(self, out: str | Path, overwrite: bool = False) -> dict:
-        """Write the packed checkpoint (codes + scales) that `edgevit export` and `load_checkpoint` read."""
-        import quant
-        from edgevit.ptq import spec_errors
-        if not self.source.get("registry_name"):
-            raise UsageError("this model was not loaded by name (edgevit.load_model), so a checkpoint could not "
-                             "rebuild its architecture; export it directly with edgevit.export(q, out)")
-        with spec_errors():
-            return quant.save_quantized(self.model, out, force=overwrite, model_info={
-                **self.source, "meta": self.meta.to_dict(), "graph": self.info.get("graph")})
-
-
-def quantize(model: nn.Module, meta: ModelMeta, fmt: str = "int", bits: str = "w8a8", *, method: str = "rtn",
-             calib="auto:256", keep_float: tuple[str, ...] = (), recipe: dict | str | None = None,
-             backend: str = "edgevit", seed: int = 0, weights: str | None = None, progress=None,
-             **fixes) -> Quantized:
-    """Post-training quantisation with `edgevit quantize`'s defaults (graph fixes per model, RTN).
-
-    `calib`: a data spec (`auto:256` — the model's own data —, `folder:PATH[:N]`, `photos`, …), preprocessed
-    images as a tensor or array (N, C, H, W), or a torch DataLoader. `fmt` int|fp4|fp6|fp8|mx…, `bits` like
-    w8a8 or w4a6, `method` rtn|adaround|brecq; `fixes`: fold_bn, equalize, bias_correction, bn_reestimate
-    (None = per-model default). `--bits auto` needs evaluation data: use the CLI or `edgevit.ptq.ptq`."""
-    from edgevit.ptq import ptq
-    if bits.strip().lower() == "auto":
-        raise UsageError("bits='auto' searches per-layer formats on evaluation data: use `edgevit quantize "
-                         "--bits auto` or edgevit.ptq.ptq(model, meta, opts, eval_x, eval_y)")
-    opts = {"family": fmt, "bits": bits, "method": method, "backend": backend, "calib": calib,
-            "keep_float": tuple(keep_float), "recipe": recipe, "seed": seed, **fixes}
-    qmodel, prepared, spec, info = ptq(model, meta, opts, progress=progress)
-    source = {"registry_name": meta.name if meta.source != "user" or weights else None, "weights": weights}
-    qmeta = meta.with_stage("quantize", fmt=spec.family, bits=spec.bits, method=info["method"], seed=seed)
-    return Quantized(qmodel, qmeta, spec, prepared, info, source)
+    `calib`/`eval_data`: a data spec (`auto:256` — the model's own data —, `folder:PATH[:N]`, `photos`, …),
+    preprocessed images as a tensor or array (N, C, H, W), or a torch DataLoader; `eval_data=None` skips the
+    evaluation (`bits="auto"` needs it). `fmt` int|fp4|fp6|fp8|mx…, `bits` like w8a8, w4a6 or auto, `method`
+    rtn|adaround|brecq (None: the recipe's, else rtn); `fixes`: fold_bn, equalize, bias_correction,
+    bn_reestimate and the auto knobs candidates, max_size, max_latency_ms, max_drop, sensitivity
+    (None = per-model default). `q.report` holds what `edgevit quantize` prints; `q.save(out)` writes it."""
+    from edgevit.ptq.stage import quantize_stage
+    return quantize_stage(model, meta, fmt, bits, method=method, backend=backend, calib=calib, recipe=recipe,
+                          keep_float=keep_float, eval_data=eval_data, eval_limit=eval_limit, seed=seed,
+                          weights=weights, progress=progress, **fixes)
 
 
 def _loaded(model, meta):
@@ -187,13 +161,19 @@ def run(artifact, images, top: int = 5, threads: int = 1) -> list[list[tuple[str
     return top_k(logits, art.labels, top)
 
 
-def bench(artifacts, threads: int = 1, warmup: int = 20, iters: int = 200, batch: int = 1) -> list[dict]:
-    """Latency percentiles, throughput, peak RSS and size per artifact, each in its own fresh process."""
+def bench(artifacts, threads: int = 1, warmup: int = 20, iters: int = 200, batch: int = 1,
+          progress=None) -> list[dict]:
+    """Latency percentiles, throughput, peak RSS and size per artifact, each in its own fresh process (all
+    verified before any is timed). `progress(path)` is called as each one starts."""
+    from edgevit.errors import StageError
     from runtimes.bench import bench_many
     paths = [str(getattr(a, "root", a)) for a in artifacts]
     for p in paths:
         load_artifact(p)
-    return bench_many(paths, threads, warmup, iters, batch)
+    try:
+        return bench_many(paths, threads, warmup, iters, batch, progress=progress)
+    except RuntimeError as e:
+        raise StageError(str(e)) from e
 
 
 def run_pipeline(recipe: str | Path, run_dir: str | Path, force: bool = False) -> dict:

@@ -42,7 +42,7 @@ def test_api_rejects_bad_input_with_usage_errors(tmp_path):
     with pytest.raises(UsageError):
         edgevit.quantize(model, meta, "int", "w9a3", calib=torch.zeros(2, 1, 28, 28))
     with pytest.raises(UsageError, match="bits='auto'"):
-        edgevit.quantize(model, meta, "int", "auto")
+        edgevit.quantize(model, meta, "int", "auto", eval_data=None)
     with pytest.raises(UsageError, match="not an artifact directory"):
         edgevit.load_artifact(tmp_path / "nothing")
     assert {"load_model", "quantize", "export", "run", "check_parity", "run_pipeline"} <= set(dir(edgevit))
@@ -51,7 +51,7 @@ def test_api_rejects_bad_input_with_usage_errors(tmp_path):
 @pytest.mark.parametrize("verb, kind, skip", [
     ("rewrite_model", "rewrite", set()),
     ("split_model", "split", set()),
-    ("quantize", "quantize", {"method"}),   # the CLI's None means the recipe's method, else rtn
+    ("quantize", "quantize", set()),
 ])
 def test_api_keyword_defaults_are_the_cli_defaults(verb, kind, skip):
     """Every keyword a verb shares with its command defaults to the command's default."""
@@ -104,3 +104,9 @@ def test_split_and_stitch_through_the_api(tmp_path):
                               train_data="fashion-mnist:64", eval_data="fashion-mnist:64", latency_iters=2,
                               calib_images=16, device="cpu", progress=False)
     assert m["metrics"]["num_configs"] == 36 and (tmp_path / "stitch" / "manifest.json").is_file()
+
+
+def test_an_imagenet_model_is_never_evaluated_on_fashion_mnist():
+    model, meta = edgevit.load_model("mobilenetv2")
+    with pytest.raises(UsageError, match="not a Fashion-MNIST model"):
+        edgevit.quantize(model, meta, eval_data="fashion-mnist:8")

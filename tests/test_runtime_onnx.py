@@ -258,9 +258,10 @@ def test_cli_quantize_export_parity_run_bench(tmp_path, cli_runner):
     r = cli_runner.invoke(cli, ["run", str(a8), str(img), "--json"])
     assert r.exit_code == 0 and json.loads(r.output)[0]["top"][0]["label"] in LABELS
     r = cli_runner.invoke(cli, ["bench", str(f32), str(a8), "--iters", "20", "--warmup", "2",
-                                "--json", str(tmp_path / "b.json")])
+                                "--json", "--save", str(tmp_path / "b.json")])
     assert r.exit_code == 0, r.output
-    rows = json.loads((tmp_path / "b.json").read_text())
+    rows = json.loads(r.stdout)                                  # stdout is only the JSON (progress on stderr)
+    assert json.loads((tmp_path / "b.json").read_text()) == rows
     assert [row["precision"] for row in rows] == ["fp32", "w8a8"] and rows[1]["file_bytes"] < rows[0]["file_bytes"] / 3
     r = cli_runner.invoke(cli, ["export", str(q), "--out", str(tmp_path / "bad"), "--graph-form", "integer",
                                 "--calib-data", "nope:1"])

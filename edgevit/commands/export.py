@@ -84,26 +84,26 @@ def run_cmd(artifact, images, top, threads, as_json):
 @click.option("--warmup", default=20, show_default=True, type=click.IntRange(0))
 @click.option("--iters", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the rows as JSON here.")
-def bench_cmd(artifacts, threads, warmup, iters, batch, json_out):
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of the table.")
+@click.option("--save", type=click.Path(dir_okay=False), default=None, help="Also write the rows as JSON to this file.")
+def bench_cmd(artifacts, threads, warmup, iters, batch, as_json, save):
     """Latency (p50/p90/p99), throughput, peak RSS and size of ARTIFACTS, side by side in one run.
 
     Each artifact runs in its own fresh process with the same thread count and seeded input.
 
     \b
-    Example:
-      edgevit bench out/vit-small-onnx out/vit-small-w8a8-onnx --threads 1 --json bench.json
+    Examples:
+      edgevit bench out/vit-small-onnx out/vit-small-w8a8-onnx --threads 1
+      edgevit bench out/vit-small-onnx out/vit-small-w8a8-onnx --json > bench.json
     """
-    from runtimes.artifact import load_artifact
-    from runtimes.bench import bench_many
-    for a in artifacts:  # verify all before timing any
-        with runtime_errors():
-            load_artifact(a)
-    try:
-        rows = bench_many(list(artifacts), threads, warmup, iters, batch,
-                          progress=lambda p: console.print(f"[dim]benchmarking {p}[/dim]"))
-    except RuntimeError as e:
-        raise StageError(str(e)) from e
+    from edgevit.api import bench
+    rows = bench(list(artifacts), threads, warmup, iters, batch,
+                 progress=lambda p: click.echo(f"benchmarking {p}", err=True))
+    if save:
+        Path(save).write_text(json.dumps(rows, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
     base = rows[0]["p50_ms"]
     print_table(f"batch {batch}, {threads} thread(s), {iters} runs after {warmup} warm-up",
                 ["artifact", "precision", "form", "p50 ms", "p90 ms", "p99 ms", "img/s", "speed-up p50",
@@ -111,9 +111,8 @@ def bench_cmd(artifacts, threads, warmup, iters, batch, json_out):
                 [[r["artifact"], r["precision"], r["graph_form"], f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
                   f"{r['p99_ms']:.3f}", f"{r['throughput_ips']:.1f}", f"{base / r['p50_ms']:.2f}x",
                   f"{r['peak_rss_mib']:.1f}", f"{r['file_bytes'] / 1e6:.3f}"] for r in rows])
-    if json_out:
-        Path(json_out).write_text(json.dumps(rows, indent=2) + "\n")
-        console.print(f"wrote {json_out}")
+    if save:
+        console.print(f"wrote {save}")
 
 
 @click.command("check-parity")
