@@ -13,7 +13,6 @@ from edgevit.errors import StageError
 from edgevit.stage_options import stage_options
 
 
-
 @stage_options("export")
 @click.command("export")
 @model_options

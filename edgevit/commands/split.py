@@ -11,6 +11,7 @@ from edgevit.commands.common import console, load, model_options, overwrite_opti
 from edgevit.errors import UsageError
 from edgevit.stage_options import stage_options
 
+
 @stage_options("split")
 @click.command("split")
 @model_options
@@ -54,7 +55,7 @@ def split_cmd(model, weights, trust_checkpoint, devices_spec, out, keep, latency
 @click.argument("artifact", type=click.Path())
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", default=None, help="Ray cluster address (ray executor); default: start a local one.")
-@click.option("--data", default="fashion-mnist:1000", show_default=True, help="Images to classify (test split).")
+@click.option("--data", default="auto:1000", show_default=True, help="Images to classify (test split); auto = the model's own data.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True,
               help="Seconds to wait for every device per batch.")
