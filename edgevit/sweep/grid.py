@@ -83,7 +83,7 @@ def load_grid(grid, hash_models: bool = True) -> Grid:
         _fail(where, f"must be a mapping of defaults plus `grid:` ({EXAMPLE})")
     unknown = sorted(set(doc) - set(TOP_KEYS))
     if unknown:
-        _fail(where, f"unknown key {unknown[0]!r}; use {', '.join(TOP_KEYS)}")
+        _fail(where, f"unknown key {unknown[0]!r}; use {', '.join(k for k in TOP_KEYS if k != 'hold')}")
     blocks = doc.get("grid", [{}])
     blocks = [blocks] if isinstance(blocks, dict) else blocks
     if not isinstance(blocks, list) or not blocks or not all(isinstance(b, dict) for b in blocks):
@@ -93,7 +93,7 @@ def load_grid(grid, hash_models: bool = True) -> Grid:
     for b, block in enumerate(blocks, 1):
         bad = sorted(set(block) - set(CELL_KEYS))
         if bad:
-            _fail(f"{where} block {b}", f"unknown key {bad[0]!r}; use {', '.join(CELL_KEYS)}")
+            _fail(f"{where} block {b}", f"unknown key {bad[0]!r}; use {', '.join(k for k in CELL_KEYS if k != 'hold')}")
         merged = {**defaults, **block}
         axes = [k for k in CELL_KEYS if isinstance(merged.get(k), list)]   # model outermost
         if any(not merged[k] for k in axes):
@@ -107,7 +107,10 @@ def load_grid(grid, hash_models: bool = True) -> Grid:
     for w, s in checked:
         m = (s["model"], s["weights"])
         if m not in models:
-            models[m] = model_sha256(*m) if hash_models else ""
+            try:
+                models[m] = model_sha256(*m) if hash_models else ""
+            except UsageError as e:
+                _fail(w, str(e))
     cells, seen = [], set()
     for w, s in checked:
         h = models[(s["model"], s["weights"])]

@@ -112,12 +112,17 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def pareto_plot(rows: list[dict], path: Path) -> None:
-    import io
-
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (sweeps run headless)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def pareto_plot(rows: list[dict], path: Path) -> None:
+    import io
+    plt = pyplot()
     ok = [r for r in rows if r.get("status") == "ok" and r.get("size_bytes")]
     models = list(dict.fromkeys(r["model"] for r in ok))
     if not models:

@@ -19,7 +19,7 @@ from pathlib import Path
 from edgevit.errors import UsageError
 from edgevit.sweep.cell import run_cell
 from edgevit.sweep.grid import Grid, load_grid
-from edgevit.sweep.results import MARKER, read_cells, write_cell, write_results
+from edgevit.sweep.results import MARKER, pyplot, read_cells, write_cell, write_results
 
 ATTEMPTS = 2            # a cell whose worker dies is tried once more
 OBJECT_STORE_BYTES = 100 * 1024 ** 2
@@ -84,8 +84,9 @@ def sweep(grid, out, address: str | None = None, workers: int | None = None, pro
         info["wall_s"] = 0.0
         save()
         return {**info, "cells": [rows[c.key] for c in g.cells]}
+    pyplot()   # imported now, so a Ctrl-C cannot land inside the import later
     ray, owns = _start_ray(address, workers or os.cpu_count() or 1)
-    t_start = time.perf_counter()
+    t_start, interrupted = time.perf_counter(), False
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         info["workers"] = workers or max(1, cpus)
@@ -93,9 +94,13 @@ def sweep(grid, out, address: str | None = None, workers: int | None = None, pro
                                            "cpus": n.get("Resources", {}).get("CPU")}
                              for n in ray.nodes() if n.get("Alive")}
         _schedule(ray, todo, rows, info, save, progress, out)
+    except BaseException:
+        interrupted = True
+        raise
     finally:
         info["wall_s"] = time.perf_counter() - t_start
-        save()
+        info["interrupted"] = interrupted
+        save(plot=not interrupted)   # the tables of what finished; the plot waits for a run that ends
         if owns:
             ray.shutdown()
     return {**info, "cells": [rows[c.key] for c in g.cells]}
