@@ -7,6 +7,7 @@
       precision: [int:w8a8, int:w4a8, fp4:w4a6]
       method: rtn
 
+Top-level keys starting with `x-` are ignored (a place for YAML anchors, as in docker-compose).
 Everything is validated here, before any work: a bad grid is one UsageError naming the cell and the fix.
 Each cell gets a stable key — a hash of its full spec and of the model's weights — so a re-run finds the
 cells it already finished whatever order or file they came from.
@@ -45,6 +46,11 @@ class Cell:
     key: str
     na: str | None = None
 
+    def replace(self, **changes) -> "Cell":
+        """The same cell with spec fields changed (re-validated, re-keyed): how a script narrows a grid file."""
+        spec = check_cell("cell", {**self.spec, **changes, "method": changes.get("method", self.spec["method"])})
+        return Cell(spec, self.model_sha256, cell_key(spec, self.model_sha256), peer_na(spec))
+
     def label(self) -> str:
         s = self.spec
         return f"{s['model']} {s['tool']} {s['method']} {s['precision']}"
@@ -81,7 +87,7 @@ def load_grid(grid, hash_models: bool = True) -> Grid:
     where = Path(source).name if source != "<dict>" else "grid"
     if not isinstance(doc, dict):
         _fail(where, f"must be a mapping of defaults plus `grid:` ({EXAMPLE})")
-    unknown = sorted(set(doc) - set(TOP_KEYS))
+    unknown = sorted(k for k in set(doc) - set(TOP_KEYS) if not str(k).startswith("x-"))   # x-…: YAML anchors
     if unknown:
         _fail(where, f"unknown key {unknown[0]!r}; use {', '.join(k for k in TOP_KEYS if k != 'hold')}")
     blocks = doc.get("grid", [{}])
@@ -174,8 +180,10 @@ def peer_na(s: dict) -> str | None:
         w, a = spec.default.weight, spec.default.act
         if fmt != "int":
             return "onnxruntime quantize_static has INT8/INT4/INT16 QDQ types (FP8 only via its float8 path); no FP4/FP6/MX"
-        if a is None or a.bits != 8 or w is None or w.bits not in (4, 8):
-            return "onnxruntime QDQ types are 4/8/16 bit: this runs W4/W8 weights with 8-bit activations"
+        if a is not None and a.bits != 8:
+            return f"onnxruntime QDQ types are 4/8/16 bit: no {a.bits}-bit activations"
+        if a is None or w is None or w.bits not in (4, 8):
+            return "onnxruntime quantize_static here runs W4/W8 weights with static 8-bit activations"
     if s["tool"] == "brevitas" and fmt.startswith("mx"):
         return "brevitas core has MX weights but no MX/per-token activation quantiser for the A side"
     return None
