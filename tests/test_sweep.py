@@ -201,3 +201,19 @@ def test_ctrl_c_stops_and_keeps_finished_cells(tmp_path):
     res = json.loads((out / "sweep.json").read_text())
     assert [c.get("status", "pending") for c in res["cells"]] == ["ok", "pending"]
     assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_peers_and_export_are_cells(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("brevitas")
+    grid = {"calib": "fashion-mnist:32", "eval_limit": 100, "model": "mobilenet-mini", "grid": [
+        {"precision": "int:w8a8", "export": "onnx"},
+        {"tool": "onnxruntime", "method": "MinMax", "precision": ["int:w8a8", "fp4:w4a6"]},
+        {"tool": "brevitas", "precision": "int:w8a8"}]}
+    res = sweep(grid, tmp_path / "out", workers=2, progress=False)
+    ev, ort, ort_na, brev = res["cells"]
+    assert [c["status"] for c in res["cells"]] == ["ok", "ok", "n/a", "ok"]
+    assert ev["export"]["runtime"] == "onnx" and ev["export"]["parity"]["top1_agreement"] > 0.9
+    assert ort["sqnr_db"] > 20 and brev["sqnr_db"] > 20 and "FP4" in ort_na["na"]
+    assert "node_id" not in ort_na and "onnx" in (tmp_path / "out" / "sweep.md").read_text()

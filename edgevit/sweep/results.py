@@ -80,13 +80,14 @@ def _fmt(v, spec: str, none: str = "-") -> str:
 def markdown(rows: list[dict], info: dict) -> str:
     done = sum(r.get("status") in ("ok", "n/a") for r in rows)
     nodes = sorted({r["node_id"] for r in rows if r.get("node_id")})
+    exported = any(r.get("export") for r in rows)
     lines = [f"# Sweep `{info.get('name', 'sweep')}`", "",
              f"- {done}/{len(rows)} cells done; {info.get('workers')} workers on "
              f"{len(nodes)} Ray node(s); run on {info.get('address') or 'a local Ray instance'}",
              f"- accuracy: top-1 % against labels where the data has them, else top-1 agreement % with FP32; "
              f"SQNR of the logits against FP32; size: the packed checkpoint (onnxruntime: its QDQ .onnx)", "",
-             "| model | tool | method | precision | top-1 % | agree % | SQNR dB | size kB | time s | node | status |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | tool | method | precision | top-1 % | agree % | SQNR dB | size kB | time s | node | status |"
+             + (" export |" if exported else ""), "|---" * (11 + exported) + "|"]
     for r in rows:
         status = r.get("status", "pending")
         if status == "failed":
@@ -97,8 +98,15 @@ def markdown(rows: list[dict], info: dict) -> str:
         lines.append(f"| {r['model']} | {r['tool']} | {r['method']} | {r['precision']} | {_fmt(r.get('top1'), '.2f')} | "
                      f"{_fmt(r.get('agreement'), '.1f')} | {_fmt(r.get('sqnr_db'), '.1f')} | "
                      f"{_fmt(size / 1e3 if size else None, '.0f')} | {_fmt(r.get('wall_s'), '.1f')} | "
-                     f"{(r.get('node_id') or '-')[:8]} | {status} |")
+                     f"{(r.get('node_id') or '-')[:8]} | {status} |" + (f" {_export_cell(r.get('export'))} |" if exported else ""))
     return "\n".join(lines) + "\n"
+
+
+def _export_cell(e: dict | None) -> str:
+    if not e:
+        return "-"
+    sq = (e.get("parity") or {}).get("sqnr_db")
+    return f"{e['runtime']} {e['artifact_bytes'] / 1e3:.0f} kB" + (f", parity {sq:.1f} dB" if sq is not None else "")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
