@@ -78,6 +78,7 @@ BAD = {
     "bad-tool": ("grid: {model: vit-tiny, tool: nncf}\n", "unknown tool"),
     "bad-model": ("grid: {model: [vit-tiny, vit-tinyy]}\n", "unknown model 'vit-tinyy'"),
     "bad-data": ("calib: fashion-mnist:0\ngrid: {model: vit-tiny}\n", "bad sample count"),
+    "bad-recon": ("grid: {model: vit-tiny, method: brecq, recipe: {reconstruction: {iters: 0}}}\n", "iters must be"),
     "empty-axis": ("grid: {model: []}\n", "empty list"),
     "no-model": ("grid: {precision: int:w8a8}\n", "needs a `model:`"),
     "bad-yaml": ("grid: [\n", "not valid YAML"),

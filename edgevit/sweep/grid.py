@@ -150,7 +150,10 @@ def check_cell(where: str, s: dict) -> dict:
         _fail(where, "recipe must be a mapping (the --recipe file's content), e.g. {reconstruction: {iters: 50}}")
     try:
         with spec_errors():
-            quant.parse_spec(fmt, bits, s["recipe"])
+            spec = quant.parse_spec(fmt, bits, s["recipe"])
+            if s["tool"] == "edgevit" and s["method"] != "rtn":   # reconstruction knobs fail here, not in a worker
+                from quant.reconstruct import ReconConfig
+                ReconConfig.from_dict({"seed": s["seed"]} | (spec.recipe.get("reconstruction") or {}))
         for k in ("calib", "eval"):
             if not isinstance(s[k], str):
                 raise UsageError(f"{k} must be a data spec like fashion-mnist:256 or photos")

@@ -1,0 +1,165 @@
+"""`edgevit sweep` on Ray: the same grid with 1 and 2 workers (identical tables, wall time), and on a
+two-node cluster over loopback (a `ray start --head` and a second `ray start --address` node on 127.0.0.1,
+each with its own CPU and a custom resource), with every cell's node recorded.
+
+    python benchmarks/sweep_bench.py workers  [--grid benchmarks/grids/sweep_small.yaml]  # → results/sweep_workers.{json,md}
+    python benchmarks/sweep_bench.py two-node [--grid …] [--port 6391]                    # → results/sweep_two_node.{json,md}
+
+The Ray nodes of `two-node` run `ray start --block` as children of this script and are stopped by
+signalling those children only (never `ray stop`, which would end every Ray on the machine).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+METRICS = ("top1", "agreement", "sqnr_db", "size_bytes")
+
+
+def table(res: dict) -> dict:
+    return {c["key"]: tuple(c.get(k) for k in METRICS) for c in res["cells"]}
+
+
+def run(grid: str, out: Path, **kw) -> tuple[dict, float]:
+    from edgevit.sweep import sweep
+    t0 = time.perf_counter()
+    res = sweep(grid, out, progress=False, **kw)
+    return res, time.perf_counter() - t0
+
+
+def workers_bench(args) -> None:
+    runs = {}
+    with tempfile.TemporaryDirectory() as d:
+        for n in (1, 2):
+            load0 = os.getloadavg()
+            res, total = run(args.grid, Path(d) / f"w{n}", workers=n)
+            assert res["cells_failed"] == 0, [c.get("error") for c in res["cells"] if c.get("status") == "failed"]
+            runs[n] = {"res": res, "total_s": total, "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+            print(f"{n} worker(s): {res['wall_s']:.1f} s of scheduling ({total:.1f} s with Ray start), "
+                  f"loadavg {load0[0]:.1f} → {os.getloadavg()[0]:.1f}", flush=True)
+    identical = table(runs[1]["res"]) == table(runs[2]["res"])
+    speedup = runs[1]["res"]["wall_s"] / runs[2]["res"]["wall_s"]
+    summary = {"benchmark": "sweep_workers", "grid": str(args.grid), "cells": len(runs[1]["res"]["cells"]),
+               "identical_tables": identical, "speedup_2_vs_1": speedup, "cpus": os.cpu_count(),
+               "machine": platform.machine(),
+               "note": "2-core machine shared with other jobs while measured (see loadavg): the speed-up is indicative only",
+               "runs": {n: {"wall_s": r["res"]["wall_s"], "total_s": r["total_s"], "loadavg_start": r["loadavg_start"],
+                            "loadavg_end": r["loadavg_end"], "cell_wall_s": sum(c.get("wall_s") or 0 for c in r["res"]["cells"]),
+                            "pids": sorted({c["pid"] for c in r["res"]["cells"] if c.get("pid")})}
+                        for n, r in runs.items()},
+               "cells_table": [{k: c.get(k) for k in ("model", "tool", "method", "precision", *METRICS)}
+                               for c in runs[2]["res"]["cells"]]}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sweep_workers.json").write_text(json.dumps(summary, indent=2) + "\n")
+    r1, r2 = summary["runs"][1], summary["runs"][2]
+    md = ["# `edgevit sweep`: 1 vs 2 workers", "",
+          f"Grid `{args.grid}` ({summary['cells']} cells), local Ray, 1 torch thread per cell, {os.cpu_count()} CPUs.",
+          f"{summary['note']}.", "",
+          "| workers | sweep wall s | with Ray start s | Σ cell s | worker processes | loadavg start → end |",
+          "|---|---|---|---|---|---|",
+          *(f"| {n} | {r['wall_s']:.1f} | {r['total_s']:.1f} | {r['cell_wall_s']:.1f} | {len(r['pids'])} | "
+            f"{r['loadavg_start'][0]:.1f} → {r['loadavg_end'][0]:.1f} |" for n, r in ((1, r1), (2, r2))), "",
+          f"Speed-up with 2 workers: **{speedup:.2f}×**; tables identical (top-1, agreement, SQNR, size of every "
+          f"cell): **{'yes' if identical else 'NO'}**.", ""]
+    (RESULTS / "sweep_workers.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+def _ray_node(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--block", *args], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to our own `ray start --block` child: it ends the node processes it started."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)   # its own session: only this node's processes
+            proc.wait(10)
+
+
+def two_node_bench(args) -> None:
+    import ray
+    addr = f"127.0.0.1:{args.port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
+    logs = Path(tempfile.mkdtemp(prefix="edgevit-two-node-"))
+    head = _ray_node(["--head", f"--port={args.port}", "--include-dashboard=false", '--resources={"sweep-head": 1}',
+                      *common], logs / "head.log", env)
+    second = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:   # the head answers once its GCS is up
+            try:
+                ray.init(address=addr, log_to_driver=False, logging_level="ERROR")
+                break
+            except Exception:  # noqa: BLE001 — not up yet
+                if time.monotonic() > deadline or head.poll() is not None:
+                    raise SystemExit(f"the Ray head did not start; see {logs / 'head.log'}")
+                time.sleep(1)
+        second = _ray_node([f"--address={addr}", '--resources={"sweep-node2": 1}', "--dashboard-agent-listen-port=0",
+                            *common], logs / "node2.log", env)
+        while sum(n["Alive"] for n in ray.nodes()) < 2:
+            if time.monotonic() > deadline or second.poll() is not None:
+                raise SystemExit(f"the second Ray node did not join; see {logs / 'node2.log'}")
+            time.sleep(1)
+        nodes = {n["NodeID"]: ("head" if n["Resources"].get("sweep-head") else "node2")
+                 for n in ray.nodes() if n["Alive"]}
+        with tempfile.TemporaryDirectory() as d:
+            res, total = run(args.grid, Path(d) / "two-node", address=addr, workers=2)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for p in (second, head):
+            if p is not None:
+                _stop(p)
+    per_node = {name: sum(c.get("node_id") == nid for c in res["cells"]) for nid, name in nodes.items()}
+    summary = {"benchmark": "sweep_two_node", "grid": str(args.grid), "address": addr, "nodes": nodes,
+               "cells_per_node": per_node, "cells_failed": res["cells_failed"], "wall_s": res["wall_s"],
+               "total_s": total, "loadavg_end": os.getloadavg(),
+               "note": "two Ray nodes (1 CPU each) on one 2-core machine over 127.0.0.1, shared with other jobs",
+               "cells": [{k: c.get(k) for k in ("model", "tool", "method", "precision", "node_id", "pid", "status",
+                                                 *METRICS)} | {"node": nodes.get(c.get("node_id"))}
+                         for c in res["cells"]]}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sweep_two_node.json").write_text(json.dumps(summary, indent=2) + "\n")
+    md = ["# `edgevit sweep` on a two-node Ray cluster (loopback)", "",
+          f"`ray start --head --port {args.port} --num-cpus 1 --resources '{{\"sweep-head\": 1}}'` and "
+          f"`ray start --address {addr} --num-cpus 1 --resources '{{\"sweep-node2\": 1}}'`, both on 127.0.0.1; "
+          f"`edgevit sweep {args.grid} --address {addr} --workers 2`. {summary['note']}.", "",
+          "| node | Ray node id | cells |", "|---|---|---|",
+          *(f"| {name} | `{nid[:16]}…` | {per_node[name]} |" for nid, name in nodes.items()), "",
+          f"{len(res['cells'])} cells, {res['cells_failed']} failed, {res['wall_s']:.1f} s.", "",
+          "| model | tool | method | precision | top-1 % | SQNR dB | node | worker pid |", "|---|---|---|---|---|---|---|---|",
+          *(f"| {c['model']} | {c['tool']} | {c['method']} | {c['precision']} | {c.get('top1') or 0:.2f} | "
+            f"{c.get('sqnr_db') or 0:.1f} | {c['node']} | {c['pid']} |" for c in summary["cells"]), ""]
+    (RESULTS / "sweep_two_node.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["workers", "two-node"])
+    ap.add_argument("--grid", default="benchmarks/grids/sweep_small.yaml")
+    ap.add_argument("--port", type=int, default=6391)
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    (workers_bench if args.what == "workers" else two_node_bench)(args)
+
+
+if __name__ == "__main__":
+    main()
