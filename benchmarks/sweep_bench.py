@@ -91,7 +91,19 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
+def _forget_address(port: int) -> None:
+    """`ray start --head` records its address in /tmp/ray/ray_current_cluster for later `ray.init()` calls
+    to join; `ray stop` removes it, signalling our node does not. Remove it when it still names our head."""
+    f = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        if f.read_text().strip().endswith(f":{port}"):
+            f.unlink()
+    except OSError:
+        pass
+
+
 def two_node_bench(args) -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "token")   # `ray start` clusters require the token in ~/.ray/auth_token
     import ray
     addr = f"127.0.0.1:{args.port}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
@@ -127,9 +139,15 @@ def two_node_bench(args) -> None:
         for p in (second, head):
             if p is not None:
                 _stop(p)
+        _forget_address(args.port)
     per_node = {name: sum(c.get("node_id") == nid for c in res["cells"]) for nid, name in nodes.items()}
+    local = RESULTS / "sweep_workers.json"   # the same grid on one local node, if measured
+    same = None
+    if local.exists() and json.loads(local.read_text())["grid"] == str(args.grid):
+        ref = json.loads(local.read_text())["cells_table"]
+        same = [tuple(r[k] for k in METRICS) for r in ref] == [tuple(c.get(k) for k in METRICS) for c in res["cells"]]
     summary = {"benchmark": "sweep_two_node", "grid": str(args.grid), "address": addr, "nodes": nodes,
-               "cells_per_node": per_node, "cells_failed": res["cells_failed"], "wall_s": res["wall_s"],
+               "cells_per_node": per_node, "identical_to_local_run": same, "cells_failed": res["cells_failed"], "wall_s": res["wall_s"],
                "total_s": total, "loadavg_end": os.getloadavg(),
                "note": "two Ray nodes (1 CPU each) on one 2-core machine over 127.0.0.1, shared with other jobs",
                "cells": [{k: c.get(k) for k in ("model", "tool", "method", "precision", "node_id", "pid", "status",
@@ -143,7 +161,9 @@ def two_node_bench(args) -> None:
           f"`edgevit sweep {args.grid} --address {addr} --workers 2`. {summary['note']}.", "",
           "| node | Ray node id | cells |", "|---|---|---|",
           *(f"| {name} | `{nid[:16]}…` | {per_node[name]} |" for nid, name in nodes.items()), "",
-          f"{len(res['cells'])} cells, {res['cells_failed']} failed, {res['wall_s']:.1f} s.", "",
+          f"{len(res['cells'])} cells, {res['cells_failed']} failed, {res['wall_s']:.1f} s"
+          + ("" if same is None else f"; every cell's top-1, agreement, SQNR and size identical to the local "
+                                     f"run in sweep_workers.json: **{'yes' if same else 'NO'}**") + ".", "",
           "| model | tool | method | precision | top-1 % | SQNR dB | node | worker pid |", "|---|---|---|---|---|---|---|---|",
           *(f"| {c['model']} | {c['tool']} | {c['method']} | {c['precision']} | {c.get('top1') or 0:.2f} | "
             f"{c.get('sqnr_db') or 0:.1f} | {c['node']} | {c['pid']} |" for c in summary["cells"]), ""]

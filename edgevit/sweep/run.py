@@ -108,16 +108,21 @@ def sweep(grid, out, address: str | None = None, workers: int | None = None, pro
 
 def _start_ray(address: str | None, cpus: int):
     """(ray, whether we started it). Quiet and small: the laptop this runs on is doing the work."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        # `ray start` clusters require the token it wrote there (Ray's token auth); without saying so, the
+        # driver retries unauthenticated for minutes
+        os.environ["RAY_AUTH_MODE"] = "token"
     ray = require_ray()
     if ray.is_initialized():
         return ray, False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     quiet = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level=logging.ERROR)
     try:
         if address:
             ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
         else:
-            ray.init(num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES, **quiet)
+            # "local": always a new instance, never one a `ray start` left in /tmp/ray/ray_current_cluster
+            ray.init(address="local", num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES, **quiet)
     except ConnectionError as e:
         raise UsageError(f"no Ray cluster at {address} ({str(e).splitlines()[0][:120]}); start one with "
                          "`ray start --head` or leave --address out for a local one") from e
