@@ -4,6 +4,10 @@ each with its own CPU and a custom resource), with every cell's node recorded.
 
     python benchmarks/sweep_bench.py workers  [--grid benchmarks/grids/sweep_small.yaml]  # → results/sweep_workers.{json,md}
     python benchmarks/sweep_bench.py two-node [--grid …] [--port 6391]                    # → results/sweep_two_node.{json,md}
+    python benchmarks/sweep_bench.py ptq-compare-check [--models mobilenet-mini]           # → results/sweep_ptq_compare_check.{json,md}
+
+`ptq-compare-check` runs the RTN and peer cells of benchmarks/grids/ptq_compare.yaml as a sweep and compares
+every row with the published benchmarks/results/ptq_compare.json (made by the script before it became a grid).
 
 The Ray nodes of `two-node` run `ray start --block` as children of this script and are stopped by
 signalling those children only (never `ray stop`, which would end every Ray on the machine).
@@ -171,14 +175,59 @@ def two_node_bench(args) -> None:
     print("\n".join(md))
 
 
+def ptq_compare_check(args) -> None:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ptq_compare", Path(__file__).parent / "ptq_compare.py")
+    pc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pc)
+    from edgevit.sweep import load_grid
+    grid = pc.narrow(load_grid(pc.GRID), set(args.models), set(pc.PRECISIONS), True, None, None, None)
+    grid.cells = [c for c in grid.cells if c.spec["method"] not in ("adaround", "brecq")]   # the cheap cells
+    with tempfile.TemporaryDirectory() as d:
+        res, total = run(grid, Path(d) / "pc", workers=2)
+    rows, _ = pc.to_rows(res["cells"], peers=True)
+    old = {(r["model"], r["tool"], r["method"], r["fmt"], r["bits"]): r
+           for r in json.loads((RESULTS / "ptq_compare.json").read_text())["results"]}
+    keys = ("top1", "agreement", "sqnr_db", "packed_bytes")
+    compared = []
+    for r in rows:
+        o = old.get((r["model"], r["tool"], r["method"], r["fmt"], r["bits"]))
+        if o is None:
+            continue
+        if r["na"] or o["na"]:
+            compared.append((r, o, bool(r["na"]) == bool(o["na"])))
+            continue
+        compared.append((r, o, all(r.get(k) == o.get(k) or (r.get(k) == float("inf") and o.get(k) == float("inf")) for k in keys)))
+    same = sum(ok for *_, ok in compared)
+    summary = {"benchmark": "sweep_ptq_compare_check", "models": args.models, "rows_compared": len(compared),
+               "rows_identical": same, "wall_s": res["wall_s"], "workers": res["workers"],
+               "rows": [{"model": r["model"], "tool": r["tool"], "method": r["method"], "fmt": r["fmt"], "bits": r["bits"],
+                         **{f"sweep_{k}": r.get(k) for k in keys}, **{f"published_{k}": o.get(k) for k in keys},
+                         "identical": ok} for r, o, ok in compared]}
+    (RESULTS / "sweep_ptq_compare_check.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    md = ["# ptq_compare as a sweep reproduces the published numbers", "",
+          f"The RTN and peer cells of `benchmarks/grids/ptq_compare.yaml` for {', '.join(args.models)}, run by "
+          f"`edgevit.sweep` ({res['workers']} workers, 1 torch thread each), against "
+          f"`benchmarks/results/ptq_compare.json` (the script's own run before it became a grid): "
+          f"**{same} of {len(compared)} rows identical** (top-1, agreement, SQNR, size; n/a rows stay n/a).", "",
+          "| model | tool | method | precision | top-1 % sweep / published | SQNR dB sweep / published | identical |",
+          "|---|---|---|---|---|---|---|",
+          *(f"| {r['model']} | {r['tool']} | {r['method']} | {r['fmt']} {r['bits']} | "
+            + ("n/a | n/a" if r["na"] else f"{r.get('top1') or 0:.2f} / {o.get('top1') or 0:.2f} | "
+               f"{r['sqnr_db']:.2f} / {o['sqnr_db']:.2f}") + f" | {'yes' if ok else 'NO'} |" for r, o, ok in compared), ""]
+    (RESULTS / "sweep_ptq_compare_check.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["workers", "two-node"])
+    ap.add_argument("what", choices=["workers", "two-node", "ptq-compare-check"])
+    ap.add_argument("--models", nargs="+", default=["mobilenet-mini"], help="ptq-compare-check: these models")
     ap.add_argument("--grid", default="benchmarks/grids/sweep_small.yaml")
     ap.add_argument("--port", type=int, default=6391)
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    (workers_bench if args.what == "workers" else two_node_bench)(args)
+    {"workers": workers_bench, "two-node": two_node_bench, "ptq-compare-check": ptq_compare_check}[args.what](args)
 
 
 if __name__ == "__main__":
