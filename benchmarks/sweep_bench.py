@@ -59,6 +59,7 @@ def workers_bench(args) -> None:
                "note": "2-core machine shared with other jobs while measured (see loadavg): the speed-up is indicative only",
                "runs": {n: {"wall_s": r["res"]["wall_s"], "total_s": r["total_s"], "loadavg_start": r["loadavg_start"],
                             "loadavg_end": r["loadavg_end"], "cell_wall_s": sum(c.get("wall_s") or 0 for c in r["res"]["cells"]),
+                            "cell_cpu_s": sum(c.get("cpu_s") or 0 for c in r["res"]["cells"]),
                             "pids": sorted({c["pid"] for c in r["res"]["cells"] if c.get("pid")})}
                         for n, r in runs.items()},
                "cells_table": [{k: c.get(k) for k in ("model", "tool", "method", "precision", *METRICS)}
@@ -69,12 +70,13 @@ def workers_bench(args) -> None:
     md = ["# `edgevit sweep`: 1 vs 2 workers", "",
           f"Grid `{args.grid}` ({summary['cells']} cells), local Ray, 1 torch thread per cell, {os.cpu_count()} CPUs.",
           f"{summary['note']}.", "",
-          "| workers | sweep wall s | with Ray start s | Σ cell s | worker processes | loadavg start → end |",
-          "|---|---|---|---|---|---|",
-          *(f"| {n} | {r['wall_s']:.1f} | {r['total_s']:.1f} | {r['cell_wall_s']:.1f} | {len(r['pids'])} | "
+          "| workers | sweep wall s | with Ray start s | Σ cell wall s | Σ cell CPU s | worker processes | loadavg start → end |",
+          "|---|---|---|---|---|---|---|",
+          *(f"| {n} | {r['wall_s']:.1f} | {r['total_s']:.1f} | {r['cell_wall_s']:.1f} | {r['cell_cpu_s']:.1f} | {len(r['pids'])} | "
             f"{r['loadavg_start'][0]:.1f} → {r['loadavg_end'][0]:.1f} |" for n, r in ((1, r1), (2, r2))), "",
           f"Speed-up with 2 workers: **{speedup:.2f}×**; tables identical (top-1, agreement, SQNR, size of every "
-          f"cell): **{'yes' if identical else 'NO'}**.", ""]
+          f"cell): **{'yes' if identical else 'NO'}**. A cell's CPU time well below its wall time means its worker "
+          "waited for a core that other jobs held.", ""]
     (RESULTS / "sweep_workers.md").write_text("\n".join(md))
     print("\n".join(md))
 

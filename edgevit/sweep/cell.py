@@ -61,7 +61,7 @@ def _hold(hold: dict | None, attempt: int) -> None:
 
 def run_cell(spec: dict, model_sha256: str, attempt: int = 1) -> dict:
     """The cell's result row; an exception inside is a result too (status failed, its one-line error)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     torch.set_num_threads(1)
     row = {"attempts": attempt, **where()}
     try:
@@ -70,6 +70,7 @@ def run_cell(spec: dict, model_sha256: str, attempt: int = 1) -> dict:
     except Exception as e:  # noqa: BLE001 — one cell failing must not end the sweep
         row |= {"status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
     row["wall_s"] = time.perf_counter() - t0
+    row["cpu_s"] = time.process_time() - c0   # ≪ wall_s: the worker waited for a core (a shared machine)
     return row
 
 

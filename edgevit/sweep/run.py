@@ -9,6 +9,7 @@ dashboard, logs kept off the terminal) and shut down again; with one, cells go t
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -67,6 +68,8 @@ def sweep(grid, out, address: str | None = None, workers: int | None = None, pro
     g = grid if isinstance(grid, Grid) else load_grid(grid)
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
+    if importlib.util.find_spec("ray") is None:
+        require_ray()   # the one-line install hint, before anything is written
     out = Path(out)
     prepare_out(out, overwrite)
     done = {k: r for k, r in read_cells(out).items() if r.get("status") == "ok"}
