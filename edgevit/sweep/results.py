@@ -84,8 +84,8 @@ def markdown(rows: list[dict], info: dict) -> str:
     lines = [f"# Sweep `{info.get('name', 'sweep')}`", "",
              f"- {done}/{len(rows)} cells done; {info.get('workers')} workers on "
              f"{len(nodes)} Ray node(s); run on {info.get('address') or 'a local Ray instance'}",
-             f"- accuracy: top-1 % against labels where the data has them, else top-1 agreement % with FP32; "
-             f"SQNR of the logits against FP32; size: the packed checkpoint (onnxruntime: its QDQ .onnx)", "",
+             "- accuracy: top-1 % against labels where the data has them, else top-1 agreement % with FP32; "
+             "SQNR of the logits against FP32; size: the packed checkpoint (onnxruntime: its QDQ .onnx)", "",
              "| model | tool | method | precision | top-1 % | agree % | SQNR dB | size kB | time s | node | status |"
              + (" export |" if exported else ""), "|---" * (11 + exported) + "|"]
     for r in rows:

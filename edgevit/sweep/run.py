@@ -156,7 +156,7 @@ def _schedule(ray, todo, rows, info, save, progress, out) -> None:
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:   # raised outside run_cell's own guard
-                    result = {"status": "failed", "error": _crash_reason(e.cause if e.cause else e), "attempts": attempt}
+                    result = {"status": "failed", "error": _crash_reason(e.cause or e), "attempts": attempt}
                 except Exception as e:  # noqa: BLE001 — the worker or its node died under the cell
                     if attempt < ATTEMPTS:
                         queue.insert(0, (cell, attempt + 1))
