@@ -218,3 +218,15 @@ def test_peers_and_export_are_cells(tmp_path):
     assert ev["export"]["runtime"] == "onnx" and ev["export"]["parity"]["top1_agreement"] > 0.9
     assert ort["sqnr_db"] > 20 and brev["sqnr_db"] > 20 and "FP4" in ort_na["na"]
     assert "node_id" not in ort_na and "onnx" in (tmp_path / "out" / "sweep.md").read_text()
+
+
+@pytest.mark.slow
+def test_analyze_fans_out_over_workers_with_the_serial_rows(cli_runner, tmp_path):
+    args = ["analyze", "mobilenet-mini", "--bits", "w4a8", "--calib", "fashion-mnist:64", "--eval-limit", "200"]
+    serial = cli_runner.invoke(cli, [*args, "--out", str(tmp_path / "serial")])
+    fanned = cli_runner.invoke(cli, [*args, "--workers", "2", "--out", str(tmp_path / "fanned")])
+    assert serial.exit_code == 0 and fanned.exit_code == 0, serial.output + fanned.output
+    a, b = (json.loads((tmp_path / d / "sensitivity.json").read_text()) for d in ("serial", "fanned"))
+    assert len(a["layers"]) > 20 and b["workers"] == 2
+    assert b["layers"] == a["layers"]                      # every row, in model order, bit for bit
+    assert {k: b[k] for k in a} == a

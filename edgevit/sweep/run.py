@@ -88,7 +88,7 @@ def sweep(grid, out, address: str | None = None, workers: int | None = None, pro
         save()
         return {**info, "cells": [rows[c.key] for c in g.cells]}
     pyplot()   # imported now, so a Ctrl-C cannot land inside the import later
-    ray, owns = _start_ray(address, workers or os.cpu_count() or 1)
+    ray, owns = start_ray(address, workers or os.cpu_count() or 1)
     t_start, interrupted = time.perf_counter(), False
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -109,7 +109,7 @@ def sweep(grid, out, address: str | None = None, workers: int | None = None, pro
     return {**info, "cells": [rows[c.key] for c in g.cells]}
 
 
-def _start_ray(address: str | None, cpus: int):
+def start_ray(address: str | None, cpus: int):
     """(ray, whether we started it). Quiet and small: the laptop this runs on is doing the work."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
