@@ -1,24 +1,24 @@
 """Side-by-side PTQ: edgevit RTN / AdaRound / BRECQ vs onnxruntime's quantizer vs brevitas, one run.
 
-Every quantiser sees the same calibration images and is scored on the same evaluation images:
-- bundled vit-small and mobilenet-mini: calibration = Fashion-MNIST train subset (--calib), evaluation =
+The grid is benchmarks/grids/ptq_compare.yaml and it runs as `edgevit sweep` (edgevit.sweep: each cell a Ray
+task in its own process with 1 torch thread; resumable); this script narrows the grid, runs the sweep and
+writes the side-by-side tables. Every quantiser sees the same calibration images and is scored on the same
+evaluation images (edgevit/sweep/cell.py):
+- bundled vit-small and mobilenet-mini: calibration = Fashion-MNIST train subset (256), evaluation =
   a seeded subset of the Fashion-MNIST test set (--eval-limit), top-1 vs labels;
 - mobilenetv2 (real ImageNet weights): the `photos` spec, 126 real photos (7 scenes × 18 views);
   calibration on the 63 even views and their mirror images (`photos+mirror`: 63 photos are too few for
   reconstruction, which over-fits them), evaluation on the 63 odd views: top-1 agreement with FP32, logit SQNR.
-edgevit runs exactly what `edgevit quantize` runs (`edgevit.ptq.ptq`: default graph fixes
+edgevit runs exactly what `edgevit quantize` runs (`edgevit.quantize`: default graph fixes
 — BN folding, CLE over pairs and residual streams, bias correction on models with BN —, default
 observers); the peers get the float model.
 A peer that cannot express a precision gets a row with "n/a" and the reason.
 
-    OMP_NUM_THREADS=1 python benchmarks/ptq_compare.py [--models vit-small mobilenet-mini mobilenetv2]
+    python benchmarks/ptq_compare.py [--models vit-small mobilenet-mini mobilenetv2] [--workers 2]
         [--eval-limit 2000] [--iters 400] [--mnv2-iters 400]   # writes benchmarks/results/ptq_compare.{json,md,png}
 
-Models can run as separate processes (one core each) and be joined afterwards:
-
-    python benchmarks/ptq_compare.py --models vit-small --out /tmp/pc-vit.json &
-    python benchmarks/ptq_compare.py --models mobilenetv2 --out /tmp/pc-mnv2.json & wait
-    python benchmarks/ptq_compare.py --combine /tmp/pc-vit.json /tmp/pc-mnv2.json
+A cluster takes the same grid (`--address auto`); an interrupted run resumes from --sweep-dir. Earlier
+runs' JSON files can still be joined: `python benchmarks/ptq_compare.py --combine a.json b.json`.
 """
 from __future__ import annotations
 
@@ -32,138 +32,84 @@ from pathlib import Path
 
 import torch
 
-import quant
-from edgevit.ptq import load_sets, ptq
-from edgevit.models.registry import load_model
-
 PRECISIONS = [("int", "w8a8"), ("int", "w4a8"), ("int", "w4a6"), ("fp4", "w4a8"), ("fp4", "w4a6"), ("mxfp4", "w4a8")]
-# which (method, precision) pairs run per model: BRECQ everywhere, AdaRound where the issue's claims are
-EDGEVIT_PLAN = {
-    "vit-small": {"rtn": PRECISIONS, "adaround": [("int", "w4a8"), ("int", "w4a6"), ("fp4", "w4a6")], "brecq": PRECISIONS},
-    "mobilenet-mini": {"rtn": PRECISIONS, "adaround": [("int", "w4a8")], "brecq": [("int", "w4a8"), ("int", "w4a6"), ("fp4", "w4a6")]},
-    "mobilenetv2": {"rtn": PRECISIONS, "adaround": [("int", "w8a8"), ("int", "w4a8")],
-                    "brecq": [("int", "w4a8"), ("fp4", "w4a8")]},
-}
+GRID = Path(__file__).parent / "grids" / "ptq_compare.yaml"
 RESULTS = Path(__file__).parent / "results"
+BREVITAS_LABEL = {"rtn": "calib+bias-corr", "gptq": "calib+GPTQ+bias-corr"}
 
 
-# -- data and scoring ---------------------------------------------------------------------------------
-def data_for(name: str, meta, args):
-    """(calibration spec, calibration images, eval images, eval labels or None, note)."""
-    if name == "mobilenetv2":
-        cal, x, _, _ = load_sets(args.mnv2_calib, "photos", None, meta, args.seed)
-        views = "the even views and their mirror images" if args.mnv2_calib.endswith("+mirror") else "the even views"
-        return args.mnv2_calib, cal, x, None, (f"real photos: calibrate on {len(cal)} images ({views}), evaluate top-1 "
-                                               f"agreement with FP32 on the {len(x)} odd views (7 scenes)")
-    cal, x, y, _ = load_sets(args.calib, "fashion-mnist", args.eval_limit, meta, args.seed)
-    return args.calib, cal, x, y, f"Fashion-MNIST: calibrate on {args.calib} (train), evaluate on {len(x)} test images"
+def narrow(grid, models, precisions, peers: bool, eval_limit: int | None, iters: int | None, mnv2_iters: int | None):
+    """The grid's cells for these models and precisions, with the run's evaluation size and reconstruction steps."""
+    cells = []
+    for c in grid.cells:
+        s = c.spec
+        if s["model"] not in models or tuple(s["precision"].split(":")) not in precisions:
+            continue
+        if s["tool"] != "edgevit" and not peers:
+            continue
+        changes = {}
+        if eval_limit is not None and s["eval_limit"] is not None:
+            changes["eval_limit"] = eval_limit
+        steps = mnv2_iters if s["model"] == "mobilenetv2" else iters
+        if steps is not None and "reconstruction" in s["recipe"]:
+            changes["recipe"] = {**s["recipe"], "reconstruction": {**s["recipe"]["reconstruction"], "iters": steps}}
+        cells.append(c.replace(**changes) if changes else c)
+    grid.cells = cells
+    return grid
 
 
-def logits(fn, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([torch.as_tensor(fn(x[i:i + batch])) for i in range(0, len(x), batch)])
-
-
-def score(out: torch.Tensor, ref: torch.Tensor, y) -> dict:
-    s = {"agreement": 100.0 * (out.argmax(-1) == ref.argmax(-1)).double().mean().item(),
-         "sqnr_db": quant.sqnr_db(ref, out)}
-    if y is not None:
-        s["top1"] = 100.0 * (out.argmax(-1) == y).double().mean().item()
-    return s
-
-
-def edgevit_size(qmodel) -> int:
-    with tempfile.TemporaryDirectory() as d:
-        return quant.save_quantized(qmodel, Path(d) / "ck")["total_bytes"]
-
-
-# -- peers --------------------------------------------------------------------------------------------
-def run_edgevit(model, meta, fam, bits, method, calib_spec, recon: dict, seed: int):
-    """`edgevit quantize MODEL --fmt FAM --bits BITS --method METHOD` with the benchmark's reconstruction knobs.
-    RTN gets none: they include the calibration batch size, and on MobileNetV2 W8A8 calibrating in batches of
-    16 instead of 64 moves min-max ranges by float rounding alone — enough to flip 3 of 63 near-tie photos."""
-    t0 = time.perf_counter()
-    recipe = {"reconstruction": recon} if method != "rtn" else {}
-    q, _, _, info = ptq(model, meta, {"family": fam, "bits": bits, "method": method, "calib": calib_spec,
-                                      "seed": seed, "recipe": recipe})
-    units = len((info["method_report"] or {}).get("units", []))
-    return q, time.perf_counter() - t0, {"units": units} if method != "rtn" else {}
-
-
-def ort_capability(fam, bits):
-    if fam != "int":
-        return "onnxruntime quantize_static has INT8/INT4/INT16 QDQ types (FP8 only via its float8 path); no FP4/FP6/MX"
-    if bits == "w4a6":
-        return "onnxruntime QDQ types are 4/8/16 bit: no 6-bit activations"
-    return None
-
-
-def run_ort(model, meta, fam, bits, calib, x, tmp: Path, calib_method: str):
-    """onnxruntime.quantization.quantize_static: QDQ, per-channel weights, static activations."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from runtimes.onnx.export import export_onnx
-    from runtimes.onnx.session import cpu_session
-    fp32 = tmp / "fp32.onnx"
-    if not fp32.exists():
-        export_onnx(model, (1, *x.shape[1:]), fp32)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": calib[i:i + 1].numpy()} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    out = tmp / f"ort_{bits}_{calib_method}.onnx"
-    wtype = QuantType.QInt4 if bits.startswith("w4") else QuantType.QInt8
-    t0 = time.perf_counter()
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=wtype, activation_type=QuantType.QUInt8,
-                    calibrate_method=getattr(CalibrationMethod, calib_method),
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-    secs = time.perf_counter() - t0
-    sess = cpu_session(out)   # the same exact-int8 settings as edgevit's own artifacts
-    fn = lambda b: sess.run(None, {"input": b.numpy()})[0]   # noqa: E731
-    return fn, secs, out.stat().st_size
-
-
-def brevitas_recipe(fam, bits):
-    """The spec brevitas' core quantisers can express for a precision (per-channel FP weights,
-    static per-tensor activations), or (None, reason)."""
-    if fam == "mxfp4":
-        return None, "brevitas core has MX weights but no MX/per-token activation quantiser for the A side"
-    if fam == "int":
-        return {}, None
-    return {"weight_granularity": "channel", "act_granularity": "tensor"}, None
-
-
-def run_brevitas(model, fam, bits, method, calib, recipe):
-    from edgevit.backends import brevitas_backend as bb
-    spec = quant.parse_spec(fam, bits, recipe)
-    t0 = time.perf_counter()
-    q, rep = bb.quantize(model, spec, calib, method=method, keep_brevitas=True)
-    secs = time.perf_counter() - t0
-    return rep.pop("brevitas_model"), q, secs
+def to_rows(cells: list[dict], peers: bool) -> tuple[list[dict], dict]:
+    """Sweep rows → this benchmark's rows (FP32 reference rows first, one n/a row per peer and precision)."""
+    rows, notes, seen = [], {}, set()
+    for m in dict.fromkeys(c["model"] for c in cells):
+        ok = [c for c in cells if c["model"] == m and c.get("status") == "ok"]
+        if ok:
+            notes[m] = ok[0]["data"]
+            fp = {"agreement": 100.0, "sqnr_db": float("inf")} | ({"top1": ok[0]["fp32_top1"]} if "fp32_top1" in ok[0] else {})
+            rows.append({"model": m, "tool": "fp32", "method": "-", "fmt": "fp32", "bits": "w32a32", **fp,
+                         "quantize_s": 0.0, "packed_bytes": ok[0]["fp32_bytes"], "na": None})
+        for c in (c for c in cells if c["model"] == m):
+            tool, method = c["tool"], c["method"]
+            method = {"onnxruntime": f"quantize_static/{method}", "brevitas": BREVITAS_LABEL.get(method)}.get(tool, method)
+            na = c.get("na") or (f"failed: {c.get('error')}" if c.get("status") == "failed" else None)
+            if c.get("status") == "n/a":
+                method = "quantize_static" if tool == "onnxruntime" else method
+                if (m, tool, c["precision"]) in seen:
+                    continue
+                seen.add((m, tool, c["precision"]))
+            row = {"model": m, "tool": tool, "method": method, "fmt": c["fmt"], "bits": c["bits"],
+                   **{k: c[k] for k in ("top1", "agreement", "sqnr_db") if k in c and not na},
+                   "quantize_s": c.get("quantize_s"), "packed_bytes": c.get("size_bytes"), "na": na,
+                   "node_id": c.get("node_id"), "cell": c["key"]}
+            if "units" in c:
+                row["units"] = c["units"]
+            if tool == "brevitas" and not na:
+                row["scheme"] = "per-channel W, static per-tensor A" if c["fmt"] != "int" else "per-channel W, static A"
+                row["as_edgevit_checkpoint"] = c["as_edgevit_checkpoint"]
+            rows.append(row)
+        if peers:
+            rows.append({"model": m, "tool": "onnxruntime", "method": "MatMul4BitsQuantizer", "fmt": "int", "bits": "w4a8",
+                         "quantize_s": None, "packed_bytes": None,
+                         "na": "int4 weight-only for MatMul (activations stay float): not a W4A8 scheme; convs untouched"})
+    return rows, notes
 
 
 # -- main ---------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(EDGEVIT_PLAN))
-    ap.add_argument("--calib", default="fashion-mnist:256")
-    ap.add_argument("--eval-limit", type=int, default=2000)
-    ap.add_argument("--iters", type=int, default=400,
-                    help="reconstruction steps per unit (the CLI default)")
-    ap.add_argument("--mnv2-iters", type=int, default=400,
-                    help="steps per unit on MobileNetV2 (~10 min per AdaRound run on one core at 400)")
-    ap.add_argument("--mnv2-calib", default="photos+mirror",
-                    help="MobileNetV2 calibration spec for every tool (default: the 63 calibration photos and their "
-                         "mirror images; `photos` = the 63 alone)")
+    ap.add_argument("--grid", default=str(GRID))
+    ap.add_argument("--models", nargs="+", default=["vit-small", "mobilenet-mini", "mobilenetv2"])
+    ap.add_argument("--eval-limit", type=int, default=None, help="Fashion-MNIST evaluation images [grid: 2000]")
+    ap.add_argument("--iters", type=int, default=None, help="reconstruction steps per unit [grid: 400, the CLI default]")
+    ap.add_argument("--mnv2-iters", type=int, default=None,
+                    help="steps per unit on MobileNetV2 [grid: 400; ~10 min per AdaRound run on one core]")
     ap.add_argument("--precisions", nargs="+", metavar="FMT:BITS",
                     help="only these precisions (e.g. int:w4a8 int:w8a8); default: all six")
     ap.add_argument("--no-peers", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=None, help="cells in flight (default: every CPU)")
+    ap.add_argument("--address", default=None, help="a running Ray cluster (auto|HOST:PORT); default: a local one")
+    ap.add_argument("--sweep-dir", default=str(Path(tempfile.gettempdir()) / "edgevit-ptq-compare"),
+                    help="the sweep's per-cell results (resumed when run again)")
     ap.add_argument("--combine", nargs="+", metavar="JSON", help="join earlier runs' results into --out; run nothing")
     ap.add_argument("--out", default=str(RESULTS / "ptq_compare.json"))
     args = ap.parse_args()
@@ -180,70 +126,20 @@ def main() -> None:
         rows = {(r["model"], r["tool"], r["method"], r["fmt"], r["bits"]): r for p in parts for r in p["results"]}
         write(Path(args.out), list(rows.values()), {k: v for k, v in info.items() if k != "results"})
         return
-    torch.set_num_threads(1)
-    import onnxruntime
-    onnxruntime.set_default_logger_severity(3)
-    rows, notes, t_start = [], {}, time.perf_counter()
-
-    def add(model, tool, method, fam, bits, s=None, secs=None, size=None, na=None, extra=None):
-        row = {"model": model, "tool": tool, "method": method, "fmt": fam, "bits": bits,
-               **(s or {}), "quantize_s": secs, "packed_bytes": size, "na": na, **(extra or {})}
-        rows.append(row)
-        shown = "n/a: " + na if na else " ".join(f"{k}={v:.2f}" for k, v in (s or {}).items())
-        print(f"  {tool:9s} {method:22s} {fam:5s} {bits}: {shown}" + (f"  ({secs:.0f}s)" if secs else ""), flush=True)
-
-    for name in args.models:
-        model, meta = load_model(name)
-        model.eval()
-        calib_spec, calib, x, y, note = data_for(name, meta, args)
-        notes[name] = note
-        ref = logits(model, x)
-        fp = score(ref, ref, y)
-        print(f"{name}: {note}; FP32 {fp}", flush=True)
-        add(name, "fp32", "-", "fp32", "w32a32", fp, 0.0, sum(p.numel() * 4 for p in model.parameters()))
-        recon = {"iters": args.mnv2_iters if name == "mobilenetv2" else args.iters,
-                 "batch_size": 8 if name == "mobilenetv2" else 32,
-                 "capture_batch": 16 if name == "mobilenetv2" else 64}
-        for method, precs in EDGEVIT_PLAN[name].items():
-            for fam, bits in (p for p in precs if p in precisions):
-                torch.manual_seed(args.seed)
-                q, secs, extra = run_edgevit(model, meta, fam, bits, method, calib_spec, recon, args.seed)
-                add(name, "edgevit", method, fam, bits, score(logits(q, x), ref, y), secs, edgevit_size(q), extra=extra)
-        if args.no_peers:
-            continue
-        with tempfile.TemporaryDirectory() as d:
-            for fam, bits in precisions:
-                why = ort_capability(fam, bits)
-                if why:
-                    add(name, "onnxruntime", "quantize_static", fam, bits, na=why)
-                    continue
-                for cm in ("MinMax", "Percentile"):
-                    try:
-                        fn, secs, size = run_ort(model, meta, fam, bits, calib, x, Path(d), cm)
-                        add(name, "onnxruntime", f"quantize_static/{cm}", fam, bits, score(logits(fn, x), ref, y), secs, size)
-                    except Exception as e:   # a peer failing is a result, not a crash
-                        add(name, "onnxruntime", f"quantize_static/{cm}", fam, bits, na=f"{type(e).__name__}: {str(e)[:160]}")
-        add(name, "onnxruntime", "MatMul4BitsQuantizer", "int", "w4a8",
-            na="int4 weight-only for MatMul (activations stay float): not a W4A8 scheme; convs untouched")
-        for fam, bits in precisions:
-            recipe, why = brevitas_recipe(fam, bits)
-            if why:
-                add(name, "brevitas", "calib+bias-corr", fam, bits, na=why)
-                continue
-            methods = ["rtn"] + (["gptq"] if bits == "w4a8" and fam == "int" else [])
-            for bm in methods:
-                label = {"rtn": "calib+bias-corr", "gptq": "calib+GPTQ+bias-corr"}[bm]
-                try:
-                    bmodel, q, secs = run_brevitas(model, fam, bits, bm, calib, recipe)
-                    scheme = "per-channel W, static per-tensor A" if recipe else "per-channel W, static A"
-                    add(name, "brevitas", label, fam, bits, score(logits(bmodel, x), ref, y), secs, edgevit_size(q),
-                        extra={"scheme": scheme, "as_edgevit_checkpoint": score(logits(q, x), ref, y)})
-                except Exception as e:
-                    add(name, "brevitas", label, fam, bits, na=f"{type(e).__name__}: {str(e)[:160]}")
-
-    meta_info = {"benchmark": "ptq_compare", "data": notes, "seed": args.seed, "iters_per_unit": args.iters,
-                 "iters_mobilenetv2": args.mnv2_iters, "threads": 1, "torch": torch.__version__, "machine": platform.machine(),
-                 "loadavg_end": os.getloadavg(), "total_s": time.perf_counter() - t_start,
+    from edgevit.sweep import load_grid, sweep
+    grid = narrow(load_grid(args.grid), set(args.models), set(precisions), not args.no_peers, args.eval_limit,
+                  args.iters, args.mnv2_iters)
+    t_start = time.perf_counter()
+    res = sweep(grid, args.sweep_dir, address=args.address, workers=args.workers)
+    rows, notes = to_rows(res["cells"], not args.no_peers)
+    iters = {c["model"]: c["spec"]["recipe"]["reconstruction"]["iters"] for c in res["cells"]
+             if "reconstruction" in c["spec"]["recipe"]}
+    meta_info = {"benchmark": "ptq_compare", "grid": str(args.grid), "sweep_dir": args.sweep_dir, "data": notes,
+                 "seed": 0, "iters_per_unit": next((v for m, v in iters.items() if m != "mobilenetv2"), None),
+                 "iters_mobilenetv2": iters.get("mobilenetv2"), "threads": 1, "workers": res["workers"],
+                 "ray_nodes": res["ray_nodes"], "cells_run": res["cells_run"], "cells_reused": res["cells_reused"],
+                 "torch": torch.__version__, "machine": platform.machine(), "loadavg_end": os.getloadavg(),
+                 "total_s": time.perf_counter() - t_start,
                  "note": "2-core machine shared with other jobs: wall times are inflated, accuracy/size are not"}
     write(Path(args.out), rows, meta_info)
 

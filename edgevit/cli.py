@@ -17,7 +17,7 @@ import click
 from edgevit.version import __version__
 from edgevit.errors import StageError, UsageError
 
-COMMAND_MODULES = ["zoo", "quantize", "export", "rewrite", "split", "stitch", "pipeline", "analyze", "hub"]
+COMMAND_MODULES = ["zoo", "quantize", "export", "rewrite", "split", "stitch", "pipeline", "analyze", "hub", "sweep"]
 
 
 class EdgevitGroup(click.Group):

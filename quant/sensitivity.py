@@ -56,19 +56,22 @@ def _top1(out: torch.Tensor, target: torch.Tensor) -> float:
 @torch.no_grad()
 def layer_sensitivity(float_model: nn.Module, qmodel: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
                       leave_one_out: bool = True, batch: int = 256,
-                      progress: Callable[[Iterable], Iterable] = iter) -> dict:
+                      progress: Callable[[Iterable], Iterable] = iter, layers: Iterable[str] | None = None) -> dict:
     """Sensitivity of every quantised layer of `qmodel` on (x, y); without labels top-1 means agreement with
     the float model. Returns {"float_top1", "quant_top1", "quant_sqnr_db", "metric", "layers": [rows]}, each
-    row: layer, kind, params, only_sqnr_db, only_top1, only_drop, and (leave_one_out) float_top1 / float_gain."""
+    row: layer, kind, params, only_sqnr_db, only_top1, only_drop, and (leave_one_out) float_top1 / float_gain.
+    `layers`: rows for these layers only (in model order) — how a caller shards the work across processes;
+    each row is the same as in the full run."""
     ref = logits(float_model.eval(), x, batch)
     target = y if y is not None else ref.argmax(-1)
     qmodel.eval()
     full = logits(qmodel, x, batch)
     base_f, base_q = _top1(ref, target), _top1(full, target)
-    layers = quantized_layers(qmodel)
-    names = [n for n, _ in layers]
+    every = quantized_layers(qmodel)
+    names = [n for n, _ in every]
+    wanted = None if layers is None else set(layers)
     rows = []
-    for name, m in progress(layers):
+    for name, m in progress([(n, m) for n, m in every if wanted is None or n in wanted]):
         with only(qmodel, [name]):
             out = logits(qmodel, x, batch)
         row = {"layer": name, "kind": m.quant_kind,

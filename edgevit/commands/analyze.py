@@ -29,9 +29,14 @@ from edgevit.ptq import finite, graph_defaults, load_sets, plot_sensitivity, pre
 @click.option("--top", default=10, show_default=True, help="Rows in the table of layers that matter.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for sensitivity.json + .png.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Measure the layers in N Ray worker processes (1 torch thread each; pip install edgevit[ray]) "
+                   "[default: in this process].")
+@click.option("--address", default=None, metavar="auto|HOST:PORT",
+              help="With --workers: a running Ray cluster instead of a local Ray instance.")
 @overwrite_option("force")
 def analyze_cmd(model, weights, trust_checkpoint, family, bits, calib, eval_data, eval_limit, fold_bn, equalize,
-                leave_one_out, top, out, seed, force):
+                leave_one_out, top, out, seed, workers, address, force):
     """Per-layer sensitivity of MODEL at one precision: output SQNR and top-1 drop with only that layer
     quantised, and the top-1 gain with only it left float; a bar plot and a table of the layers that matter.
 
@@ -39,20 +44,31 @@ def analyze_cmd(model, weights, trust_checkpoint, family, bits, calib, eval_data
     Examples:
       edgevit analyze mobilenet-mini --bits w4a8 --out out/sens-mini
       edgevit analyze mobilenetv2 --bits w8a8 --calib photos --eval-data photos --out out/sens-mnv2
+      edgevit analyze vit-small --bits w4a8 --workers 2 --out out/sens-vit-s
     """
     import quant
     from quant.sensitivity import layer_sensitivity, ranked
     with spec_errors():
         spec = quant.parse_spec(family, bits)
         quant.check_out_dir(out, force)
+    if workers:
+        from edgevit.sweep.run import require_ray
+        require_ray()   # the install hint before any work
     fmodel, meta = load(model, weights, trust_checkpoint)
     calib_x, eval_x, eval_y, note = load_sets(calib, eval_data, eval_limit, meta, seed)
     opts = graph_defaults(fmodel, fold_bn, equalize, False, False)
     prepared, _, greport = prepare_graph(fmodel, opts, calib_x)
     with spec_errors():
         qmodel = quant.quantize_model(prepared, spec, calib_x.split(64))
-    result = layer_sensitivity(prepared, qmodel, eval_x, eval_y, leave_one_out=leave_one_out,
-                               progress=lambda it: tqdm(list(it), desc="layers", leave=False, disable=None))
+    if workers:
+        from edgevit.sweep.sensitivity import layer_sensitivity_parallel
+        result = layer_sensitivity_parallel(prepared, qmodel, eval_x, eval_y, leave_one_out=leave_one_out,
+                                            workers=workers, address=address,
+                                            progress=lambda total: tqdm(total=total, desc="layers", leave=False,
+                                                                        disable=None))
+    else:
+        result = layer_sensitivity(prepared, qmodel, eval_x, eval_y, leave_one_out=leave_one_out,
+                                   progress=lambda it: tqdm(list(it), desc="layers", leave=False, disable=None))
     result |= {"model": model, "fmt": family, "bits": bits, "graph": greport, "data": note}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
