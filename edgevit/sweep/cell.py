@@ -96,7 +96,7 @@ def _run(spec: dict, model_sha256: str, attempt: int) -> dict:
         import edgevit.api
         torch.manual_seed(seed)
         q = edgevit.api.quantize(model, meta, fmt, bits, method=spec["method"], calib=spec["calib"],
-                                 recipe=spec["recipe"], seed=seed, weights=spec["weights"])
+                                 recipe=spec["recipe"], seed=seed, weights=spec["weights"], eval_data=None)
         out["quantize_s"] = time.perf_counter() - t0
         out |= score(logits(q.model, x), ref, y)
         out["size_bytes"] = packed_bytes(q.model)
