@@ -56,7 +56,7 @@ class RayExecutor(Executor):
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=2, resources={d["ray_resource"]: 1 for d in plan.devices},
+                ray.init(address="local", num_cpus=2, resources={d["ray_resource"]: 1 for d in plan.devices},
                          include_dashboard=False, log_to_driver=False)
                 self.owns_cluster = True
         actor_cls = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)(_DeviceWorker)
