@@ -146,6 +146,61 @@ def test_activation_rounding_in_graph_matches_quant(tmp_path, act):
         assert len(m.functions) == int(as_function and not qdq_pair)
 
 
+@pytest.mark.parametrize("fmt", ["e5m10", "e2m3", "e3m2"])
+def test_carrier_cast_rounds_like_quant(fmt):
+    """The Cast round trip through a carrier type is quant's RNE rounding on every grid point, every midpoint
+    (ties), the float32 neighbours of each midpoint, subnormals and 10^5 random values, both signs."""
+    import onnx
+    import quant
+    from runtimes.onnx.actquant import _Emitter, carrier
+    from runtimes.onnx.functions import Body
+    from runtimes.onnx.session import cpu_session
+    f = quant.parse_format(fmt)
+    assert (carrier(f) is not None) == (fmt == "e5m10")   # float16 only (runtimes.onnx.actquant._CARRIERS)
+    g = f.grid().numpy()
+    mid = ((g[1:].astype(np.float64) + g[:-1]) / 2).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([g, mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, np.float32(1e9)),
+                        np.float32(f.max) * np.float32([1, 1 + 2 ** -23, 1.5, 1e3]),
+                        np.exp(rng.uniform(-60, np.log(f.max), 10 ** 5)).astype(np.float32)]).astype(np.float32)
+    x = np.concatenate([x, -x])
+    body = Body(["x"])
+    y = _Emitter(body).fp_round("x", f)
+    m = onnx.helper.make_model(onnx.helper.make_graph(
+        body.nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None])],
+        [onnx.helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, [None])]),
+        opset_imports=[onnx.helper.make_opsetid("", 21)])
+    got = cpu_session(m.SerializeToString()).run(None, {"x": x})[0]
+    ref = f.round(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, ref)
+    if carrier(f) is not None:
+        assert sum(n.op_type != "Constant" for n in m.graph.node) == 3   # Clip and two Casts, not ~12 ops
+
+
+def test_per_token_fp16_grid_edge_tokens_match_quant(tmp_path):
+    """Per-token E5M10/E2M3 through the carrier: all-zero tokens, tokens below the 1e-12 scale floor, exact
+    maxima and dyadic values give quant's values bit for bit."""
+    import onnx
+    from runtimes.onnx.actquant import ActQuantOp
+    from runtimes.onnx.export import export_onnx
+    from runtimes.onnx.session import cpu_session
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((1, 6, 64)) * np.float32(3.0)).astype(np.float32)
+    x[0, 0] = 0
+    x[0, 1] *= np.float32(1e-10)             # amax/65504 below the scale floor
+    x[0, 2, :8] = np.float32(65504.0)        # the max lands exactly on the top of the grid
+    x[0, 3] = np.arange(64, dtype=np.float32) / 64 + np.float32(2 ** -11)   # a dyadic lattice: exact quotients
+    for fmt in ("e5m10", "e2m3", "e3m2"):
+        op = ActQuantOp(ActQuant(fmt, "per-token"))
+        export_onnx(op, tuple(x.shape), tmp_path / "a.onnx", opset=20, dynamic_batch=True)
+        m = onnx.load(str(tmp_path / "a.onnx"))
+        assert sum(n.op_type == "Cast" for n in m.graph.node) == (2 if fmt == "e5m10" else 1)
+        got = cpu_session(m.SerializeToString()).run(None, {"input": x})[0]
+        with torch.no_grad():
+            ref = op(torch.from_numpy(x)).numpy()
+        np.testing.assert_array_equal(got, ref)
+
+
 def test_vit_w8a8_quantises_every_activation_in_graph(tmp_path, images):
     """quant's default INT w8a8 (uint8 static activations, attention matmul inputs too) → QDQ graph."""
     import onnx
