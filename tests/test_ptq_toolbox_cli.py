@@ -43,6 +43,8 @@ def test_auto_precision_end_to_end(tmp_path):
     report = json.loads((out / "report.json").read_text())
     mp = report["mixed_precision"]
     assert mp["chosen"]["size_bytes"] <= 100e3
+    assert (out / "weights.safetensors").stat().st_size == mp["chosen"]["size_bytes"]   # the promise is the file
+    assert mp["chosen"]["size_bytes"] <= mp["chosen"]["modelled_bytes"]
     assert report["graph_fixes"]["fold_bn"]["folded"] == 25
     assert (out / "pareto.png").stat().st_size > 1000
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())["quantize"]
