@@ -10,9 +10,9 @@ fake-quant model computes; during `torch.onnx.export` a custom symbolic writes t
   INT, dynamic per token    → ReduceMax/ReduceMin scale (and zero point), Round, Clip, in float ops
   FP E5M10 (the A16 grid)   → x/s onto the grid by a Cast round trip through float16, the same RNE rounding
                               with subnormals: two vectorised Casts instead of ~12 ops (`carrier`)
-  FP ExMy (any other E/M)   → x/s onto the grid: the binade by counting powers of two it exceeds, its
-                              step from a table, Round (ties to even), saturate — exact for every ExMy,
-                              including those ONNX has no dtype for (E2M3, E3M2, E3M4)
+  FP ExMy (any other E/M)   → x/s onto the grid: saturate, then Veltkamp's split (rounds to m+1 significant
+                              bits, ties to even) for normal binades and a fixed-step Round below 2^emin —
+                              exact for every ExMy, including those ONNX has no dtype for (E2M3, E3M2, E3M4)
   MX blocks                 → blocks along the axis, shared power-of-two scale 2^(⌊log2 amax⌋ − emax),
                               elements rounded as above
 
@@ -277,12 +277,22 @@ class _Emitter:
                 y = self.op("Clip", y, self.c(-m), self.c(m))
             r = self.op("Cast", self.op("Cast", y, to_i=dtype), to_i=T.FLOAT)
             return self.op("Mul", r, self.c(2.0 ** -k)) if k and not shifted else r
-        a = self.op("Min", self.op("Abs", y), self.c(fmt.max))
-        steps = np.ldexp(np.float32(1), np.arange(fmt.emin, fmt.emax + 1) - fmt.man_bits).astype(np.float32)
-        k = self.binade(a, fmt.emin, fmt.emax)
-        step = self.c(steps[0]) if k is None else self.op("Gather", self.c(steps), k, axis_i=0)
-        r = self.op("Mul", self.op("Round", self.op("Div", a, step)), step)
-        return self.op("Mul", r, self.op("Sign", y))
+        if not bounded:
+            y = self.op("Clip", y, self.c(-fmt.max), self.c(fmt.max))
+        return self.split_round(y, fmt)
+
+    def split_round(self, y, fmt):
+        """RNE of y (|y| ≤ max) onto `fmt`'s grid in plain float32 ops, vectorised, no table or broadcast.
+
+        Normal binades: Veltkamp's split, g = y·(2^(23−m)+1), y_hi = g + (y − g), is y rounded to m+1
+        significant bits, ties to even (checked on every float32 in [1, 2) and scaled binades for m = 1..4);
+        below 2^emin the grid is fixed-step: Round(y·2^(m−emin))·2^(emin−m). Where picks by |y| < 2^emin.
+        """
+        m, emin = fmt.man_bits, fmt.emin
+        g = self.op("Mul", y, self.c(2.0 ** (23 - m) + 1))
+        hi = self.op("Add", g, self.op("Sub", y, g))
+        lo = self.op("Mul", self.op("Round", self.op("Mul", y, self.c(2.0 ** (m - emin)))), self.c(2.0 ** (emin - m)))
+        return self.op("Where", self.op("Less", self.op("Abs", y), self.c(2.0 ** emin)), lo, hi)
 
     def element_round(self, y, el):
         import quant
