@@ -175,8 +175,8 @@ def test_fp_rounding_ops_round_like_quant(fmt):
     ref = f.round(torch.from_numpy(x)).numpy()
     np.testing.assert_array_equal(got, ref)
     ops = [n.op_type for n in m.graph.node if n.op_type != "Constant"]
-    assert ops == (["Clip", "Cast", "Cast"] if carrier(f) else ["Clip", "Mul", "Sub", "Add", "Mul", "Round", "Mul",
-                                                                 "Abs", "Less", "Where"])   # no table, no broadcast
+    assert ops == (["Clip", "Cast", "Cast"] if carrier(f) else ["Clip", "Mul", "Sub", "Add", "Clip", "Add", "Sub",
+                                                                 "Clip", "Sub", "Add"])   # no table, broadcast, Where
 
 
 def test_per_token_fp16_grid_edge_tokens_match_quant(tmp_path):
@@ -242,9 +242,36 @@ def test_fp4_w4a6_vit_exports_with_real_4bit_codes(tmp_path, images):
     q = _quantised("vit-tiny", "fp4", "w4a6")
     art = _export(q, tmp_path / "q", images, spec_from_model(q))
     layers = art.manifest["quant"]["layers"]
-    assert {l["encoding"] for l in layers} == {"packed-lut-fp4_e2m1"}
+    # linears on int8 kernels (E2M1×2 weights, E2M3×8 per-token inputs); the patch conv (per-pixel scales do not
+    # factor out of a conv) and the head (a Gemm on the class token) keep the LUT form
+    assert {l["encoding"] for l in layers} == {"int8-matmul-fp4_e2m1", "packed-lut-fp4_e2m1"}
+    assert [l["name"] for l in layers if l["encoding"].startswith("packed")] == ["patch_embed.proj", "head"]
     assert {l["scale_dtype"] for l in layers} == {"float16"}
     assert art.manifest["parity"]["metrics"]["top1_agreement"] >= 0.99
+    flt = _export(q, tmp_path / "f", images, spec_from_model(q), graph_form="float-matmul")
+    assert {l["encoding"] for l in flt.manifest["quant"]["layers"]} == {"packed-lut-fp4_e2m1"}
+    assert art.size_bytes <= flt.size_bytes * 1.02   # the int8 weights are decoded at session creation
+
+
+@pytest.mark.parametrize("fan_in", [64, 192, 256])   # one group, ragged groups (128 + 64), two whole groups
+def test_fp4_w4a6_integer_matmul_matches_torch(tmp_path, fan_in):
+    """The int8 form of an FP4 W4A6 linear (exact int32 sums, scales outside) equals the fake-quant F.linear up to
+    float32 rounding, per channel and per group of 128 (ragged last group too)."""
+    import onnx
+    import quant
+    from runtimes.onnx.quantized import export_quantized_onnx
+    from runtimes.onnx.session import cpu_session
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(fan_in, 48)).eval()
+    x = torch.randn(4, 9, fan_in) * torch.logspace(-2, 1, fan_in)
+    q = quant.quantize_model(model, quant.parse_spec("fp4", "w4a6", None, ()), x)
+    export_quantized_onnx(q, spec_from_model(q), (1, 9, fan_in), tmp_path / "m.onnx")
+    m = onnx.load(str(tmp_path / "m.onnx"))
+    assert [n.op_type for n in m.graph.node if n.domain == "edgevit"][-1].startswith("imm_e2m3_fp4_e2m1")
+    got = cpu_session(str(tmp_path / "m.onnx")).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = q(x).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
 
 
 def test_parity_failure_writes_nothing(tmp_path, images):
@@ -369,7 +396,10 @@ def test_quantisers_are_local_functions_called_per_site(tmp_path, images):
     from runtimes.onnx.functions import DOMAIN
     q = _quantised("vit-tiny", "fp4", "w4a6")
     spec = spec_from_model(q)
-    art = _export(q, tmp_path / "q", images, spec)
+    m = onnx.load(str(_export(q, tmp_path / "i", images, spec).entry))   # default: linears' quantisers in imm calls
+    calls = [n.op_type for n in m.graph.node if n.domain == DOMAIN]
+    assert sum(c.startswith(("aq_", "imm_")) for c in calls) == len(spec.acts)
+    art = _export(q, tmp_path / "q", images, spec, graph_form="float-matmul")
     m = onnx.load(str(art.entry))
     calls = [n.op_type for n in m.graph.node if n.domain == DOMAIN]
     assert sum(c.startswith("aq_") for c in calls) == len(spec.acts)

@@ -24,9 +24,11 @@ from edgevit.errors import StageError
 @click.option("--opset", type=click.IntRange(17, 23), default=None,
               help="ONNX opset (default 17 for FP32, 21 for quantised graphs).")
 @click.option("--static-batch", is_flag=True, help="Fix the batch at 1 (NPUs want fully static shapes).")
-@click.option("--graph-form", type=click.Choice(["exact", "integer"]), default="exact", show_default=True,
-              help="Quantised graphs: 'exact' rounds only where the torch model does; 'integer' (w8a8 CNNs) "
-                   "also requantises conv outputs and residual adds so onnxruntime runs integer kernels end to end.")
+@click.option("--graph-form", type=click.Choice(["exact", "integer", "float-matmul"]), default="exact", show_default=True,
+              help="Quantised graphs: 'exact' rounds only where the torch model does (FP4 W4A6 linears on int8 "
+                   "kernels where that is exact); 'float-matmul' the same rounding with float matmuls only; 'integer' "
+                   "(w8a8 CNNs) also requantises conv outputs and residual adds so onnxruntime runs integer kernels "
+                   "end to end.")
 @click.option("--calib-data", default="auto:256", show_default=True,
               help="Training images calibrating the integer form's requantisation scales.")
 @click.option("--precision", type=click.Choice(["fp32", "w8a8", "w8a16", "w4a16"]), default=None,
