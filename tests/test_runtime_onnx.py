@@ -431,3 +431,15 @@ def test_16bit_static_activations_export_as_int16_qdq(tmp_path, images):
     m = onnx.load(str(art.entry))
     assert [f.name for f in m.functions] == ["aq_uint16_tensor"]
     assert art.manifest["parity"]["metrics"]["top1_agreement"] >= 0.99
+
+
+def test_bench_peak_rss_is_the_workers_own(tmp_path, images):
+    """runtimes.bench.bench_many's fresh process reports its own peak memory, not its parent's: with 400 MiB held
+    here, vit-tiny's worker (onnxruntime and numpy, no torch) peaks far below it."""
+    from runtimes.bench import _rss_kib, bench_many
+    _export(_model("vit-tiny"), tmp_path / "a", images)
+    held = np.ones(400 * 2 ** 20 // 8)   # touched: resident
+    assert _rss_kib() / 1024 > 400
+    row = bench_many([str(tmp_path / "a")], iters=3, warmup=1)[0]
+    assert 0 < row["peak_rss_mib"] < _rss_kib() / 1024 - 200 and row["session_rss_mib"] > 0
+    del held
