@@ -12,6 +12,12 @@ the layer's low-bit form, read directly by its Conv/Gemm/MatMul (Identity/Transp
   int2/3/5/6/7, int4 per-group on convs    → codes packed 32//b per uint32 word, unpacked in-graph
                                               (BitShift, BitwiseAnd), minus offset, times scale
   fp4 e2m1, fp6 e2m3/e3m2                  → packed codes + Gather on the code→value table, times scale
+  fp4 e2m1 linears with per-token e2m3     → int8 kernels (the default where exact): E2M1×2 weights decoded
+    inputs (FP4DiT's W4A6)                    to int8, E2M3×8 activations to uint8 (+128), MatMulInteger per
+                                              scale group, scales applied to the exact int32 sums (_IntMatMulKind)
+
+Every decoder reads initializers only, so onnxruntime folds it at session creation: weights are decoded once,
+the file keeps the packed codes (the cost moves to session memory: runtimes.bench reports peak RSS).
 
 The packed decoders and the dynamic activation quantisers are model-local functions, written once per
 kind and called at each site (runtimes.onnx.functions): the file then holds little beyond the codes,
