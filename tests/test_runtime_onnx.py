@@ -443,3 +443,23 @@ def test_bench_peak_rss_is_the_workers_own(tmp_path, images):
     row = bench_many([str(tmp_path / "a")], iters=3, warmup=1)[0]
     assert 0 < row["peak_rss_mib"] < _rss_kib() / 1024 - 200 and row["session_rss_mib"] > 0
     del held
+
+
+def test_mx_blocks_with_unknown_feature_size_match_quant():
+    """Where the tracer lost an activation's feature size (timm's LayerNorm outputs), MX blocks are reshaped as
+    (…, −1, block): the same values as quant's quantiser."""
+    import onnx
+    from runtimes.onnx.actquant import _Emitter, reference_quantizer
+    from runtimes.onnx.functions import Body
+    from runtimes.onnx.session import cpu_session
+    aq = ActQuant("mxfp4", "block")
+    body = Body(["x"])
+    y = _Emitter(body).mx("x", aq.format, -1, (3, None))
+    m = onnx.helper.make_model(onnx.helper.make_graph(
+        body.nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, None, None])],
+        [onnx.helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, [None, None, None])]),
+        opset_imports=[onnx.helper.make_opsetid("", 21)])
+    x = torch.randn(2, 5, 96) * torch.logspace(-3, 2, 96)
+    got = cpu_session(m.SerializeToString()).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_array_equal(got, reference_quantizer(aq)(x).numpy())

@@ -306,13 +306,15 @@ class _Emitter:
         return self.fp_round(y, el)
 
     def mx(self, x, fmt, axis: int, shape: tuple):
-        """MX along `axis`: needs the axis length to be a multiple of the block (else a clear error)."""
+        """MX along `axis`: needs the axis length to be a multiple of the block (else a clear error). Where the
+        tracer lost the length (timm's LayerNorm outputs) the blocks are reshaped as (…, −1, block): a length
+        that is not a multiple fails the export's parity run instead."""
         from runtimes.errors import ExportError
         rank, sizes = shape
-        if rank is None or sizes is None or sizes[axis] is None:
-            raise ExportError("MX activation quantisation needs a known feature size at export")
-        n, b = sizes[axis], fmt.block
-        if n % b:
+        if rank is None:
+            raise ExportError("MX activation quantisation needs the activation's rank at export")
+        n, b = (sizes[axis] if sizes is not None else None), fmt.block
+        if n is not None and n % b:
             raise ExportError(f"MX activations in blocks of {b} need the feature axis ({n}) to be a multiple of "
                               f"{b}; use a block size dividing {n} (e.g. mxfp8b{np.gcd(n, b)})")
         perm = None
@@ -321,7 +323,7 @@ class _Emitter:
             x = self.op("Transpose", x, perm_i=perm)
         shape = self.op("Shape", x)
         lead = self.op("Slice", shape, self.c([0], np.int64), self.c([rank - 1], np.int64))
-        gshape = self.op("Concat", lead, self.c([n // b, b], np.int64), axis_i=0)
+        gshape = self.op("Concat", lead, self.c([-1 if n is None else n // b, b], np.int64), axis_i=0)
         blocks = self.op("Reshape", x, gshape)
         amax = self.op("Max", self.reduce("ReduceMax", self.op("Abs", blocks), -1), self.c(2.0 ** -126))
         e = self.binade(self.op("Squeeze", amax, self.c([-1], np.int64)), -126, 127)   # ⌊log2 amax⌋ + 126
