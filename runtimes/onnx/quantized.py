@@ -513,7 +513,7 @@ def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, opset: int, integer
         graph.g.node.insert(first + j, n)
     graph.g.input.remove(next(i for i in graph.g.input if i.name == source))
     direct = [n.op_type for n, k, _ in uses if n.op_type in ("MatMul", "Gemm", "Conv") and k == 1]
-    direct += [n.op_type for n, _, _ in uses if n.op_type.startswith("imm_")]
+    direct += ["MatMulInteger" for n, _, _ in uses if n.op_type.startswith("imm_")]   # the int8-matmul form
     encoding = outputs[0][1] if outputs else "unused"
     return {"name": name, "op": (direct or [n.op_type for n, _, _ in uses] or ["none"])[0], "fmt": lq.fmt,
             "granularity": lq.granularity, "encoding": encoding,
