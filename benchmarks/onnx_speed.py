@@ -1,10 +1,16 @@
-"""ONNX Runtime CPU, batch 1, one thread: INT8 speed-up, W4 size and accuracy of edgevit's graph forms.
+"""ONNX Runtime CPU, batch 1, one thread: speed, size, memory and accuracy of edgevit's low-bit artifacts.
 
-For each bundled trained model: quant's PTQ (RTN, 256 calibration images from the train split) at
-int w8a8 and fp4 w4a6, exported as artifacts side by side with FP32 and onnxruntime's own quantiser
-(static QDQ for the CNN, dynamic for the ViT) as references. Latency is measured interleaved in one
-process (round-robin blocks, median of rounds) so load on a shared machine hits every variant alike;
-the load average is recorded. Top-1 is on 1000 real test images, runtime vs the torch model exported.
+For each model — the bundled trained vit-small and mobilenet-mini (Fashion-MNIST: 256 calibration images
+from the train split, top-1 on 1000 test images) and timm's deit_tiny_patch16_224 at 224 (random init, the
+same seeded model in every process; 32 photos calibrate, all 63 bundled photos for parity and agreement) —
+quant's PTQ (RTN) at int w8a8, int w4a16 (int4 weights, uint16 static activations), fp4 w4a16 (E2M1 weights,
+E5M10 per-token activations), fp4 w4a6 (E2M3 per-token activations) in its default form (linears on int8
+kernels) and in the float-matmul form, and mxfp4 w4a8 (the first conv float: MX activation blocks need 32
+channels), exported side by side with FP32 and onnxruntime's own quantiser (static QDQ for the CNN, dynamic
+for the ViTs). Latency is measured interleaved in one process (round-robin blocks, median of rounds) so load on a shared machine hits every variant alike; the load
+average is recorded. Peak RSS comes from a fresh process per artifact (runtimes.bench.bench_many). SQNR is
+the runtime's logits against the FP32 model's (what quantisation costs); `agree` is runtime vs the torch
+model exported (parity).
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/onnx_speed.py --out benchmarks/results
 
@@ -12,9 +18,6 @@ Every INT8 artifact is timed twice: as edgevit runs it on this CPU (runtimes.onn
 default u8×s8 kernels where they are exact, i.e. AVX-512 VNNI, else `session.x64quantprecision=1`'s u8×u8
 path) and on the other path (`… (exact u8u8 path)` on a VNNI CPU: what exactness would cost; `… (fast u8s8
 path)` elsewhere: what it saves, and the accuracy it loses there). The table names this CPU's int8 features.
-
-`--sizes-only` re-exports and re-measures size and top-1 but takes the latency columns from the results
-already in --out (for a shared machine, where new timings would be distorted); the tables say so.
 """
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ from edgevit.data import calibration_tensor, load_data  # noqa: E402
 from edgevit.models.bundled import FASHION_MNIST_PREPROCESS as PRE, LABELS  # noqa: E402
 from edgevit.models.registry import load_model  # noqa: E402
 from runtimes.artifact import ArtifactWriter, load_artifact  # noqa: E402
-from runtimes.bench import bench_interleaved  # noqa: E402
-from runtimes.errors import ParityError  # noqa: E402
+from runtimes.bench import bench_interleaved, bench_many  # noqa: E402
+from runtimes.errors import ExportError, ParityError  # noqa: E402
+from runtimes.parity import compare  # noqa: E402
 from runtimes.onnx.artifact import export_onnx_artifact  # noqa: E402
 from runtimes.onnx.quantspec import spec_from_model  # noqa: E402
 from runtimes.runner import open_runner  # noqa: E402
@@ -75,128 +79,142 @@ def _ort_reference(fp32_dir: Path, out: Path, kind: str, calib: np.ndarray) -> N
                   "parity": {"thresholds": {"top1_agreement": 0.99}}})
 
 
-def _top1(path: Path, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, options: dict | None = None) -> dict:
-    got = open_runner(path, **(options or {})).run(x)
-    out = {"top1_runtime": round(float((got.argmax(1) == y).mean() * 100), 2)}
+# (variant, --fmt, --bits, graph form); INT8 rows are also timed on the other int8 path (OTHER)
+QUANT_VARIANTS = [("w8a8-exact", "int", "w8a8", "exact"), ("w8a8-integer", "int", "w8a8", "integer"),
+                  ("int-w4a16", "int", "w4a16", "exact"), ("fp4-w4a16", "fp4", "w4a16", "exact"),
+                  ("fp4-w4a6", "fp4", "w4a6", "exact"), ("fp4-w4a6-float-matmul", "fp4", "w4a6", "float-matmul"),
+                  ("mxfp4-w4a8", "mxfp4", "w4a8", "exact")]
+INT8_PATH_VARIANTS = ("w8a8-exact", "w8a8-integer")
+
+
+def _setup(name: str) -> dict:
+    """Model, data and export arguments of one benchmark model."""
+    model, meta = load_model(name if not name.startswith("deit") else f"timm:{name}")
+    model = model.eval()
+    if name in ("vit-small", "mobilenet-mini"):
+        xp, yp = (t.numpy() for t in load_data("fashion-mnist:512", PRE, "test", seed=0))
+        xe, ye = (t.numpy() for t in load_data("fashion-mnist:1000", PRE, "test", seed=1))
+        calib_t = calibration_tensor("fashion-mnist:256", PRE, seed=0)
+        kw = dict(input_shape=(1, 1, 28, 28), preprocess=PRE.to_dict(), labels=list(LABELS), parity_inputs=xp,
+                  parity_labels=yp, model_info={"name": name})
+        return {"model": model, "kw": kw, "xe": xe, "ye": ye, "calib_t": calib_t, "data": "Fashion-MNIST 1000 test",
+                "rounds": None, "iters": None}
+    x = load_data("photos", meta.preprocess, "test", seed=0)[0]
+    calib_t = calibration_tensor("photos:32", meta.preprocess, seed=0)
+    kw = dict(input_shape=tuple(meta.input_shape), preprocess=meta.preprocess.to_dict(), labels=list(meta.labels),
+              parity_inputs=x.numpy(), model_info={"name": f"timm:{name}"}, parity_data="photos:63")
+    return {"model": model, "kw": kw, "xe": x.numpy(), "ye": None, "calib_t": calib_t, "data": "63 photos",
+            "rounds": 7, "iters": 5}
+
+
+def _metrics(path: Path, x: np.ndarray, y, ref: np.ndarray | None, fp32: np.ndarray, options: dict | None = None) -> dict:
+    """Top-1 (labelled data), logit SQNR against the FP32 model, agreement with the exported torch model."""
+    runner = open_runner(path, **(options or {}))
+    got = np.concatenate([runner.run(x[i:i + 16]) for i in range(0, len(x), 16)])
+    out = {"sqnr_vs_fp32_db": compare(fp32, got)["sqnr_db"]}
+    if y is not None:
+        out["top1_runtime"] = round(float((got.argmax(1) == y).mean() * 100), 2)
     if ref is not None:
-        out["top1_torch"] = round(float((ref.argmax(1) == y).mean() * 100), 2)
-        out["top1_agreement"] = round(float((got.argmax(1) == ref.argmax(1)).mean() * 100), 2)
+        m = compare(ref, got)
+        out["top1_agreement"] = round(100 * m["top1_agreement_decisive"], 2)
+        out["agreement_images"] = m["decisive_n"]
     return out
-
-
-def _earlier_timing(previous: dict, model: str, variant: str, art) -> dict:
-    """The timing fields of `variant` from the previous results, with this run's graph form and file size."""
-    old = previous["models"].get(model, {}).get(variant, {})
-    keep = ("median_ms", "rounds_ms_min_max", "threads", "rounds", "iters_per_round", "loadavg_start",
-            "loadavg_end", "speedup_vs_fp32")
-    return {"artifact": str(art.root), "precision": art.precision(),
-            "graph_form": (art.manifest.get("quant") or {}).get("graph_form", "float"),
-            **{k: old[k] for k in keep if k in old}, "file_bytes": art.size_bytes, "timing_from_previous_run": True}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--models", default="vit-small,mobilenet-mini")
+    ap.add_argument("--models", default="vit-small,mobilenet-mini,deit_tiny_patch16_224")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--rss-iters", type=int, default=20, help="Runs per fresh-process peak-RSS measurement.")
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "edgevit-onnx-speed"),
                     help="Where the compared artifacts are written (not part of the results).")
-    ap.add_argument("--sizes-only", action="store_true",
-                    help="Skip timing; keep the latency columns of the existing results in --out.")
     a = ap.parse_args()
-    previous = json.loads((Path(a.out) / "onnx_speed.json").read_text()) if a.sizes_only else None
     torch.set_num_threads(1)
     out = Path(a.out)
     work = Path(a.work)
-    xp, yp = (t.numpy() for t in load_data("fashion-mnist:512", PRE, "test", seed=0))
-    xe, ye = (t.numpy() for t in load_data("fashion-mnist:1000", PRE, "test", seed=1))
-    calib_t = calibration_tensor("fashion-mnist:256", PRE, seed=0)
-    calib = calib_t.numpy()
-    results = {"machine": {**machine.describe(), "u8s8_exact": machine.u8s8_exact(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                           "note": "ratios from interleaved rounds in one process", "loadavg": [round(v, 2) for v in os.getloadavg()]},
+    results = {"machine": {**machine.describe(), "u8s8_exact": machine.u8s8_exact(), "cpu_count": os.cpu_count(),
+                           "platform": platform.platform(), "note": "ratios from interleaved rounds in one process; "
+                           "the machine was shared with other jobs", "loadavg": [round(v, 2) for v in os.getloadavg()]},
                "models": {}}
     for name in a.models.split(","):
-        model = load_model(name)[0].eval()
+        st = _setup(name)
+        model, kw, xe, ye, calib_t = st["model"], st["kw"], st["xe"], st["ye"], st["calib_t"]
+        calib = calib_t.numpy()
         d = work / name
         shutil.rmtree(d, ignore_errors=True)
-        kw = dict(input_shape=(1, 1, 28, 28), preprocess=PRE.to_dict(), labels=list(LABELS), parity_inputs=xp,
-                  parity_labels=yp, model_info={"name": name})
         rows, refs = {}, {"fp32": None}
         export_onnx_artifact(model, d / "fp32", **kw)
-        q8 = quant.quantize_model(model, quant.parse_spec("int", "w8a8", None, ()), calib_t)
-        export_onnx_artifact(q8, d / "w8a8-exact", quant_spec=spec_from_model(q8), **kw)
-        variants = ["fp32", "w8a8-exact"]
-        if name == "mobilenet-mini":
+        with torch.no_grad():
+            fp32_logits = np.concatenate([model(torch.from_numpy(xe[i:i + 16])).numpy() for i in range(0, len(xe), 16)])
+        variants = ["fp32"]
+        cnn = name == "mobilenet-mini"
+        for v, fam, bits, form in QUANT_VARIANTS:
+            if (form == "integer") != (cnn and v == "w8a8-integer") or (cnn and v == "fp4-w4a6-float-matmul"):
+                continue   # the requantised integer form is for CNNs; the FP4 int8-matmul form for linears
+            # MX activations come in blocks of 32 channels: the first conv's 1- or 3-channel input stays float
+            first = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+            keep = (first,) if fam.startswith("mx") else ()
+            q = quant.quantize_model(model, quant.parse_spec(fam, bits, None, keep), calib_t)
             try:
-                export_onnx_artifact(q8, d / "w8a8-integer", quant_spec=spec_from_model(q8), graph_form="integer",
-                                     calib_inputs=calib, **kw)
-                variants.append("w8a8-integer")
-            except ParityError as e:
-                rows["w8a8-integer"] = {"error": str(e)}
-        ort_kind = "static" if name == "mobilenet-mini" else "dynamic"
+                export_onnx_artifact(q, d / v, quant_spec=spec_from_model(q), graph_form=form,
+                                     calib_inputs=calib if form == "integer" else None, **kw)
+            except (ParityError, ExportError) as e:
+                rows[v] = {"error": str(e)}
+                continue
+            with torch.no_grad():
+                refs[v] = np.concatenate([q(torch.from_numpy(xe[i:i + 16])).numpy() for i in range(0, len(xe), 16)])
+            variants.append(v)
+        ort_kind = "static" if cnn else "dynamic"
         _ort_reference(d / "fp32", d / f"ort-{ort_kind}", ort_kind, calib[:128])
         variants.append(f"ort-{ort_kind}")
-        with torch.no_grad():
-            refs.update({v: q8(torch.from_numpy(xe)).numpy() for v in variants if v.startswith("w8a8")})
-            refs[f"ort-{ort_kind}"] = model(torch.from_numpy(xe)).numpy()
-        q4 = quant.quantize_model(model, quant.parse_spec("fp4", "w4a6", None, ()), calib_t)
-        try:
-            export_onnx_artifact(q4, d / "w4a6-fp4", quant_spec=spec_from_model(q4), **kw)
-            with torch.no_grad():
-                refs["w4a6-fp4"] = q4(torch.from_numpy(xe)).numpy()
-            sized = ["w4a6-fp4"]
-        except ParityError as e:
-            rows["w4a6-fp4"] = {"error": str(e)}
-            sized = []
+        refs[f"ort-{ort_kind}"] = fp32_logits
         fp32_bytes = load_artifact(d / "fp32").size_bytes
-        variants += [v + OTHER for v in variants if v != "fp32"]
-        refs.update({v + OTHER: refs.get(v) for v in variants if not v.endswith(OTHER)})
+        variants += [v + OTHER for v in variants if v in (*INT8_PATH_VARIANTS, f"ort-{ort_kind}")]
+        refs.update({v + OTHER: refs.get(v) for v in list(refs)})
         path = {v: d / v.removesuffix(OTHER) for v in variants}
-        if previous is None:
-            timing = bench_interleaved([str(path[v]) for v in variants], rounds=a.rounds, iters=a.iters,
-                                       options=[_runner_options(v) for v in variants])
-            base = timing[0]["median_ms"]
-            timing = [{**t, "speedup_vs_fp32": round(base / t["median_ms"], 3)} for t in timing]
-        else:   # latency from the earlier timed run; size from the artifacts just written
-            timing = [_earlier_timing(previous, name, v, load_artifact(path[v])) for v in variants]
+        timing = bench_interleaved([str(path[v]) for v in variants], rounds=st["rounds"] or a.rounds,
+                                   iters=st["iters"] or a.iters, options=[_runner_options(v) for v in variants])
+        base = timing[0]["median_ms"]
+        timing = [{**t, "speedup_vs_fp32": round(base / t["median_ms"], 3)} for t in timing]
+        plain = [v for v in variants if not v.endswith(OTHER)]
+        rss = dict(zip(plain, bench_many([str(path[v]) for v in plain], iters=a.rss_iters, warmup=5)))
         for v, t in zip(variants, timing):
+            r = rss.get(v.removesuffix(OTHER), {})
             rows[v] = {**t, "size_vs_fp32": round(t["file_bytes"] / fp32_bytes, 4),
-                       **_top1(path[v], xe, ye, refs.get(v), _runner_options(v))}
-        for v in sized:
-            art = load_artifact(d / v)
-            rows[v] = {"precision": art.precision(), "graph_form": art.manifest["quant"]["graph_form"],
-                       "file_bytes": art.size_bytes, "size_vs_fp32": round(art.size_bytes / fp32_bytes, 4),
-                       **_top1(d / v, xe, ye, refs[v])}
-        results["models"][name] = rows
+                       "peak_rss_mib": r.get("peak_rss_mib"), "session_rss_mib": r.get("session_rss_mib"),
+                       **_metrics(path[v], xe, ye, refs.get(v), fp32_logits, _runner_options(v))}
+        results["models"][name] = {"data": st["data"], "rows": rows}
         for v, r in rows.items():
-            print(name, v, {k: r.get(k) for k in ("median_ms", "speedup_vs_fp32", "size_vs_fp32", "top1_runtime",
-                                                 "top1_torch", "error")})
-    if previous is not None:
-        results["machine"]["timing"] = ("latency columns copied from the previous timed run (loadavg there); sizes "
-                                        "and top-1 from this run")
+            print(name, v, {k: r.get(k) for k in ("median_ms", "speedup_vs_fp32", "size_vs_fp32", "peak_rss_mib",
+                                                 "sqnr_vs_fp32_db", "top1_runtime", "top1_agreement", "error")})
     out.mkdir(parents=True, exist_ok=True)
     (out / "onnx_speed.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["# ONNX Runtime CPU: INT8 speed, W4 size (batch 1, 1 thread)", "",
-             f"CPU: {machine.summary(results['machine'])}; its u8×s8 kernels are "
-             f"{'exact (VNNI)' if results['machine']['u8s8_exact'] else 'inexact (no VNNI): edgevit runs the exact u8×u8 path'}. "
-             f"Rows ending `{OTHER.strip()}` run the same artifact on the path edgevit does not take on this CPU.",
-             "Interleaved A/B in one process (median of rounds); 2-core machine; load average in the JSON."
-             + (" Latency from the previous timed run; sizes and top-1 re-measured." if previous is not None else ""),
-             "Top-1 on 1000 Fashion-MNIST test images; `torch` is the model that was exported (fake-quant); "
-             "`agree` is runtime-vs-torch top-1 agreement.", "",
-             "| model | variant | graph form | median ms | speed-up | size | size/FP32 | top-1 runtime | top-1 torch | agree |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, rows in results["models"].items():
-        for v, r in rows.items():
+    mach = results["machine"]
+    lines = ["# ONNX Runtime CPU: low-bit speed, size, memory (batch 1, 1 thread)", "",
+             f"CPU: {machine.summary(mach)}; its u8×s8 kernels are "
+             f"{'exact (VNNI)' if mach['u8s8_exact'] else 'inexact (no VNNI): edgevit runs the exact u8×u8 path'}. "
+             f"Rows ending `{OTHER.strip()}` run the same artifact on the int8 path edgevit does not take on this CPU.",
+             "Speed-up: interleaved A/B in one process (median of rounds) on a 2-core machine shared with other jobs "
+             "(load average in the JSON): ratios, not absolute times. Peak RSS: a fresh process per artifact (its "
+             "imports included; in brackets what opening the session added).",
+             "SQNR: runtime logits vs the FP32 model's. `agree`: runtime vs the torch model exported, top-1 on the "
+             "images that are not near-ties (runtimes/parity.py). `top-1`: Fashion-MNIST test labels.", "",
+             "| model | variant | graph form | speed-up | median ms | size | size/FP32 | peak RSS | SQNR vs FP32 | top-1 | agree |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in results["models"].items():
+        for v, r in entry["rows"].items():
             if "error" in r:
-                lines.append(f"| {name} | {v} | export refused: {r['error'][:90]} | | | | | | | |")
+                lines.append(f"| {name} | {v} | export refused: {r['error'][:90]} | | | | | | | | |")
                 continue
-            ms = f"{r['median_ms']:.3f}" if "median_ms" in r else "-"
-            sp = f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else "-"
-            lines.append(f"| {name} | {v} | {r['graph_form']} | {ms} | {sp} | {r['file_bytes'] / 1e3:.1f} kB | "
-                         f"{r['size_vs_fp32']:.4f} | {r['top1_runtime']:.2f} | {r.get('top1_torch', '-')} | "
-                         f"{r.get('top1_agreement', '-')} |")
+            sq = r["sqnr_vs_fp32_db"]
+            sq = "-" if v == "fp32" else ("inf" if sq == "inf" else f"{sq:.1f} dB")
+            rss = (f"{r['peak_rss_mib']:.0f} (+{r['session_rss_mib']:.0f}) MiB" if r.get("peak_rss_mib") is not None
+                   else "-")
+            lines.append(f"| {name} | {v} | {r['graph_form']} | {r['speedup_vs_fp32']:.2f}x | {r['median_ms']:.3f} | "
+                         f"{r['file_bytes'] / 1e3:.1f} kB | {r['size_vs_fp32']:.3f} | {rss} | {sq} | "
+                         f"{r.get('top1_runtime', '-')} | {r.get('top1_agreement', '-')} |")
     (out / "onnx_speed.md").write_text("\n".join(lines) + "\n")
 
 

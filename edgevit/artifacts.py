@@ -79,8 +79,8 @@ def check_request(runtime: str, precision: str | None = None, weight_scales: str
         raise UsageError("ONNX precision comes from the quantised checkpoint: run `edgevit quantize` and export its directory")
     if runtime != "tflite" and weight_scales != "minmax":
         raise UsageError("--weight-scales applies to --runtime tflite")
-    if graph_form == "integer" and not quantized:
-        raise UsageError("--graph-form integer needs a quantised checkpoint; run `edgevit quantize --bits w8a8` first")
+    if graph_form in ("integer", "float-matmul") and not quantized:
+        raise UsageError(f"--graph-form {graph_form} needs a quantised checkpoint; run `edgevit quantize` first")
     if runtime == "qnn":
         from runtimes.qnn.compile import parse_soc
         from runtimes.qnn.errors import require_qnn

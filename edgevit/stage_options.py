@@ -173,8 +173,9 @@ EXPORT = [
     O(["--seed"], default=0, show_default=True, help="Seed for the parity subset."),
     O(["--opset"], type=click.IntRange(17, 23), default=None, help="ONNX opset (default 17 for FP32, 21 for quantised graphs)."),
     O(["--static-batch"], is_flag=True, help="Fix the batch at 1 (NPUs want fully static shapes)."),
-    O(["--graph-form"], type=click.Choice(["exact", "integer"]), default="exact", show_default=True,
-      help="Quantised graphs: 'exact' rounds only where the torch model does; 'integer' (w8a8 CNNs) "
+    O(["--graph-form"], type=click.Choice(["exact", "integer", "float-matmul"]), default="exact", show_default=True,
+      help="Quantised graphs: 'exact' rounds only where the torch model does (FP4 W4A6 linears on int8 kernels "
+           "where that is exact); 'float-matmul' the same rounding with float matmuls only; 'integer' (w8a8 CNNs) "
            "also requantises conv outputs and residual adds so onnxruntime runs integer kernels end to end."),
     O(["--calib-data"], default="auto:256", show_default=True,
       help="Training images calibrating the integer form's requantisation scales."),

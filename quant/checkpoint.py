@@ -81,13 +81,26 @@ def _expand_configs(cfg: dict) -> dict[str, dict]:
             for name, e in cfg["layers"].items()}
 
 
+WEIGHTS_METADATA = {"format": "edgevit-quant"}
+
+
+def checkpoint_tensors(qmodel: nn.Module) -> dict[str, np.ndarray]:
+    """The tensors `write_quantized` stores for `qmodel`, by name (packed codes, scales, float tensors)."""
+    return _tensors(qmodel)[0]
+
+
+def weights_file_bytes(qmodel: nn.Module) -> int:
+    """The exact size of the weights.safetensors `write_quantized` writes for `qmodel`."""
+    return safetensors_io.file_bytes(checkpoint_tensors(qmodel), WEIGHTS_METADATA)
+
+
 def write_quantized(qmodel: nn.Module, directory: str | Path, model_info: dict | None = None) -> dict:
     """Write the checkpoint files into an existing directory; returns the size summary."""
     if not hasattr(qmodel, "quant_plan"):
         raise SpecError("not a quantised model: make it with quant.quantize_model or quant.load_quantized")
     directory = Path(directory)
     tensors, layers, ideal = _tensors(qmodel)
-    nbytes = safetensors_io.write(directory / WEIGHTS_FILE, tensors, {"format": "edgevit-quant"})
+    nbytes = safetensors_io.write(directory / WEIGHTS_FILE, tensors, WEIGHTS_METADATA)
     ideal_total = int(sum(ideal.values()))
     sizes = {"weights_file_bytes": nbytes, "ideal_bytes": ideal_total,
              "ideal_breakdown": {k: int(v) for k, v in ideal.items()}, "overhead_vs_ideal": nbytes / ideal_total - 1}

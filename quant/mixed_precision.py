@@ -10,8 +10,10 @@
    Σ cost_i(c_i) ≤ budget. Solved exactly by dynamic programming over the budget cut into bins, with every
    cost rounded *up* to a bin, so the returned assignment never exceeds the budget. Greedy (best Δ per
    byte first) is not optimal for a knapsack; the DP is and costs O(layers × candidates × bins).
-3. Costs: size = packed codes + scales (what quant.checkpoint stores); latency = a per-layer roofline
-   (`CostModel`): max(MACs / MAC rate for the precision, bytes moved / bandwidth).
+3. Costs: size = packed codes + scales (`weight_bytes`, what a kernel reads); `edgevit quantize --bits auto
+   --max-size` costs the file instead — every tensor a layer adds to weights.safetensors with its header
+   entry, as upper bounds (edgevit.ptq.auto.file_costs) — so the budget bounds the file the user gets;
+   latency = a per-layer roofline (`CostModel`): max(MACs / MAC rate for the precision, bytes moved / bandwidth).
 """
 from __future__ import annotations
 

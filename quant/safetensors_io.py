@@ -18,6 +18,30 @@ _NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
 
 def write(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> int:
     """Write `tensors` (C-contiguous numpy arrays) to `path`; returns the file size in bytes."""
+    raw, blobs = _serialise(tensors, metadata)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for b in blobs:
+            f.write(b)
+    return 8 + len(raw) + sum(len(b) for b in blobs)
+
+
+def file_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> int:
+    """The exact size `write` would give the file, without writing it (budgets promise file sizes)."""
+    raw, blobs = _serialise(tensors, metadata)
+    return 8 + len(raw) + sum(len(b) for b in blobs)
+
+
+def entry_bytes(name: str, arr: np.ndarray, offset_digits: int) -> int:
+    """An upper bound on what one tensor adds to a file: its data plus its header entry and comma, with both
+    data offsets written with `offset_digits` digits (the file's offsets have at most that many)."""
+    arr = np.asarray(arr)
+    entry = {name: {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape), "data_offsets": [0, 0]}}
+    return arr.nbytes + len(json.dumps(entry, separators=(",", ":"))) - 2 + 1 + 2 * (offset_digits - 1)
+
+
+def _serialise(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None) -> tuple[bytes, list[bytes]]:
     header, offset, blobs = {}, 0, []
     for name in sorted(tensors):
         arr = np.asarray(tensors[name])
@@ -32,12 +56,7 @@ def write(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, 
         header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * ((8 - len(raw) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for b in blobs:
-            f.write(b)
-    return 8 + len(raw) + offset
+    return raw, blobs
 
 
 def read(path: str | Path) -> dict[str, np.ndarray]:

@@ -18,7 +18,18 @@ import numpy as np
 
 
 def _rss_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    """Peak resident memory of this process so far, KiB: /proc/self/status VmHWM on Linux.
+
+    Not getrusage's ru_maxrss: Linux carries that across fork and execve, so a fresh worker reported the
+    parent's peak (benchmarks/onnx_speed.py showed its own 0.6-1.7 GB for every artifact); VmHWM belongs to
+    the address space, which execve replaces."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
 
 
 def bench_one(path: str, threads: int = 1, warmup: int = 20, iters: int = 200, batch: int = 1,

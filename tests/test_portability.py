@@ -159,3 +159,35 @@ def test_same_seed_same_bytes_at_1_and_2_threads(tmp_path):
     _edgevit(["quantize", "vit-tiny", "--fmt", "int", "--bits", "w4a8", "--calib", "fashion-mnist:32", "--seed", "1",
               "--eval-limit", "32", "--out", "q-seed1"], 1, tmp_path)
     assert (tmp_path / "q-seed1" / "quant.json").read_bytes() != (tmp_path / "q-rtn-1" / "quant.json").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(QEMU is None, reason="qemu-user-static is not installed (make install adds it)")
+def test_fp4_w4a6_integer_matmuls_are_exact_on_an_avx2_cpu(cli_runner, tmp_path):
+    """FP4 W4A6 linears on onnxruntime's int8 kernels (runtimes.onnx.quantized._IntMatMulKind) on an emulated
+    AVX2-only CPU: |activation| ≤ 60 (+128 as uint8) and |weight| ≤ 12 keep the u8×s8 int16 pair sums far from
+    saturation, so the integer sums equal this CPU's; only float kernels (LayerNorm, GELU, softmax) may differ."""
+    from edgevit.data import load_data
+    from edgevit.ptq import load_checkpoint
+    from runtimes import parity
+    from runtimes.runner import open_runner, run_batched
+    q, a = tmp_path / "q", tmp_path / "a"
+    r = cli_runner.invoke(cli, ["quantize", "vit-small", "--fmt", "fp4", "--bits", "w4a6", "--calib", "fashion-mnist:64",
+                                "--eval-data", "fashion-mnist:64", "--out", str(q)])
+    assert r.exit_code == 0, r.output
+    r = cli_runner.invoke(cli, ["export", str(q), "--runtime", "onnx", "--out", str(a), "--parity-data", "fashion-mnist:128"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert manifest["quant"]["graph_form"].startswith("int8-matmul-fp4_e2m1")
+    qmodel, meta = load_checkpoint(q)
+    x, _ = load_data("fashion-mnist:256", meta.preprocess, split="test", seed=3)
+    with torch.no_grad():
+        ref = qmodel.eval()(x).numpy()
+    np.save(tmp_path / "x.npy", x.numpy())
+    out = tmp_path / "y.npy"
+    subprocess.run([QEMU, "-cpu", "max", sys.executable, "-c", _RUN, str(a), str(tmp_path / "x.npy"), str(out)],
+                   cwd=ROOT, check=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    emulated = np.load(out)
+    assert parity.failures(parity.compare(ref, emulated), manifest["parity"]["thresholds"]) == []
+    same = parity.compare(run_batched(open_runner(a), x.numpy(), 64), emulated)
+    assert same["top1_agreement"] == 1.0 and (same["sqnr_db"] == "inf" or same["sqnr_db"] > 40), same

@@ -193,3 +193,30 @@ def test_bad_candidates_rejected():
 def test_find_pairs_skips_bn_that_is_not_folded():
     model = small_cnn()
     assert find_pairs(model) == []
+
+
+@torch.no_grad()
+def test_size_costs_bound_the_written_weights_file(data, tmp_path):
+    """`--bits auto --max-size` costs (edgevit.ptq.auto.file_costs) are upper bounds of the weights.safetensors
+    any mix writes, within a few bytes per tensor: a budget met by the costs is met by the file."""
+    from edgevit.ptq.auto import file_costs
+    from quant.checkpoint import save_quantized, weights_file_bytes
+    from quant.mixed_precision import assignment_recipe
+    model = small_cnn()
+    fold_bn(model)
+    cands = parse_candidates("int:w8a8,int:w4a8,int:w2a8,float")
+    names = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+
+    def build(picks):
+        recipe = assignment_recipe(names, cands, picks, {})
+        return quant.quantize_model(model, quant.parse_spec("int", "w8a8", recipe, ()), data[:32])
+
+    sizes, fixed = file_costs(names, [build(np.full(len(names), j)) for j in range(len(cands))])
+    rng = np.random.default_rng(0)
+    for picks in [np.full(len(names), 1), *rng.integers(0, len(cands), (4, len(names)))]:
+        q = build(picks)
+        real = weights_file_bytes(q)
+        bound = fixed + sizes[np.arange(len(names)), picks].sum()
+        assert real <= bound <= real + 16 * (len(names) + 1)
+    written = save_quantized(q, tmp_path / "q")["weights_file_bytes"]
+    assert written == real == (tmp_path / "q" / "weights.safetensors").stat().st_size

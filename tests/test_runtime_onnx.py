@@ -146,6 +146,63 @@ def test_activation_rounding_in_graph_matches_quant(tmp_path, act):
         assert len(m.functions) == int(as_function and not qdq_pair)
 
 
+@pytest.mark.parametrize("fmt", ["e5m10", "e2m3", "e3m2", "e2m1", "e3m4", "e4m3fn", "e5m2", "e3m0"])
+def test_fp_rounding_ops_round_like_quant(fmt):
+    """The in-graph FP rounding (float16 Cast round trip for E5M10, Veltkamp split + subnormal Round for the
+    rest) is quant's RNE rounding on every grid point, every midpoint (ties), the float32 neighbours of each
+    midpoint, values past max, subnormals and 10^5 random values, both signs."""
+    import onnx
+    import quant
+    from runtimes.onnx.actquant import _Emitter, carrier
+    from runtimes.onnx.functions import Body
+    from runtimes.onnx.session import cpu_session
+    f = quant.parse_format(fmt)
+    assert (carrier(f) is not None) == (fmt == "e5m10")   # float16 only (runtimes.onnx.actquant._CARRIERS)
+    g = f.grid().numpy()
+    mid = ((g[1:].astype(np.float64) + g[:-1]) / 2).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([g, mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, np.float32(1e9)),
+                        np.float32(f.max) * np.float32([1, 1 + 2 ** -23, 1.5, 1e3]),
+                        np.exp(rng.uniform(-60, np.log(f.max), 10 ** 5)).astype(np.float32)]).astype(np.float32)
+    x = np.concatenate([x, -x])
+    body = Body(["x"])
+    y = _Emitter(body).fp_round("x", f)
+    m = onnx.helper.make_model(onnx.helper.make_graph(
+        body.nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None])],
+        [onnx.helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, [None])]),
+        opset_imports=[onnx.helper.make_opsetid("", 21)])
+    got = cpu_session(m.SerializeToString()).run(None, {"x": x})[0]
+    ref = f.round(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, ref)
+    ops = [n.op_type for n in m.graph.node if n.op_type != "Constant"]
+    assert ops == (["Clip", "Cast", "Cast"] if carrier(f) else ["Clip", "Mul", "Sub", "Add", "Clip", "Add", "Sub",
+                                                                 "Clip", "Sub", "Add"])   # no table, broadcast, Where
+
+
+def test_per_token_fp16_grid_edge_tokens_match_quant(tmp_path):
+    """Per-token E5M10/E2M3 through the carrier: all-zero tokens, tokens below the 1e-12 scale floor, exact
+    maxima and dyadic values give quant's values bit for bit."""
+    import onnx
+    from runtimes.onnx.actquant import ActQuantOp
+    from runtimes.onnx.export import export_onnx
+    from runtimes.onnx.session import cpu_session
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((1, 6, 64)) * np.float32(3.0)).astype(np.float32)
+    x[0, 0] = 0
+    x[0, 1] *= np.float32(1e-10)             # amax/65504 below the scale floor
+    x[0, 2, :8] = np.float32(65504.0)        # the max lands exactly on the top of the grid
+    x[0, 3] = np.arange(64, dtype=np.float32) / 64 + np.float32(2 ** -11)   # a dyadic lattice: exact quotients
+    for fmt in ("e5m10", "e2m3", "e3m2"):
+        op = ActQuantOp(ActQuant(fmt, "per-token"))
+        export_onnx(op, tuple(x.shape), tmp_path / "a.onnx", opset=20, dynamic_batch=True)
+        m = onnx.load(str(tmp_path / "a.onnx"))
+        assert sum(n.op_type == "Cast" for n in m.graph.node) == (2 if fmt == "e5m10" else 0)
+        got = cpu_session(m.SerializeToString()).run(None, {"input": x})[0]
+        with torch.no_grad():
+            ref = op(torch.from_numpy(x)).numpy()
+        np.testing.assert_array_equal(got, ref)
+
+
 def test_vit_w8a8_quantises_every_activation_in_graph(tmp_path, images):
     """quant's default INT w8a8 (uint8 static activations, attention matmul inputs too) → QDQ graph."""
     import onnx
@@ -185,9 +242,36 @@ def test_fp4_w4a6_vit_exports_with_real_4bit_codes(tmp_path, images):
     q = _quantised("vit-tiny", "fp4", "w4a6")
     art = _export(q, tmp_path / "q", images, spec_from_model(q))
     layers = art.manifest["quant"]["layers"]
-    assert {l["encoding"] for l in layers} == {"packed-lut-fp4_e2m1"}
+    # linears on int8 kernels (E2M1×2 weights, E2M3×8 per-token inputs); the patch conv (per-pixel scales do not
+    # factor out of a conv) and the head (a Gemm on the class token) keep the LUT form
+    assert {l["encoding"] for l in layers} == {"int8-matmul-fp4_e2m1", "packed-lut-fp4_e2m1"}
+    assert [l["name"] for l in layers if l["encoding"].startswith("packed")] == ["patch_embed.proj", "head"]
     assert {l["scale_dtype"] for l in layers} == {"float16"}
     assert art.manifest["parity"]["metrics"]["top1_agreement"] >= 0.99
+    flt = _export(q, tmp_path / "f", images, spec_from_model(q), graph_form="float-matmul")
+    assert {l["encoding"] for l in flt.manifest["quant"]["layers"]} == {"packed-lut-fp4_e2m1"}
+    assert art.size_bytes <= flt.size_bytes * 1.02   # the int8 weights are decoded at session creation
+
+
+@pytest.mark.parametrize("fan_in", [64, 192, 256])   # one group, ragged groups (128 + 64), two whole groups
+def test_fp4_w4a6_integer_matmul_matches_torch(tmp_path, fan_in):
+    """The int8 form of an FP4 W4A6 linear (exact int32 sums, scales outside) equals the fake-quant F.linear up to
+    float32 rounding, per channel and per group of 128 (ragged last group too)."""
+    import onnx
+    import quant
+    from runtimes.onnx.quantized import export_quantized_onnx
+    from runtimes.onnx.session import cpu_session
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(fan_in, 48)).eval()
+    x = torch.randn(4, 9, fan_in) * torch.logspace(-2, 1, fan_in)
+    q = quant.quantize_model(model, quant.parse_spec("fp4", "w4a6", None, ()), x)
+    export_quantized_onnx(q, spec_from_model(q), (1, 9, fan_in), tmp_path / "m.onnx")
+    m = onnx.load(str(tmp_path / "m.onnx"))
+    assert [n.op_type for n in m.graph.node if n.domain == "edgevit"][-1].startswith("imm_e2m3_fp4_e2m1")
+    got = cpu_session(str(tmp_path / "m.onnx")).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = q(x).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
 
 
 def test_parity_failure_writes_nothing(tmp_path, images):
@@ -313,7 +397,10 @@ def test_quantisers_are_local_functions_called_per_site(tmp_path, images):
     from runtimes.onnx.functions import DOMAIN
     q = _quantised("vit-tiny", "fp4", "w4a6")
     spec = spec_from_model(q)
-    art = _export(q, tmp_path / "q", images, spec)
+    m = onnx.load(str(_export(q, tmp_path / "i", images, spec).entry))   # default: linears' quantisers in imm calls
+    calls = [n.op_type for n in m.graph.node if n.domain == DOMAIN]
+    assert sum(c.startswith(("aq_", "imm_")) for c in calls) == len(spec.acts)
+    art = _export(q, tmp_path / "q", images, spec, graph_form="float-matmul")
     m = onnx.load(str(art.entry))
     calls = [n.op_type for n in m.graph.node if n.domain == DOMAIN]
     assert sum(c.startswith("aq_") for c in calls) == len(spec.acts)
@@ -345,3 +432,35 @@ def test_16bit_static_activations_export_as_int16_qdq(tmp_path, images):
     m = onnx.load(str(art.entry))
     assert [f.name for f in m.functions] == ["aq_uint16_tensor"]
     assert art.manifest["parity"]["metrics"]["top1_agreement"] >= 0.99
+
+
+def test_bench_peak_rss_is_the_workers_own(tmp_path, images):
+    """runtimes.bench.bench_many's fresh process reports its own peak memory, not its parent's: with 400 MiB held
+    here, vit-tiny's worker (onnxruntime and numpy, no torch) peaks far below it."""
+    from runtimes.bench import _rss_kib, bench_many
+    _export(_model("vit-tiny"), tmp_path / "a", images)
+    held = np.ones(400 * 2 ** 20 // 8)   # touched: resident
+    assert _rss_kib() / 1024 > 400
+    row = bench_many([str(tmp_path / "a")], iters=3, warmup=1)[0]
+    assert 0 < row["peak_rss_mib"] < _rss_kib() / 1024 - 200 and row["session_rss_mib"] > 0
+    del held
+
+
+def test_mx_blocks_with_unknown_feature_size_match_quant():
+    """Where the tracer lost an activation's feature size (timm's LayerNorm outputs), MX blocks are reshaped as
+    (…, −1, block): the same values as quant's quantiser."""
+    import onnx
+    from runtimes.onnx.actquant import _Emitter, reference_quantizer
+    from runtimes.onnx.functions import Body
+    from runtimes.onnx.session import cpu_session
+    aq = ActQuant("mxfp4", "block")
+    body = Body(["x"])
+    y = _Emitter(body).mx("x", aq.format, -1, (3, None))
+    m = onnx.helper.make_model(onnx.helper.make_graph(
+        body.nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, None, None])],
+        [onnx.helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, [None, None, None])]),
+        opset_imports=[onnx.helper.make_opsetid("", 21)])
+    x = torch.randn(2, 5, 96) * torch.logspace(-3, 2, 96)
+    got = cpu_session(m.SerializeToString()).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_array_equal(got, reference_quantizer(aq)(x).numpy())

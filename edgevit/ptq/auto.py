@@ -2,13 +2,14 @@
 model, or top-1 drop) from per-(layer, candidate) sensitivity; the search itself is quant.mixed_precision."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from edgevit.errors import UsageError
+from edgevit.errors import StageError, UsageError
 from edgevit.ptq.plots import plot_pareto
 
 DEFAULT_CANDIDATES = "int:w8a8,int:w6a8,int:w4a8,int:w3a8,int:w2a8"
@@ -58,16 +59,23 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
 
     import quant
     import quant.mixed_precision as mp
+    from quant.checkpoint import weights_file_bytes
     from quant.sensitivity import logits
     names = [n for n, p in quant.plan_model(prepared, spec).items() if p.kind in ("linear", "conv")]
     mods = dict(prepared.named_modules())
-    sizes = np.array([[mp.weight_bytes(mods[n], c) for c in candidates] for n in names])
-    fixed = 4.0 * (sum(t.numel() for t in prepared.state_dict().values() if t.is_floating_point())
-                   - sum(mods[n].weight.numel() for n in names))
+
+    def build(picks):
+        recipe = mp.assignment_recipe(names, candidates, picks, spec.recipe)
+        s = quant.parse_spec(spec.family, spec.bits, recipe, spec.keep_float)
+        return recipe, quant.quantize_model(prepared, s, calib.split(64))
+
+    uniform_built = [build(np.full(len(names), j)) for j in range(len(candidates))]
+    sizes, fixed = file_costs(names, [q for _, q in uniform_built])
     macs = mp.layer_macs(prepared, calib, names)
     io_elems = _io_elems(prepared, calib, names)
     cost_model = mp.CostModel()
-    lat = np.array([[cost_model.latency_s(macs[n], sizes[i, j], io_elems[n], c) * 1e3
+    wbytes = np.array([[mp.weight_bytes(mods[n], c) for c in candidates] for n in names])   # what a kernel reads
+    lat = np.array([[cost_model.latency_s(macs[n], wbytes[i, j], io_elems[n], c) * 1e3
                      for j, c in enumerate(candidates)] for i, n in enumerate(names)])
     torch.manual_seed(seed)
     deltas = mp.sensitivity_matrix(prepared, candidates, calib, calib[:64] if len(calib) > 64 else calib, names,
@@ -76,20 +84,19 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
     target = eval_y if eval_y is not None else ref.argmax(-1)
     base = 100.0 * (ref.argmax(-1) == target).double().mean().item()
 
-    def measure(picks) -> dict:
-        recipe = mp.assignment_recipe(names, candidates, picks, spec.recipe)
-        s = quant.parse_spec(spec.family, spec.bits, recipe, spec.keep_float)
-        q = quant.quantize_model(prepared, s, calib.split(64))
+    def measure(picks, built=None) -> dict:
+        recipe, q = built or build(picks)
         acc = 100.0 * (logits(q, eval_x).argmax(-1) == target).double().mean().item()
-        return {"size_bytes": float(fixed + sizes[np.arange(len(names)), picks].sum()),
+        return {"size_bytes": float(weights_file_bytes(q)),
+                "modelled_bytes": float(fixed + sizes[np.arange(len(names)), picks].sum()),
                 "latency_ms": float(lat[np.arange(len(names)), picks].sum()),
                 "predicted_noise": float(deltas[np.arange(len(names)), picks].sum()), "top1": acc, "drop": base - acc,
                 "recipe": recipe}
 
     pareto = [measure(p) for p in tqdm(mp.frontier(sizes, deltas, points), desc="pareto", leave=False, disable=None)]
-    uniform = {c.label: measure(np.full(len(names), j)) for j, c in enumerate(candidates)}
+    uniform = {c.label: measure(np.full(len(names), j), uniform_built[j]) for j, c in enumerate(candidates)}
     if "size" in budget:
-        picks = mp.choose(sizes, deltas, budget["size"] - fixed)
+        picks = mp.choose(sizes, deltas, budget["size"] - fixed)   # costs are upper bounds of the file's bytes
         what = f"--max-size {budget['size'] / 1e6:.3f} MB"
         floor = fixed + sizes.min(1).sum()
     elif "latency_ms" in budget:
@@ -107,6 +114,8 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
                          "candidate everywhere); raise the budget or add smaller candidates")
     if picks is not None:
         chosen = measure(picks)
+    if "size" in budget and chosen["size_bytes"] > budget["size"]:   # cannot happen while file_costs bounds hold
+        raise StageError(f"the chosen assignment's weights file is {chosen['size_bytes']:.0f} B, over {what}")
     plot_pareto(pareto, uniform, chosen, out_dir / "pareto.png", "top-1" if eval_y is not None else "agreement")
     report = {"candidates": [c.label for c in candidates], "budget": budget, "sensitivity_mode": mode,
               "layers": len(names), "fixed_bytes": fixed, "cost_model": vars(cost_model) if hasattr(cost_model, "__dict__")
@@ -115,6 +124,40 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
               "pareto": [{k: v for k, v in p.items() if k != "recipe"} for p in pareto],
               "uniform": {k: {kk: vv for kk, vv in v.items() if kk != "recipe"} for k, v in uniform.items()}}
     return chosen["recipe"], report
+
+
+def file_costs(names: list[str], uniform: list) -> tuple[np.ndarray, float]:
+    """(bytes[layer, candidate], fixed bytes): what each layer adds to weights.safetensors under each candidate
+    (its packed codes, scales, bias and activation scales, each with its header entry) and what every file has
+    (the other tensors, the header's frame and padding), from the checkpoints the uniform assignments write.
+
+    Upper bounds, so a budget met by their sum is met by the file: each entry is costed with offsets as long as
+    any file's can be, the 8-byte header padding in full. A layer's tensors are the ones named under it; the
+    others (norms, embeddings, attention quantisers) depend on no layer's choice.
+    """
+    import numpy as np
+
+    from quant import safetensors_io
+    from quant.checkpoint import WEIGHTS_METADATA, checkpoint_tensors
+    tensors = [checkpoint_tensors(q) for q in uniform]
+    digits = len(str(sum(a.nbytes for t in tensors for a in t.values())))   # ≥ any mix's largest offset
+    index = {n: i for i, n in enumerate(names)}
+
+    def owner(key: str) -> int | None:
+        parts = key.split(".")
+        return next((index[p] for p in (".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)) if p in index), None)
+
+    sizes = np.zeros((len(names), len(uniform)))
+    other = np.zeros(len(uniform))
+    for j, t in enumerate(tensors):
+        for key, arr in t.items():
+            i, cost = owner(key), safetensors_io.entry_bytes(key, arr, digits)
+            if i is None:
+                other[j] += cost
+            else:
+                sizes[i, j] += cost
+    frame = 8 + 2 + len(json.dumps({"__metadata__": WEIGHTS_METADATA}, separators=(",", ":"))) - 2 + 7
+    return sizes, float(other.max() + frame)
 
 
 @torch.no_grad()

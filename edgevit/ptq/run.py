@@ -7,7 +7,7 @@ import contextlib
 import torch
 from tqdm import tqdm
 
-from edgevit.errors import UsageError
+from edgevit.errors import StageError, UsageError
 from edgevit.ptq import auto as ptq_auto
 from edgevit.ptq import fixes as ptq_fixes
 from quant.reconstruct import ReconConfig, quantize_with_method
@@ -162,6 +162,13 @@ def ptq(fmodel, meta, opts: dict, eval_x=None, eval_y=None, progress=None):
             qmodel, method_report = quantize_with_method(prepared, spec, calib_x, method, recon, plan=plan,
                                                          progress=progress)
     fix_report = ptq_fixes.post_fixes(prepared, qmodel, calib_x, fix_opts)
+    if budget is not None and "size" in budget:   # the promise is about the file the user gets
+        from quant.checkpoint import weights_file_bytes
+        written = weights_file_bytes(qmodel)
+        if written > budget["size"]:
+            raise StageError(f"--max-size {budget['size']:.0f} B: the quantised weights file would be {written} B "
+                             f"(the method or fixes added {written - auto_report['chosen']['size_bytes']:.0f} B after "
+                             "the search); raise the budget by that much")
     return qmodel, prepared, spec, {"method": method, "backend": backend, "method_report": method_report,
                                     "graph": graph, "graph_fixes": fix_opts | graph_report | fix_report,
                                     "mixed_precision": auto_report, "auto_files": auto_files, "calib_x": calib_x}

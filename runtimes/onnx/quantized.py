@@ -12,6 +12,12 @@ the layer's low-bit form, read directly by its Conv/Gemm/MatMul (Identity/Transp
   int2/3/5/6/7, int4 per-group on convs    → codes packed 32//b per uint32 word, unpacked in-graph
                                               (BitShift, BitwiseAnd), minus offset, times scale
   fp4 e2m1, fp6 e2m3/e3m2                  → packed codes + Gather on the code→value table, times scale
+  fp4 e2m1 linears with per-token e2m3     → int8 kernels (the default where exact): E2M1×2 weights decoded
+    inputs (FP4DiT's W4A6)                    to int8, E2M3×8 activations to uint8 (+128), MatMulInteger per
+                                              scale group, scales applied to the exact int32 sums (_IntMatMulKind)
+
+Every decoder reads initializers only, so onnxruntime folds it at session creation: weights are decoded once,
+the file keeps the packed codes (the cost moves to session memory: runtimes.bench reports peak RSS).
 
 The packed decoders and the dynamic activation quantisers are model-local functions, written once per
 kind and called at each site (runtimes.onnx.functions): the file then holds little beyond the codes,
@@ -317,17 +323,20 @@ def _weight_dq(graph: _Graph, name: str, lq: LayerQuant, orient: str, opset: int
 
 
 class _PackedKind(NamedTuple):
-    """One packed-weight decoder function: format, asymmetric, fp16 scales, transposed, ragged last group."""
+    """One packed-weight decoder function: format, asymmetric, fp16 scales, transposed, ragged last group;
+    `integer`: the FP grid values × INT_GRID_FACTOR as int8, unscaled (the integer matmul form's weights)."""
     fmt: str
     zero_point: bool
     half: bool
     transposed: bool
     ragged: bool
+    integer: bool = False
 
     @property
     def name(self) -> str:
         return "dq_" + "_".join([self.fmt] + [t for t, on in (("zp", self.zero_point), ("f16", self.half),
-                                                             ("t", self.transposed), ("pad", self.ragged)) if on])
+                                                             ("t", self.transposed), ("pad", self.ragged),
+                                                             ("i8", self.integer)) if on])
 
     def function(self, opset: int) -> onnx.FunctionProto:
         """words (n, 1) uint32 → codes (BitShift, BitwiseAnd) → values (minus offset or LUT Gather) × scale.
@@ -337,13 +346,17 @@ class _PackedKind(NamedTuple):
         """
         bits = format_bits(self.fmt)
         k = 32 // bits
-        b = Body(["words", "scale"] + (["zero_point"] if self.zero_point else []) + ["wshape"]
-                 + (["gshape"] if self.ragged else []))
+        b = Body(["words"] + ([] if self.integer else ["scale"]) + (["zero_point"] if self.zero_point else [])
+                 + ["wshape"] + (["gshape"] if self.ragged else []))
         i64 = lambda v: b.const(v, np.int64)   # noqa: E731
         codes = b.op("BitwiseAnd", b.op("BitShift", "words", b.const(np.arange(k) * bits, np.uint32), direction_s="RIGHT"),
                      b.const([2 ** bits - 1], np.uint32))
         count = b.op("ReduceProd", "wshape", keepdims_i=1)   # the last word may hold unused slots
         codes = b.op("Slice", b.op("Reshape", codes, i64([-1])), i64([0]), count)
+        if self.integer:
+            lut = fp_grid_codes(self.fmt, np.zeros(1, np.float32))[1] * INT_GRID_FACTOR[self.fmt]
+            w = b.op("Reshape", b.op("Gather", b.const(lut, np.int8), b.op("Cast", codes, to_i=T.INT32), axis_i=0), "wshape")
+            return b.function(self.name, b.op("Transpose", w, perm_i=[1, 0]) if self.transposed else w, opset)
         # values as (out, groups, group_size) for the (out, groups, 1) scales; ragged: (out, fan_in)
         rows = b.op("Slice", b.op("Shape", "scale"), i64([0]), i64([2 if not self.ragged else 1]))
         layout = b.op("Concat", rows, i64([-1]), axis_i=0)
@@ -368,6 +381,94 @@ class _PackedKind(NamedTuple):
         return b.function(self.name, w, opset)
 
 
+# FP grids whose values times a power of two are integers that fit int8 (an E2M1 × E2M3 product is exact on
+# int8 kernels with int32 accumulation): weight formats, and per-token activation quantiser functions.
+INT_GRID_FACTOR = {"fp4_e2m1": 2}                                  # E2M1 × 2 ∈ {0, ±1, ±2, ±3, ±4, ±6, ±8, ±12}
+INT_ACT_FUNCTIONS = {"aq_e2m3_token_axm1": ("e2m3", 8)}            # E2M3 × 8: integers of magnitude ≤ 60
+
+
+class _IntMatMulKind(NamedTuple):
+    """x → per-token E2M3 rounding (runtimes.onnx.actquant, same ops) → ×8 as int8 → per weight group (a Split along
+    fan_in) MatMulInteger with the int8 weight (E2M1 × 2) → int32, exact → float × group scale/16, summed over
+    groups → × token scale.
+
+    Each group's weight×activation sum is exact instead of float32 (the torch model's F.linear), so the outputs
+    differ from it by float32 rounding only, as the float-matmul form's do. On x86 without VNNI the u8×s8 kernels'
+    int16 pair sums cannot saturate here: |a| ≤ 60 (188 once shifted to uint8) and |w| ≤ 12 give pair sums ≤ 4512.
+    """
+    act: str
+    weight: str
+    groups: tuple[int, ...]   # fan_in columns per scale group (the last may be shorter)
+
+    @property
+    def name(self) -> str:
+        g = "" if len(self.groups) == 1 else "_g" + "_".join(map(str, self.groups))
+        return f"imm_{self.act}_{self.weight}{g}"
+
+    def function(self, opset: int) -> onnx.FunctionProto:
+        import quant
+        from runtimes.onnx.actquant import _Emitter
+        fmt, factor = quant.parse_format(self.act), INT_ACT_FUNCTIONS[f"aq_{self.act}_token_axm1"][1]
+        n = len(self.groups)
+        ws, ss = [f"w{i}" for i in range(n)], [f"s{i}" for i in range(n)]
+        b = Body(["x", *ws, *ss])
+        e = _Emitter(b)
+        amax = e.reduce("ReduceMax", b.op("Abs", "x"), -1)
+        s = b.op("Max", b.op("Div", amax, e.c(fmt.max)), e.c(1e-12))
+        # grid value × factor + 128 as uint8 (exact: |value × factor| ≤ 60): onnxruntime's fast x86 kernels are
+        # u8×s8; its s8×s8 MatMulInteger ran 3.5× slower than the FP32 MatMul on deit_tiny
+        zp = e.c(128, np.uint8)
+        q = b.op("QuantizeLinear", e.fp_round(b.op("Div", "x", s), fmt, bounded=True), e.c(1.0 / factor), zp)
+        parts = [q] if n == 1 else _split(b, q, self.groups)
+        unit = e.c(1.0 / (factor * INT_GRID_FACTOR[self.weight]))
+        acc = [b.op("Mul", b.op("Cast", b.op("MatMulInteger", p, w, zp), to_i=T.FLOAT),
+                    b.op("Mul", b.op("Cast", sc, to_i=T.FLOAT), unit)) for p, w, sc in zip(parts, ws, ss)]
+        total = acc[0] if n == 1 else b.op("Sum", *acc)
+        return b.function(self.name, b.op("Mul", total, s), opset)
+
+
+def _split(b: Body, x: str, sizes: tuple[int, ...]) -> list[str]:
+    """Slices of x along the last axis (one Slice per part: Body nodes have one output)."""
+    out, start = [], 0
+    for size in sizes:
+        out.append(b.op("Slice", x, b.const([start], np.int64), b.const([start + size], np.int64),
+                        b.const([-1], np.int64)))
+        start += size
+    return out
+
+
+def _integer_matmul(graph: _Graph, name: str, lq: LayerQuant, node: onnx.NodeProto, k: int, orient: str,
+                    producer: onnx.NodeProto | None, readers: int) -> str | None:
+    """Turn `node` (MatMul reading the layer's weight, its input a per-token E2M3 quantiser call read by it alone)
+    into the integer-matmul call when that is exact: FP4 E2M1 weights with fp16 scales per channel or per group.
+    Returns the encoding tag, or None (the node is left alone)."""
+    if not (node.op_type == "MatMul" and k == 1 and orient == "transposed" and lq.fmt in INT_GRID_FACTOR
+            and lq.q.ndim == 2 and lq.zero_point is None and lq.scale_dtype == "float16"
+            and producer is not None and producer.domain == DOMAIN and producer.op_type in INT_ACT_FUNCTIONS
+            and readers == 1):
+        return None
+    fan_in, groups = lq.q.shape[1], lq.scale.shape[1]
+    size = fan_in if groups == 1 else lq.group_size
+    sizes = tuple(min(size, fan_in - g * size) for g in range(groups))
+    kind = _PackedKind(lq.fmt, False, False, True, False, integer=True)
+    graph.functions.setdefault(kind.name, kind)
+    codes = fp_grid_codes(lq.fmt, lq.q)[0]
+    weights, scales, start = [], [], 0
+    for g, width in enumerate(sizes):
+        part = codes[:, start:start + width]
+        words = graph.const(f"{name}.q", _pack_words(part, format_bits(lq.fmt)).reshape(-1, 1))
+        weights.append(graph.node(f"{DOMAIN}::{kind.name}", [words, graph.const("wshape", np.array(part.shape, np.int64))]))
+        scales.append(graph.const(f"{name}.s", lq.scale[:, g].astype(np.float16)))
+        start += width
+    mm = _IntMatMulKind(INT_ACT_FUNCTIONS[producer.op_type][0], lq.fmt, sizes)
+    graph.functions.setdefault(mm.name, mm)
+    node.op_type, node.domain = mm.name, DOMAIN
+    del node.input[:]
+    node.input.extend([producer.input[0], *weights, *scales])
+    graph.g.node.remove(producer)
+    return f"int8-matmul-{lq.fmt}"
+
+
 def _typed_codes(graph: _Graph, base: str, fmt: str, q: np.ndarray) -> str:
     if fmt == "int8":   # never shared: onnxruntime re-biases each int8 weight and zero point to uint8 in place
         return graph.raw(base, T.INT8, q.shape, q.astype(np.int8).tobytes())
@@ -379,7 +480,7 @@ def _typed_codes(graph: _Graph, base: str, fmt: str, q: np.ndarray) -> str:
     return graph.raw(base, _DQ_TYPES[fmt], q.shape, codes.tobytes())
 
 
-def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, opset: int) -> dict:
+def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, opset: int, integer_fp: bool = True) -> dict:
     """Replace the graph input `<name>.weight` (the layer's weight, passed in by construction) by its low-bit
     form feeding each reader directly (Identity/Transpose between dropped), placed before the first reader.
 
@@ -392,13 +493,27 @@ def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, opset: int) -> dict
     order = list(graph.g.node)
     first = min((order.index(n) for n, _, _ in uses), default=0)
     graph.pending = []
+    producers = {o: n for n in graph.g.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in graph.g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
     for node, k, orient in uses:
+        x = node.input[0] if node.input else ""
+        tag = _integer_matmul(graph, name, lq, node, k, orient, producers.get(x), readers.get(x, 0)) \
+            if integer_fp and len(uses) == 1 else None
+        if tag is not None:
+            outputs.append((node.output[0], tag))
+            continue
         outputs.append(_weight_dq(graph, name, lq, orient, opset))
         node.input[k] = outputs[-1][0]
+    nodes = list(graph.g.node)   # an integer-matmul rewrite removed the quantiser call before its reader
+    first = min((nodes.index(n) for n, _, _ in uses), default=first)
     for j, n in enumerate(graph.pending):
         graph.g.node.insert(first + j, n)
     graph.g.input.remove(next(i for i in graph.g.input if i.name == source))
     direct = [n.op_type for n, k, _ in uses if n.op_type in ("MatMul", "Gemm", "Conv") and k == 1]
+    direct += ["MatMulInteger" for n, _, _ in uses if n.op_type.startswith("imm_")]   # the int8-matmul form
     encoding = outputs[0][1] if outputs else "unused"
     return {"name": name, "op": (direct or [n.op_type for n, _, _ in uses] or ["none"])[0], "fmt": lq.fmt,
             "granularity": lq.granularity, "encoding": encoding,
@@ -456,7 +571,7 @@ def _graph_form(layers: list[dict], spec: QuantSpec) -> str:
     return f"{kinds}/{act}"
 
 
-GRAPH_FORMS = ("exact", "integer")
+GRAPH_FORMS = ("exact", "integer", "float-matmul")
 
 
 def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[int, ...], path: str | Path,
@@ -464,9 +579,11 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
                           calib_inputs: np.ndarray | None = None) -> dict:
     """Write the quantised graph of `model` described by `spec` to `path`; return the manifest's quant block.
 
-    graph_form "exact" rounds only where the torch model rounds; "integer" (w8a8 with static 8-bit
-    activations) also requantises conv outputs and residual adds (runtimes.onnx.requant), calibrated
-    on `calib_inputs`, so onnxruntime runs QLinearConv/QLinearAdd end to end.
+    graph_form "exact" rounds only where the torch model rounds, and runs FP4 W4A6 linear layers (E2M1 weights
+    per channel, per-token E2M3 inputs) on int8 kernels, where that is exact (`_IntMatMulKind`);
+    "float-matmul" is the same rounding with every weight×activation product in float ops (for comparison);
+    "integer" (w8a8 with static 8-bit activations) also requantises conv outputs and residual adds
+    (runtimes.onnx.requant), calibrated on `calib_inputs`, so onnxruntime runs QLinearConv/QLinearAdd end to end.
     """
     opset = opset or QUANT_OPSET
     if opset < 19:
@@ -503,7 +620,7 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
     if opset > 20:
         m = onnx.version_converter.convert_version(m, opset)
     graph = _Graph(m)
-    layers = [_rewrite_layer(graph, name, lq, opset) for name, lq in spec.layers.items()]
+    layers = [_rewrite_layer(graph, name, lq, opset, integer_fp=graph_form == "exact") for name, lq in spec.layers.items()]
     graph.prune()
     called = {n.op_type for n in m.graph.node if n.domain == DOMAIN}
     attach(m, {**function_protos(called, opset), **{k: v.function(opset) for k, v in graph.functions.items()}})
