@@ -9,7 +9,6 @@ No edgevit imports: `runtimes` sits below `edgevit`.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
