@@ -4,7 +4,10 @@ Defaults (all overridable in the recipe):
 - weights: int → intN per output channel; fp4 → E2M1 in groups of 128 (FP4DiT); fp6 → E2M3 and
   fp8 → E4M3FN per channel; mx* → 32-element blocks.
 - activations: int → uintN with a zero point, static per tensor; fp* → A4=E2M1, A6=E2M3,
-  A8=E3M4, A16=E5M10, dynamic per token (FP4DiT's online quantisation); mx* → MX blocks of 32.
+  A8=E3M4, dynamic per token (FP4DiT's online quantisation); mx* → MX blocks of 32. For fp* and mx*,
+  A16 means weight-only (activations stay float, as W4A16 means on every runtime: a device with 16-bit
+  floats runs them natively); per-token E5M10 rounding emulated that in the graph at ~9 ops per layer
+  for no accuracy (benchmarks/onnx_speed.py). `act_format: e5m10` in a recipe still asks for it.
 - observers (the rule): min-max everywhere (FP4DiT derives FP scales from the max, MX from the
   block max) except where clipping pays — INT weights of ≤4 bits and static activations below
   8 bits use the MSE clipping search. At 8 bits min-max stays: with the exact (histogram) MSE search,
@@ -25,7 +28,7 @@ from quant.formats import FpFormat, IntFormat, MxFormat, parse_format
 FAMILIES = ("int", "fp4", "fp6", "fp8", "mxfp4", "mxfp6", "mxfp8", "mxint8")
 FAMILY_WEIGHT_BITS = {"fp4": 4, "fp6": 6, "fp8": 8, "mxfp4": 4, "mxfp6": 6, "mxfp8": 8, "mxint8": 8}
 FP_WEIGHT = {4: "e2m1", 6: "e2m3", 8: "e4m3fn"}
-FP_ACT = {4: "e2m1", 6: "e2m3", 8: "e3m4", 16: "e5m10"}
+FP_ACT = {4: "e2m1", 6: "e2m3", 8: "e3m4", 16: "e5m10"}   # 16: softmax_bits only; A16 = float
 MX_ACT = {4: "mxfp4", 6: "mxfp6", 8: "mxfp8"}
 WEIGHT_GRANULARITIES = ("tensor", "channel", "group", "block")
 ACT_GRANULARITIES = ("tensor", "token", "block")
@@ -152,7 +155,7 @@ def _layer_config(family: str, bits: str, opts: dict) -> LayerConfig:
         if family.startswith("mx"):
             wfmt, wgran, gs = family, "block", 32
             if ab == 16:
-                afmt, agran = "e5m10", "token"
+                afmt, agran = None, "token"         # weight-only
             elif family == "mxint8" and ab == 8:
                 afmt, agran = "mxint8", "block"
             elif ab in MX_ACT and family != "mxint8":
@@ -163,7 +166,7 @@ def _layer_config(family: str, bits: str, opts: dict) -> LayerConfig:
         else:
             if ab not in FP_ACT:
                 raise SpecError(f"{bits}: FP activations need 4, 6, 8 or 16 bits (E2M1/E2M3/E3M4/E5M10), not {ab}")
-            wfmt, afmt = FP_WEIGHT[wb], FP_ACT[ab]
+            wfmt, afmt = FP_WEIGHT[wb], (None if ab == 16 else FP_ACT[ab])   # A16: weight-only
             wgran, agran, gs = ("group", "token", 128) if wb == 4 else ("channel", "token", 0)
     if "weight_format" in opts:
         wfmt = opts["weight_format"]
@@ -178,13 +181,13 @@ def _layer_config(family: str, bits: str, opts: dict) -> LayerConfig:
     agran = opts.get("act_granularity", agran)
     pct = float(opts.get("percentile", 99.99))
     weight = _check(QConfig(wfmt, wgran, gs, opts.get("weight_observer", wobs), pct), "weight")
-    afmt_obj = parse_format(afmt)
-    act = _check(QConfig(afmt, agran, afmt_obj.block if isinstance(afmt_obj, MxFormat) else 0,
-                         opts.get("act_observer", aobs), pct), "act")
+    afmt_obj = parse_format(afmt) if afmt is not None else None
+    act = None if afmt is None else _check(QConfig(afmt, agran, afmt_obj.block if isinstance(afmt_obj, MxFormat) else 0,
+                                                   opts.get("act_observer", aobs), pct), "act")
     softmax = None
     if opts.get("softmax_bits") is not None:
         sb = int(opts["softmax_bits"])
-        if family == "int" or isinstance(act.format, IntFormat):
+        if family == "int" or (act is not None and isinstance(act.format, IntFormat)):
             if not (2 <= sb <= 8 or sb == 16):
                 raise SpecError(f"softmax_bits {sb}: integer softmax outputs need 2-8 or 16 bits")
             softmax = QConfig(f"uint{sb}", "tensor", 0, "minmax", pct)
