@@ -82,6 +82,29 @@ def failures(metrics: dict, thresholds: dict, exclude_ties: bool = True) -> list
     return out
 
 
+# A quantised model's static activation rounding can amplify float op-order differences block after block
+# until its float32 outputs depend on the kernel as much as on the model: real-weight MobileNetV2 W8A8
+# (photos:64) sits 21.9 dB from the same model in float64, and torch itself under channels_last convs
+# 21.9 dB / 93.7 % top-1 from torch — as far as onnxruntime is (21.6 dB / 93.7 %). No runtime can match
+# one float32 realisation closer than another does, so the SQNR bar follows the reference's own noise: two
+# float32 realisations each that far from the float64 one differ by up to √2 × that error (3 dB more).
+REALISATION_MARGIN_DB = 3.0
+# Below this the quantised model is too unstable for any parity bar to mean something: refuse regardless.
+MIN_SQNR_DB = 15.0
+
+
+def with_reference_noise(thresholds: dict, own: dict) -> dict:
+    """`thresholds` with the SQNR bar lowered to the reference's own float-order noise when it lies below
+    the bar: `own` = compare(float64 realisation, float32 reference). Never below MIN_SQNR_DB; top-1
+    agreement on decisive images is left as strict as it was."""
+    if "sqnr_db" not in thresholds or own["sqnr_db"] == "inf":
+        return thresholds
+    floor = float(own["sqnr_db"]) - REALISATION_MARGIN_DB
+    if floor >= thresholds["sqnr_db"]:
+        return thresholds
+    return {**thresholds, "sqnr_db": round(max(floor, MIN_SQNR_DB), 1)}
+
+
 def ties_excluded(precision_class: str) -> bool:
     """Whether a parity class judges agreement on decisive images: every class that compares a runtime with
     the model it was exported from; not TFLite's INT8 classes, whose bar is the PTQ error vs the float model."""
