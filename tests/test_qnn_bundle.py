@@ -239,7 +239,10 @@ def test_weights_found_by_construction(tmp_path, calib, precision):
     assert by_layer["a"][0] != by_layer["b"][0]                       # identical values, two initializers
     fg = onnx.load(str(info.float_path)).graph
     assert [i.name for i in fg.input] == ["input"]
-    assert not any(n.op_type == "BatchNormalization" for n in fg.node)  # folded into conv's scales
+    assert not any(n.op_type in ("BatchNormalization", "Identity") for n in fg.node)  # BN folded
+    assert {"a.bias", "b.bias", "conv.bias"} <= {i.name for i in fg.initializer}   # equal biases: a copy each
+    int32 = {i.name for i in qdq.graph.initializer if i.data_type == onnx.TensorProto.INT32}
+    assert {"conv.bias_quantized", "pe.bias_quantized"} <= int32                   # conv biases: int32
     assert len(info.activations) >= 5                                   # pe's input quantiser on both calls
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -162,7 +162,24 @@ def weights_as_initializers(m: onnx.ModelProto, spec: QuantSpec) -> dict[str, We
         m.graph.input.remove(inp)
         sites[name] = site
     graph.prune()
+    _unshare_initializers(m)
     return sites
+
+
+def _unshare_initializers(m: onnx.ModelProto) -> None:
+    """Give each Identity of an initializer its own copy: the TorchScript exporter shares equal initializers
+    that way (every folded bias of a random-init CNN is zeros), and onnxruntime's recipe would quantise such
+    a bias as a 16-bit activation, not int32, which HTP refuses for the whole conv."""
+    inits = {i.name: i for i in m.graph.initializer}
+    outputs = {o.name for o in m.graph.output}
+    for n in [n for n in m.graph.node if n.op_type == "Identity" and n.input[0] in inits]:
+        if n.output[0] in outputs:
+            continue
+        copy_ = onnx.TensorProto()
+        copy_.CopyFrom(inits[n.input[0]])
+        copy_.name = n.output[0]
+        m.graph.initializer.append(copy_)
+        m.graph.node.remove(n)
 
 
 def overrides_for(sites: dict[str, WeightSite], spec: QuantSpec, info: BundleInfo) -> dict:
