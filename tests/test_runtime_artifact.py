@@ -102,3 +102,19 @@ def test_parity_judges_agreement_on_decisive_images_only():
     out[50] = out[50][::-1]                                    # a confident image flipped: a real disagreement
     assert any("agreement" in f for f in parity.failures(parity.compare(ref, out), th))
     assert any("SQNR" in f for f in parity.failures(parity.compare(ref, ref + rng.standard_normal(ref.shape)), th))
+
+
+def test_sqnr_bar_follows_the_reference_float_order_noise():
+    """A quantised reference whose own float32 outputs sit 22 dB from its float64 ones cannot be matched closer
+    by another runtime: the bar drops to that noise less 3 dB — never below MIN_SQNR_DB; a stable reference keeps
+    the full bar, and so does top-1 agreement."""
+    from runtimes import parity
+    th = parity.THRESHOLDS["int8"]
+    assert parity.with_reference_noise(th, {"sqnr_db": 48.0}) == th
+    assert parity.with_reference_noise(th, {"sqnr_db": "inf"}) == th
+    noisy = parity.with_reference_noise(th, {"sqnr_db": 21.97})
+    assert noisy == {**th, "sqnr_db": 19.0} and noisy["top1_agreement"] == th["top1_agreement"]
+    assert parity.with_reference_noise(th, {"sqnr_db": 9.0})["sqnr_db"] == parity.MIN_SQNR_DB
+    m = {"n": 63, "top1_agreement": 0.94, "decisive_n": 33, "top1_agreement_decisive": 1.0, "max_abs": 1.5}
+    assert parity.failures({**m, "sqnr_db": 21.6}, th) and not parity.failures({**m, "sqnr_db": 21.6}, noisy)
+    assert parity.failures({**m, "sqnr_db": 12.0}, noisy)                    # a real error still fails
