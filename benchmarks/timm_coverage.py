@@ -62,6 +62,7 @@ ARCHS = [
 QUANT_CELLS = {"int-w8a8": ("int", "w8a8"), "int-w8a16": ("int", "w8a16"), "fp4-w4a6": ("fp4", "w4a6")}
 CELLS = [*QUANT_CELLS, "tflite-fp32"]
 QNN_CELL = "qnn-w8a16"
+QNN_PARITY_IMAGES = 4   # each image runs the HTP emulator: slow
 _RUNNING: set = set()   # steps in flight, killed when the benchmark is interrupted
 
 
@@ -124,11 +125,13 @@ def run_cell(arch: str, cell: str, work: Path, timeout: float) -> dict:
     elif cell == QNN_CELL:
         art = work / f"{arch}-qnn"
         if go("export", ["export", model, "--runtime", "qnn", "--precision", "w8a16", "--soc", "SM8650",
-                         "--calib-data", "photos:16", "--parity-data", "photos:16", "--parity-images", "4",
+                         "--calib-data", "photos:16", "--parity-data", "photos:16", "--parity-images", str(QNN_PARITY_IMAGES),
                          "--out", str(art), "--overwrite"]):
             try:
                 manifest = json.loads((art / "manifest.json").read_text())
                 steps[-1]["placement"] = _find(manifest, "placement")
+                pm = manifest["parity"]["metrics"]
+                steps[-1]["parity"] = {k: pm.get(k) for k in ("n", "top1_agreement", "sqnr_db")}
             except (OSError, ValueError):
                 pass
     else:
@@ -141,6 +144,9 @@ def run_cell(arch: str, cell: str, work: Path, timeout: float) -> dict:
     placement = next((s["placement"] for s in steps if s.get("placement")), None)
     if placement:
         row["placement"] = placement
+    qnn_parity = next((s["parity"] for s in steps if s.get("parity")), None)
+    if qnn_parity:
+        row["parity"] = qnn_parity
     return row
 
 
@@ -181,6 +187,8 @@ def render_md(data: dict) -> str:
     cells = [c for c in [*CELLS, QNN_CELL] if any(c in r["cells"] for r in data["archs"].values())]
     passed = sum(r["cells"][c]["ok"] for r in data["archs"].values() for c in cells if c in r["cells"])
     total = sum(c in r["cells"] for r in data["archs"].values() for c in cells)
+    if cells == [QNN_CELL]:
+        return render_qnn_md(data)
     lines = ["## timm coverage: quantize → export → check-parity", "",
              f"**{passed} / {total} cells pass ({100 * passed / max(total, 1):.0f} %)** over {len(data['archs'])} timm "
              "architectures (random init, `pretrained=False`), calibrated and parity-checked on `photos`. "
@@ -201,6 +209,8 @@ def render_md(data: dict) -> str:
                 if cell.get("placement"):
                     pl = cell["placement"]
                     extra = f", HTP {pl.get('nodes_on_htp')} / refused {pl.get('refused')}"
+                if cell.get("parity"):
+                    extra += f", {cell['parity']['sqnr_db']} dB"
                 row.append(f"pass ({cell['seconds']:.0f} s{extra})")
             else:
                 reasons.append(f"{arch} {c}: {cell['reason']}")
@@ -214,6 +224,34 @@ def render_md(data: dict) -> str:
               "are not near-ties (torch margin above 4× the typical logit noise, runtimes/parity.py) and SQNR on all; "
               "a failure above names how many images were excluded. The remaining ones are flips on decisive images "
               "(not yet explained) and MobileOne's unfused random-init logits (~1e9) against the absolute FP32 bar."]
+    lines += ["", f"Regenerate: `{data['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def render_qnn_md(data: dict) -> str:
+    """The QNN sibling table: per architecture, nodes the HTP compiler took / refused and emulator parity."""
+    rows = [(a, r, r["cells"][QNN_CELL]) for a, r in data["archs"].items() if QNN_CELL in r["cells"]]
+    passed = sum(c["ok"] for _, _, c in rows)
+    lines = ["## timm coverage on QNN HTP (w8a16, SM8650, emulated)", "",
+             f"**{passed} / {len(rows)} architectures pass** `edgevit export timm:ARCH --runtime qnn --precision w8a16 "
+             "--soc SM8650` (the `qnn-htp` rewrite first, edgevit's W8A16 quantisation carried into the QDQ graph, "
+             "context binary compiled, parity of the HTP emulator against the torch reference on "
+             f"{data.get('qnn_parity_images', 4)} photos). Times are wall seconds on {data['machine']}.", "",
+             "| architecture | kind | params | result | s | nodes on HTP | refused | parity top-1 / SQNR |",
+             "|---|---|---|---|---|---|---|---|"]
+    reasons = []
+    for arch, r, c in rows:
+        pl, pa = c.get("placement") or {}, c.get("parity") or {}
+        if c["ok"]:
+            res = "pass"
+        else:
+            reasons.append(f"{arch}: {c['reason']}")
+            res = f"**FAIL** [{len(reasons)}]"
+        par = f"{100 * pa['top1_agreement']:.0f} % / {pa['sqnr_db']} dB" if pa else "-"
+        lines.append(f"| `{arch}` | {r.get('kind', '')} | {r.get('params_m') or '-'} M | {res} | {c['seconds']:.0f} | "
+                     f"{pl.get('nodes_on_htp', '-')} | {pl.get('refused', '-')} | {par} |")
+    if reasons:
+        lines += ["", "Failures:", ""] + [f"{i}. {r}" for i, r in enumerate(reasons, 1)]
     lines += ["", f"Regenerate: `{data['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -245,7 +283,9 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from runtimes import machine
     data.update({"machine": machine.summary(), "python": platform.python_version(),
-                 "command": "OMP_NUM_THREADS=1 python benchmarks/timm_coverage.py" + (" --qnn" if args.qnn else "")})
+                 "command": " ".join(["OMP_NUM_THREADS=1 python benchmarks/timm_coverage.py", *sys.argv[1:]])})
+    if QNN_CELL in cells:
+        data["qnn_parity_images"] = QNN_PARITY_IMAGES
     t0 = time.perf_counter()
 
     def one(arch):
