@@ -283,7 +283,9 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from runtimes import machine
     data.update({"machine": machine.summary(), "python": platform.python_version(),
-                 "command": " ".join(["OMP_NUM_THREADS=1 python benchmarks/timm_coverage.py", *sys.argv[1:]])})
+                 "command": "OMP_NUM_THREADS=1 python benchmarks/timm_coverage.py" + (
+                     f" --cells {QNN_CELL} --out benchmarks/results/timm_coverage_qnn.json" if cells == [QNN_CELL]
+                     else " --qnn" if args.qnn else "")})
     if QNN_CELL in cells:
         data["qnn_parity_images"] = QNN_PARITY_IMAGES
     t0 = time.perf_counter()
