@@ -290,3 +290,24 @@ def test_weight_not_read_by_a_matmul_names_the_layer():
     spec = QuantSpec("w8a16", {"fc": LayerQuant("int8", w, np.ones((3, 1), np.float32))}, {})
     with pytest.raises(QnnExportError, match=r"layer fc: its weight feeds Mul \(square\).*--keep-float fc"):
         weights_as_initializers(m, spec)
+
+
+def test_reshape_chains_fold_to_static_shapes(tmp_path, calib):
+    """`x.flatten(2)` and `reshape(B, N, H, C // H)` export as Shape → Gather/Slice/Div → Concat → Reshape chains;
+    at batch 1 they are constants, so the float graph is static (QNN compiles nothing else)."""
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(3)
+            self.conv, self.fc, self.head = nn.Conv2d(1, 8, 4, stride=4), nn.Linear(8, 8), nn.Linear(4, 10)
+
+        def forward(self, x):
+            t = self.conv(x).flatten(2).transpose(1, 2)
+            b, n, c = t.shape
+            t = self.fc(t).reshape(b, n, 2, c // 2).mean(2)
+            return self.head(t.mean(1))
+
+    qmodel = quant.quantize_model(Tokens().eval(), quant.parse_spec("int", "w8a16", None, ()), torch.from_numpy(calib))
+    _, info, _ = _qdq(tmp_path, qmodel, calib)
+    ops = {n.op_type for n in onnx.load(str(info.float_path)).graph.node}
+    assert "Shape" not in ops and info.codes_exact

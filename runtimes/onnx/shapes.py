@@ -13,6 +13,9 @@ import onnx
 from onnx import numpy_helper
 
 _DYN = None   # an entry whose value is only known at run time
+# integer arithmetic on shape entries (ONNX integer Div truncates toward zero)
+_ARITH = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
+          "Div": lambda x, y: np.trunc(x / y).astype(np.int64)}
 
 
 def _dims(vi) -> list | None:
@@ -51,6 +54,18 @@ def _known_values(m: onnx.ModelProto, shapes: dict) -> dict[str, tuple[list, boo
             out = ([e for v in ins for e in v[0]], False)
         elif n.op_type == "Cast" and ins[0] and a.get("to") == onnx.TensorProto.INT64:
             out = ins[0]
+        elif n.op_type == "Slice" and len(ins) >= 3 and all(ins[:3]) and all(v is not None for v in ins[3:]) \
+                and (len(ins) < 4 or ins[3][0] in ([0], [-1])) and (len(ins) < 5 or len(ins[4][0]) == 1):
+            (lo,), (hi,) = ins[1][0], ins[2][0]
+            step = ins[4][0][0] if len(ins) >= 5 else 1
+            if isinstance(lo, int) and isinstance(hi, int) and isinstance(step, int) and step:
+                out = (ins[0][0][slice(lo, hi, step)], False)
+        elif n.op_type in _ARITH and len(ins) == 2 and all(ins) \
+                and all(isinstance(e, int) for v in ins for e in v[0]) and (len(ins[0][0]) == len(ins[1][0])
+                                                                           or 1 in (len(ins[0][0]), len(ins[1][0]))):
+            x, y = (np.array(v[0], np.int64) for v in ins)
+            if n.op_type != "Div" or (y != 0).all():
+                out = (_ARITH[n.op_type](x, y).reshape(-1).tolist(), ins[0][1] and ins[1][1])
         if out is not None:
             vals[n.output[0]] = out
     return vals
