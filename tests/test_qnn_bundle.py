@@ -311,3 +311,22 @@ def test_reshape_chains_fold_to_static_shapes(tmp_path, calib):
     _, info, _ = _qdq(tmp_path, qmodel, calib)
     ops = {n.op_type for n in onnx.load(str(info.float_path)).graph.node}
     assert "Shape" not in ops and info.codes_exact
+
+
+def test_layernorm_gamma_is_unsigned_8bit(tmp_path, calib):
+    """HTP refuses LayerNorm with a signed 8-bit gamma beside 16-bit activations (ConvNeXt's 17 norms went to CPU)."""
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(4)
+            self.conv, self.norm, self.head = nn.Conv2d(1, 8, 4, stride=4), nn.LayerNorm(8), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.head(self.norm(self.conv(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+    qmodel = quant.quantize_model(Norm().eval(), quant.parse_spec("int", "w8a16", None, ()), torch.from_numpy(calib))
+    _, info, qdq = _qdq(tmp_path, qmodel, calib)
+    ln = next(n for n in onnx.load(str(info.float_path)).graph.node if n.op_type == "LayerNormalization")
+    dtype = {i.name: i.data_type for i in qdq.graph.initializer}
+    assert dtype[f"{ln.input[1]}_quantized"] == onnx.TensorProto.UINT8
+    assert all(dtype[f"{init}_quantized"] == onnx.TensorProto.INT8 for init in info.weights)   # edgevit's stay int8

@@ -211,6 +211,18 @@ def overrides_for(sites: dict[str, WeightSite], spec: QuantSpec, info: BundleInf
     return overrides
 
 
+def _layernorm_gammas(graph: onnx.GraphProto, overrides: dict) -> None:
+    """LayerNormalization's scale (gamma) as uint8: HTP refuses the op with a signed 8-bit gamma next to 16-bit
+    activations (validation error 3110, convnext_atto: 17 LayerNorms, 85 nodes left to CPU), and the recipe's
+    default weight type here is int8, chosen for the Conv/MatMul weights edgevit does not override."""
+    from onnxruntime.quantization import QuantType
+    inits = {i.name for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "LayerNormalization" and len(n.input) > 1 and n.input[1] in inits \
+                and n.input[1] not in overrides:
+            overrides[n.input[1]] = [{"quant_type": QuantType.QUInt8}]
+
+
 def _keep_activations(graph: onnx.GraphProto, overrides: dict) -> bool:
     """Whether onnxruntime must keep Relu/Clip nodes: its QDQ recipe drops them, trusting the output's
     encoding to clamp (true of a min-max one), which fails where an edgevit encoding of a Relu/Clip output
@@ -307,6 +319,7 @@ def build_qdq(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path, cal
     check_static(info.float_path)
     graph = m.graph
     overrides = overrides_for(sites, spec, info)
+    _layernorm_gammas(graph, overrides)
     qt = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8,
           "int16": QuantType.QInt16}[act_type]
     with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
