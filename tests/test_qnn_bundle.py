@@ -330,3 +330,27 @@ def test_layernorm_gamma_is_unsigned_8bit(tmp_path, calib):
     dtype = {i.name: i.data_type for i in qdq.graph.initializer}
     assert dtype[f"{ln.input[1]}_quantized"] == onnx.TensorProto.UINT8
     assert all(dtype[f"{init}_quantized"] == onnx.TensorProto.INT8 for init in info.weights)   # edgevit's stay int8
+
+
+def test_window_padding_arithmetic_folds(tmp_path, calib):
+    """Swin pads to a whole number of windows with pads computed from the traced size (Shape, Mod, ConstantOfShape,
+    Concat, Reshape, Slice, Transpose, Cast): evaluated at batch 1, the Pad reads constants and the graph is static."""
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(5)
+            self.conv, self.head = nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.conv(x).permute(0, 2, 3, 1)
+            h, w = x.shape[1:3]
+            x = nn.functional.pad(x, (0, 0, 0, (4 - w % 4) % 4, 0, (4 - h % 4) % 4))
+            return self.head(x.mean((1, 2)))
+
+    qmodel = quant.quantize_model(Padded().eval(), quant.parse_spec("int", "w8a16", None, ()), torch.from_numpy(calib))
+    _, info, _ = _qdq(tmp_path, qmodel, calib)
+    g = onnx.load(str(info.float_path)).graph
+    assert not {"Shape", "ConstantOfShape", "Mod"} & {n.op_type for n in g.node}
+    pad = next(n for n in g.node if n.op_type == "Pad")
+    pads = next(numpy_helper.to_array(i) for i in g.initializer if i.name == pad.input[1])
+    assert pads.tolist() == [0, 0, 0, 0, 0, 2, 2, 0]   # 6x6 → 8x8

@@ -294,7 +294,7 @@ def build_qdq(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path, cal
     from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
     from runtimes.onnx.quantized import export_weights_as_inputs, fold_batchnorm, float_twin
-    from runtimes.onnx.shapes import fold_static_shapes
+    from runtimes.onnx.shapes import fold_integer_constants, fold_static_shapes
     from runtimes.qnn.glue import with_glue
     calibration = np.ascontiguousarray(calibration, np.float32)
     if len(calibration) == 0:
@@ -313,7 +313,7 @@ def build_qdq(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path, cal
         m = export_weights_as_inputs(float_twin(folded, spec), spec, shape, OPSET, dynamic_batch=False,
                                      workdir=out_dir)
     sites = weights_as_initializers(m, spec)
-    while fold_static_shapes(m):   # the exporter's Shape → Gather → Concat → Reshape chains: static at batch 1
+    while fold_static_shapes(m) + fold_integer_constants(m):   # the exporter's shape chains: static at batch 1
         pass
     onnx.save(m, str(info.float_path))
     check_static(info.float_path)
