@@ -63,6 +63,26 @@ QUANT_CELLS = {"int-w8a8": ("int", "w8a8"), "int-w8a16": ("int", "w8a16"), "fp4-
 CELLS = [*QUANT_CELLS, "tflite-fp32"]
 QNN_CELL = "qnn-w8a16"
 QNN_PARITY_IMAGES = 4   # each image runs the HTP emulator: slow
+# Causes of the failures that stay, measured after the run (the one-line reason says what, this says why)
+CAUSES = {
+    ("pvt_v2_b0", "int-w8a8"): "one flipped image, margin 4.6× the typical logit noise (just outside the 4× "
+    "near-tie band); torch's own float64 run is as far from torch (39.4 dB) as onnxruntime (39.4 dB) and keeps it: "
+    "a near-tie the band misses, not a graph error",
+    ("efficientvit_m0", "fp4-w4a6"): "most images come out bit-exact (median per-image noise 2e-12), so the "
+    "near-tie band collapses; the flipped image differs by one late activation-rounding step (5e-7 on logits "
+    "of ~1e-5), as 6 of 32 images do between torch in float32 and in float64",
+    ("deit_tiny_patch16_224", QNN_CELL): "the QDQ graph agrees with the torch reference on onnxruntime's CPU EP "
+    "(53 dB); the HTP emulator's run of the same graph does not (14.6 dB): HTP kernel arithmetic on this "
+    "random-init ViT (the bundled vit-tiny passes); not yet explained",
+    ("mobileone_s0", QNN_CELL): "random-init MobileOne's activations grow to ~1e15 (its logits too, see the "
+    "tflite-fp32 note); not investigated further — likely beyond the range of HTP's fp16 internals",
+    ("efficientvit_b0", QNN_CELL): "HTP refuses the Slice nodes that split q/k/v in EfficientViT's "
+    "linear-attention context module (not rewritten by the qnn-htp target yet)",
+}
+for _arch in ("swin_tiny_patch4_window7_224", "pvt_v2_b0", "mobilevit_xxs", "coat_lite_tiny", "efficientvit_m0", "tiny_vit_5m_224",
+              "edgenext_xx_small"):
+    CAUSES[(_arch, QNN_CELL)] = ("the qnn-htp rewrite does not yet bring this attention (head split / window "
+                                 "partition / positional encoding) to rank ≤ 4")
 _RUNNING: set = set()   # steps in flight, killed when the benchmark is interrupted
 
 
@@ -213,7 +233,8 @@ def render_md(data: dict) -> str:
                     extra += f", {cell['parity']['sqnr_db']} dB"
                 row.append(f"pass ({cell['seconds']:.0f} s{extra})")
             else:
-                reasons.append(f"{arch} {c}: {cell['reason']}")
+                cause = CAUSES.get((arch, c))
+                reasons.append(f"{arch} {c}: {cell['reason']}" + (f" — **cause**: {cause}" if cause else ""))
                 row.append(f"**FAIL** [{len(reasons)}]")
         lines.append("| " + " | ".join(row) + " |")
     if reasons:
@@ -222,8 +243,10 @@ def render_md(data: dict) -> str:
               "differences between torch and onnxruntime (LayerNorm, GELU, attention) move values across an activation "
               "rounding boundary and flip near-ties. The parity bar therefore judges top-1 agreement on the images that "
               "are not near-ties (torch margin above 4× the typical logit noise, runtimes/parity.py) and SQNR on all; "
-              "a failure above names how many images were excluded. The remaining ones are flips on decisive images "
-              "(not yet explained) and MobileOne's unfused random-init logits (~1e9) against the absolute FP32 bar."]
+              "a failure above names how many images were excluded, and its measured cause. The SQNR bar of a "
+              "quantised graph follows the torch model's own float32-vs-float64 noise where that is larger "
+              "(runtimes.parity.with_reference_noise); the FP32 max-abs bar is 1e-4 or 1e-5 of the largest logit "
+              "(random-init MobileOne's logits are ~1e15)."]
     lines += ["", f"Regenerate: `{data['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -245,7 +268,8 @@ def render_qnn_md(data: dict) -> str:
         if c["ok"]:
             res = "pass"
         else:
-            reasons.append(f"{arch}: {c['reason']}")
+            cause = CAUSES.get((arch, QNN_CELL))
+            reasons.append(f"{arch}: {c['reason']}" + (f" — **cause**: {cause}" if cause else ""))
             res = f"**FAIL** [{len(reasons)}]"
         par = f"{100 * pa['top1_agreement']:.0f} % / {pa['sqnr_db']} dB" if pa else "-"
         lines.append(f"| `{arch}` | {r.get('kind', '')} | {r.get('params_m') or '-'} M | {res} | {c['seconds']:.0f} | "
