@@ -354,3 +354,20 @@ def test_window_padding_arithmetic_folds(tmp_path, calib):
     pad = next(n for n in g.node if n.op_type == "Pad")
     pads = next(numpy_helper.to_array(i) for i in g.initializer if i.name == pad.input[1])
     assert pads.tolist() == [0, 0, 0, 0, 0, 2, 2, 0]   # 6x6 → 8x8
+
+
+def test_layer_never_called_is_left_out(tmp_path, calib):
+    """A quantised layer the forward never runs (an unused auxiliary head) has no weight in the graph: skipped."""
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(6)
+            self.conv, self.head, self.aux = nn.Conv2d(1, 8, 3), nn.Linear(8, 10), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.head(self.conv(x).mean((2, 3)))
+
+    qmodel = quant.quantize_model(Aux().eval(), quant.parse_spec("int", "w8a16", None, ()), torch.from_numpy(calib))
+    assert "aux" in spec_from_model(qmodel).layers   # quantised, weight and all, but never run
+    _, info, _ = _qdq(tmp_path, qmodel, calib)
+    assert info.codes_exact and {w["layer"] for w in info.weights.values()} == {"conv", "head"}

@@ -117,9 +117,10 @@ def _positive_scales(spec: QuantSpec) -> QuantSpec:
 @dataclass
 class WeightSite:
     """Where a quantised layer's weight sits in the float graph: an initializer per orientation it is read
-    in, (name, output-channel axis), and the Conv/Gemm/MatMul nodes reading it."""
+    in, (name, output-channel axis), and the activation each Conv/Gemm/MatMul reading it multiplies (the
+    tensor its input quantiser's encoding belongs to). Both empty for a layer the forward never calls."""
     inits: list
-    consumers: list
+    inputs: list
 
 
 _MATMULS = ("Conv", "Gemm", "MatMul")
@@ -138,17 +139,20 @@ def weights_as_initializers(m: onnx.ModelProto, spec: QuantSpec) -> dict[str, We
     sites = {}
     for name, lq in spec.layers.items():
         source = weight_input(name)
-        inp = next(i for i in m.graph.input if i.name == source)
+        inp = next((i for i in m.graph.input if i.name == source), None)
+        uses = graph.weight_uses(source, name) if inp is not None else []
+        site = sites[name] = WeightSite([], [])
+        if not uses:   # a layer the forward never calls (an unused auxiliary head): nothing to carry
+            if inp is not None:
+                m.graph.input.remove(inp)
+            continue
+        bad = [n for n, k, _ in uses if n.op_type not in _MATMULS or k != 1]
+        if bad:
+            raise QnnExportError(f"layer {name}: its weight feeds {bad[0].op_type} ({bad[0].name or 'unnamed'}), "
+                                 "not a Conv/Gemm/MatMul weight input; QNN needs per-channel weights on those ops: "
+                                 f"keep it float with `edgevit quantize ... --keep-float {name}`")
         shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
         w = lq.dequantized().astype(np.float32).reshape(shape)
-        uses = graph.weight_uses(source, name)
-        bad = [n for n, k, _ in uses if n.op_type not in _MATMULS or k != 1]
-        if bad or not uses:
-            what = f"feeds {bad[0].op_type} ({bad[0].name or 'unnamed'})" if bad else "is not read by any node"
-            raise QnnExportError(f"layer {name}: its weight {what}, not a Conv/Gemm/MatMul weight input; "
-                                 f"QNN needs per-channel weights on those ops: keep it float with "
-                                 f"`edgevit quantize ... --keep-float {name}`")
-        site = WeightSite([], [])
         made = {}
         for node, k, orient in uses:
             if orient not in made:
@@ -158,9 +162,8 @@ def weights_as_initializers(m: onnx.ModelProto, spec: QuantSpec) -> dict[str, We
                 made[orient] = init
                 site.inits.append((init, 0 if orient == "as-is" else 1))
             node.input[k] = made[orient]
-            site.consumers.append(node)
+            site.inputs.append(node.input[0])
         m.graph.input.remove(inp)
-        sites[name] = site
     graph.prune()
     _unshare_initializers(m)
     return sites
@@ -201,7 +204,7 @@ def overrides_for(sites: dict[str, WeightSite], spec: QuantSpec, info: BundleInf
             continue
         entry = {"scale": np.array(aq.scale, np.float32), "zero_point": np.array(aq.zero_point or 0, np.dtype(aq.fmt)),
                  "quant_type": qtype[aq.fmt]}
-        for tensor in dict.fromkeys(n.input[0] for n in site.consumers):   # a layer called twice: each input
+        for tensor in dict.fromkeys(site.inputs):   # a layer called twice: each call's input
             if tensor in overrides and (overrides[tensor][0]["scale"], overrides[tensor][0]["zero_point"]) != \
                     (entry["scale"], entry["zero_point"]):
                 info.conflicts.append(tensor)   # first quantiser wins; both read the same tensor
