@@ -341,7 +341,7 @@ def markdown(res: dict) -> str:
     ]
     for r in res["artifacts"]:
         th = r["thresholds"]
-        ths = ", ".join(f"{k} {'≥' if k != 'max_abs' else '≤'} {v}" for k, v in th.items())
+        ths = ", ".join(f"{k} {'≤' if k in ('max_abs', 'max_rel') else '≥'} {v}" for k, v in th.items())
         hp, dh = r["host_runtime_vs_torch"], r["device_vs_host_runtime"]
         host = f"{100 * hp['top1_agreement']:.2f}% / {fmt_sqnr(hp['sqnr_db'])} dB"
         dvh = ("identical" if dh["max_abs"] == 0 else

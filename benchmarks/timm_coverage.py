@@ -62,6 +62,29 @@ ARCHS = [
 QUANT_CELLS = {"int-w8a8": ("int", "w8a8"), "int-w8a16": ("int", "w8a16"), "fp4-w4a6": ("fp4", "w4a6")}
 CELLS = [*QUANT_CELLS, "tflite-fp32"]
 QNN_CELL = "qnn-w8a16"
+QNN_PARITY_IMAGES = 4   # each image runs the HTP emulator: slow
+# Causes of the failures that stay, measured after the run (the one-line reason says what, this says why)
+CAUSES = {
+    ("pvt_v2_b0", "int-w8a8"): "one flipped image, margin 4.6× the typical logit noise (just outside the 4× "
+    "near-tie band); torch's own float64 run is as far from torch (39.4 dB) as onnxruntime (39.4 dB) and keeps it: "
+    "a near-tie the band misses, not a graph error",
+    ("efficientvit_m0", "fp4-w4a6"): "most images come out bit-exact (median per-image noise 2e-12), so the "
+    "near-tie band collapses; the flipped image differs by one late activation-rounding step (5e-7 on logits "
+    "of ~1e-5), as 6 of 32 images do between torch in float32 and in float64",
+    ("deit_tiny_patch16_224", QNN_CELL): "the QDQ graph agrees with the torch reference on onnxruntime's CPU EP "
+    "(53 dB), and HTP with the CPU EP on every block output (34–45 dB; the class-token row 27–42 dB); the final "
+    "LayerNorm, decomposed by the qnn-htp rewrite, drops the class-token row the head reads to 16 dB on HTP at its "
+    "Div (the whole normed tensor stays at 32 dB): HTP's 16-bit Div/normalisation arithmetic, not an encoding "
+    "error; not yet fixed",
+    ("mobileone_s0", QNN_CELL): "random-init MobileOne's activations grow to ~1e15 (its logits too, see the "
+    "tflite-fp32 note); not investigated further — likely beyond the range of HTP's fp16 internals",
+    ("efficientvit_b0", QNN_CELL): "HTP refuses the Slice nodes that split q/k/v in EfficientViT's "
+    "linear-attention context module (not rewritten by the qnn-htp target yet)",
+}
+for _arch in ("swin_tiny_patch4_window7_224", "pvt_v2_b0", "mobilevit_xxs", "coat_lite_tiny", "efficientvit_m0", "tiny_vit_5m_224",
+              "edgenext_xx_small"):
+    CAUSES[(_arch, QNN_CELL)] = ("the qnn-htp rewrite does not yet bring this attention (head split / window "
+                                 "partition / positional encoding) to rank ≤ 4")
 _RUNNING: set = set()   # steps in flight, killed when the benchmark is interrupted
 
 
@@ -124,11 +147,13 @@ def run_cell(arch: str, cell: str, work: Path, timeout: float) -> dict:
     elif cell == QNN_CELL:
         art = work / f"{arch}-qnn"
         if go("export", ["export", model, "--runtime", "qnn", "--precision", "w8a16", "--soc", "SM8650",
-                         "--calib-data", "photos:16", "--parity-data", "photos:16", "--parity-images", "4",
+                         "--calib-data", "photos:16", "--parity-data", "photos:16", "--parity-images", str(QNN_PARITY_IMAGES),
                          "--out", str(art), "--overwrite"]):
             try:
                 manifest = json.loads((art / "manifest.json").read_text())
                 steps[-1]["placement"] = _find(manifest, "placement")
+                pm = manifest["parity"]["metrics"]
+                steps[-1]["parity"] = {k: pm.get(k) for k in ("n", "top1_agreement", "sqnr_db")}
             except (OSError, ValueError):
                 pass
     else:
@@ -141,6 +166,9 @@ def run_cell(arch: str, cell: str, work: Path, timeout: float) -> dict:
     placement = next((s["placement"] for s in steps if s.get("placement")), None)
     if placement:
         row["placement"] = placement
+    qnn_parity = next((s["parity"] for s in steps if s.get("parity")), None)
+    if qnn_parity:
+        row["parity"] = qnn_parity
     return row
 
 
@@ -181,6 +209,8 @@ def render_md(data: dict) -> str:
     cells = [c for c in [*CELLS, QNN_CELL] if any(c in r["cells"] for r in data["archs"].values())]
     passed = sum(r["cells"][c]["ok"] for r in data["archs"].values() for c in cells if c in r["cells"])
     total = sum(c in r["cells"] for r in data["archs"].values() for c in cells)
+    if cells == [QNN_CELL]:
+        return render_qnn_md(data)
     lines = ["## timm coverage: quantize → export → check-parity", "",
              f"**{passed} / {total} cells pass ({100 * passed / max(total, 1):.0f} %)** over {len(data['archs'])} timm "
              "architectures (random init, `pretrained=False`), calibrated and parity-checked on `photos`. "
@@ -201,9 +231,12 @@ def render_md(data: dict) -> str:
                 if cell.get("placement"):
                     pl = cell["placement"]
                     extra = f", HTP {pl.get('nodes_on_htp')} / refused {pl.get('refused')}"
+                if cell.get("parity"):
+                    extra += f", {cell['parity']['sqnr_db']} dB"
                 row.append(f"pass ({cell['seconds']:.0f} s{extra})")
             else:
-                reasons.append(f"{arch} {c}: {cell['reason']}")
+                cause = CAUSES.get((arch, c))
+                reasons.append(f"{arch} {c}: {cell['reason']}" + (f" — **cause**: {cause}" if cause else ""))
                 row.append(f"**FAIL** [{len(reasons)}]")
         lines.append("| " + " | ".join(row) + " |")
     if reasons:
@@ -212,8 +245,39 @@ def render_md(data: dict) -> str:
               "differences between torch and onnxruntime (LayerNorm, GELU, attention) move values across an activation "
               "rounding boundary and flip near-ties. The parity bar therefore judges top-1 agreement on the images that "
               "are not near-ties (torch margin above 4× the typical logit noise, runtimes/parity.py) and SQNR on all; "
-              "a failure above names how many images were excluded. The remaining ones are flips on decisive images "
-              "(not yet explained) and MobileOne's unfused random-init logits (~1e9) against the absolute FP32 bar."]
+              "a failure above names how many images were excluded, and its measured cause. The SQNR bar of a "
+              "quantised graph follows the torch model's own float32-vs-float64 noise where that is larger "
+              "(runtimes.parity.with_reference_noise); the FP32 max-abs bar is 1e-4 or 1e-5 of the largest logit "
+              "(random-init MobileOne's logits are ~1e15)."]
+    lines += ["", f"Regenerate: `{data['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def render_qnn_md(data: dict) -> str:
+    """The QNN sibling table: per architecture, nodes the HTP compiler took / refused and emulator parity."""
+    rows = [(a, r, r["cells"][QNN_CELL]) for a, r in data["archs"].items() if QNN_CELL in r["cells"]]
+    passed = sum(c["ok"] for _, _, c in rows)
+    lines = ["## timm coverage on QNN HTP (w8a16, SM8650, emulated)", "",
+             f"**{passed} / {len(rows)} architectures pass** `edgevit export timm:ARCH --runtime qnn --precision w8a16 "
+             "--soc SM8650` (the `qnn-htp` rewrite first, edgevit's W8A16 quantisation carried into the QDQ graph, "
+             "context binary compiled, parity of the HTP emulator against the torch reference on "
+             f"{data.get('qnn_parity_images', 4)} photos). Times are wall seconds on {data['machine']}.", "",
+             "| architecture | kind | params | result | s | nodes on HTP | refused | parity top-1 / SQNR |",
+             "|---|---|---|---|---|---|---|---|"]
+    reasons = []
+    for arch, r, c in rows:
+        pl, pa = c.get("placement") or {}, c.get("parity") or {}
+        if c["ok"]:
+            res = "pass"
+        else:
+            cause = CAUSES.get((arch, QNN_CELL))
+            reasons.append(f"{arch}: {c['reason']}" + (f" — **cause**: {cause}" if cause else ""))
+            res = f"**FAIL** [{len(reasons)}]"
+        par = f"{100 * pa['top1_agreement']:.0f} % / {pa['sqnr_db']} dB" if pa else "-"
+        lines.append(f"| `{arch}` | {r.get('kind', '')} | {r.get('params_m') or '-'} M | {res} | {c['seconds']:.0f} | "
+                     f"{pl.get('nodes_on_htp', '-')} | {pl.get('refused', '-')} | {par} |")
+    if reasons:
+        lines += ["", "Failures:", ""] + [f"{i}. {r}" for i, r in enumerate(reasons, 1)]
     lines += ["", f"Regenerate: `{data['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -245,7 +309,11 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from runtimes import machine
     data.update({"machine": machine.summary(), "python": platform.python_version(),
-                 "command": "OMP_NUM_THREADS=1 python benchmarks/timm_coverage.py" + (" --qnn" if args.qnn else "")})
+                 "command": "OMP_NUM_THREADS=1 python benchmarks/timm_coverage.py" + (
+                     f" --cells {QNN_CELL} --out benchmarks/results/timm_coverage_qnn.json" if cells == [QNN_CELL]
+                     else " --qnn" if args.qnn else "")})
+    if QNN_CELL in cells:
+        data["qnn_parity_images"] = QNN_PARITY_IMAGES
     t0 = time.perf_counter()
 
     def one(arch):

@@ -15,8 +15,11 @@ from runtimes.errors import ParityError
 # FP32: the same arithmetic up to kernel order. Quantised: the runtime re-does the fake-quant model's
 # rounding with its own kernels (integer accumulation, fused requantisation), so agreement, not
 # bit-equality, is the bar; SQNR guards against a silent scale/layout error that keeps top-1 lucky.
+# FP32 max abs: 1e-4, or 1e-5 of the largest reference logit where logits exceed 10 (the same relative
+# precision): random-init MobileOne (unfused branches) has logits ~1e15, where torch's own float32 result
+# is ~7e8 from its float64 one and TFLite's 1e9 (8e-7 relative, SQNR 125 dB).
 THRESHOLDS = {
-    "fp32": {"max_abs": 1e-4, "top1_agreement": 1.0},
+    "fp32": {"max_abs": 1e-4, "max_rel": 1e-5, "top1_agreement": 1.0},
     "fp16": {"top1_agreement": 0.995, "sqnr_db": 40.0},
     # also the opt-in `integer` graph form (requantisation points the torch model lacks, runtimes.onnx.requant):
     # on the full 10k Fashion-MNIST test set it agrees 99.63 % (mobilenet-mini) and 99.58 % (vit-small)
@@ -59,7 +62,17 @@ def compare(reference: np.ndarray, output: np.ndarray) -> dict:
             "decisive_n": int(decisive.sum()),
             "top1_agreement_decisive": float(agree[decisive].mean()) if decisive.any() else 1.0,
             "max_abs": float(np.abs(ref - out).max()),
+            "ref_max_abs": float(np.abs(ref).max()),
             "sqnr_db": "inf" if math.isinf(sqnr) else round(sqnr, 3)}
+
+
+def max_abs_bar(thresholds: dict, metrics: dict) -> float | None:
+    """The max abs error allowed: `max_abs`, widened to `max_rel` × the largest reference logit when that is
+    more (metrics from compare(); older records without `ref_max_abs` keep the absolute bar)."""
+    if "max_abs" not in thresholds:
+        return None
+    rel = thresholds.get("max_rel", 0.0) * metrics.get("ref_max_abs", 0.0)
+    return max(thresholds["max_abs"], rel)
 
 
 def failures(metrics: dict, thresholds: dict, exclude_ties: bool = True) -> list[str]:
@@ -67,8 +80,10 @@ def failures(metrics: dict, thresholds: dict, exclude_ties: bool = True) -> list
     images (see TIE_SIGMAS) unless `exclude_ties` is off: for bars against the float model (TFLite's
     re-quantised INT8), where flips are the quantisation error being measured, not kernel noise."""
     out = []
-    if "max_abs" in thresholds and metrics["max_abs"] > thresholds["max_abs"]:
-        out.append(f"max abs error {metrics['max_abs']:.3g} > {thresholds['max_abs']:.3g}")
+    bar = max_abs_bar(thresholds, metrics)
+    if bar is not None and metrics["max_abs"] > bar:
+        out.append(f"max abs error {metrics['max_abs']:.3g} > {bar:.3g}"
+                   + (f" ({thresholds['max_rel']:g} of the largest logit)" if bar > thresholds["max_abs"] else ""))
     agreement = metrics.get("top1_agreement_decisive", metrics["top1_agreement"]) if exclude_ties \
         else metrics["top1_agreement"]
     if "top1_agreement" in thresholds and agreement < thresholds["top1_agreement"]:
@@ -80,6 +95,29 @@ def failures(metrics: dict, thresholds: dict, exclude_ties: bool = True) -> list
     if "sqnr_db" in thresholds and sqnr < thresholds["sqnr_db"]:
         out.append(f"SQNR {sqnr:.1f} dB < {thresholds['sqnr_db']:.1f} dB")
     return out
+
+
+# A quantised model's static activation rounding can amplify float op-order differences block after block
+# until its float32 outputs depend on the kernel as much as on the model: real-weight MobileNetV2 W8A8
+# (photos:64) sits 21.9 dB from the same model in float64, and torch itself under channels_last convs
+# 21.9 dB / 93.7 % top-1 from torch — as far as onnxruntime is (21.6 dB / 93.7 %). No runtime can match
+# one float32 realisation closer than another does, so the SQNR bar follows the reference's own noise: two
+# float32 realisations each that far from the float64 one differ by up to √2 × that error (3 dB more).
+REALISATION_MARGIN_DB = 3.0
+# Below this the quantised model is too unstable for any parity bar to mean something: refuse regardless.
+MIN_SQNR_DB = 15.0
+
+
+def with_reference_noise(thresholds: dict, own: dict) -> dict:
+    """`thresholds` with the SQNR bar lowered to the reference's own float-order noise when it lies below
+    the bar: `own` = compare(float64 realisation, float32 reference). Never below MIN_SQNR_DB; top-1
+    agreement on decisive images is left as strict as it was."""
+    if "sqnr_db" not in thresholds or own["sqnr_db"] == "inf":
+        return thresholds
+    floor = float(own["sqnr_db"]) - REALISATION_MARGIN_DB
+    if floor >= thresholds["sqnr_db"]:
+        return thresholds
+    return {**thresholds, "sqnr_db": round(max(floor, MIN_SQNR_DB), 1)}
 
 
 def ties_excluded(precision_class: str) -> bool:

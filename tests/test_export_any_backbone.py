@@ -285,3 +285,32 @@ def test_timm_quantize_export_parity(tmp_path, cli_runner, arch):
     assert r.exit_code == 0, r.output
     r = cli_runner.invoke(cli, ["check-parity", str(art), "--data", "photos:16"])
     assert r.exit_code == 0 and "parity OK" in r.output, r.output
+
+
+@pytest.mark.slow
+def test_real_mobilenetv2_w8a8_exports_within_its_own_float_order_noise(tmp_path, cli_runner):
+    """Real-weight MobileNetV2 W8A8: its static 8-bit rounding amplifies float op order, so torch in float32 is
+    itself ~22 dB from float64 and onnxruntime as far (it failed the fixed 25 dB bar). The export passes with
+    the bar following that noise, records it, and check-parity applies the same bar; top-1 stays strict."""
+    from edgevit.cli import cli
+    from edgevit.errors import UsageError
+    from edgevit.models.registry import load_model
+    try:
+        load_model("mobilenetv2")
+    except UsageError:
+        pytest.skip("the MobileNetV2 weights package is not installed")
+    q, art = tmp_path / "q", tmp_path / "onnx"
+    r = cli_runner.invoke(cli, ["quantize", "mobilenetv2", "--bits", "w8a8",
+                                "--eval-data", "photos:8", "--out", str(q)])
+    assert r.exit_code == 0, r.output
+    r = cli_runner.invoke(cli, ["export", str(q), "--runtime", "onnx", "--parity-data", "photos:64", "--out", str(art)])
+    assert r.exit_code == 0, r.output
+    import json
+    p = json.loads((art / "manifest.json").read_text())["parity"]
+    own = p["reference_float64"]["sqnr_db"]
+    assert own < parity.THRESHOLDS["int8"]["sqnr_db"]                         # the reference's own noise
+    assert p["thresholds"]["sqnr_db"] == max(round(own - parity.REALISATION_MARGIN_DB, 1), parity.MIN_SQNR_DB)
+    assert p["thresholds"]["top1_agreement"] == parity.THRESHOLDS["int8"]["top1_agreement"]
+    assert p["metrics"]["top1_agreement_decisive"] >= 0.995
+    r = cli_runner.invoke(cli, ["check-parity", str(art), "--data", "photos:64"])
+    assert r.exit_code == 0 and "parity OK" in r.output, r.output

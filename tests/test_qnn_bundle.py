@@ -196,3 +196,178 @@ def test_missing_extra_names_the_install(monkeypatch, tmp_path, calib):
         export_qnn_artifact(tiny_cnn(), out, input_shape=(1, 1, 12, 12), preprocess={}, labels=[],
                             parity_inputs=calib, calibration=calib)
     assert not out.exists()
+
+
+class _TimmLike(nn.Module):
+    """What the by-value search got wrong: a conv → BatchNorm held as attributes (timm's ConvNormAct), a conv
+    called twice (CoaT's shared position encoding), two token Linears with identical weights (MatMul after a
+    Transpose of the weight)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv, self.bn = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+            self.bn.weight.uniform_(0.5, 1.5)
+        self.pe = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.b.load_state_dict(self.a.state_dict())
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        x = x + self.pe(x)
+        x = x + self.pe(x)
+        t = x.permute(0, 2, 3, 1)   # channels last: a Linear on a 4-D tensor is MatMul(x, Transpose(W))
+        return self.head(self.b(torch.relu(self.a(t))).mean((1, 2)))
+
+
+@pytest.mark.parametrize("precision", ["w8a8", "w8a16"])
+def test_weights_found_by_construction(tmp_path, calib, precision):
+    """Each layer's weight is the float graph's initializer `<layer>.weight` (`.T` where read transposed),
+    whatever the module structure, and equal weights of different layers stay apart."""
+    import onnxruntime as ort
+    qmodel = quant.quantize_model(_TimmLike().eval(), quant.parse_spec("int", precision, None, ()),
+                                  torch.from_numpy(calib))
+    ref, info, qdq = _qdq(tmp_path, qmodel, calib)
+    assert info.codes_exact and not info.conflicts
+    by_layer = {w["layer"]: (init, w["axis"]) for init, w in info.weights.items()}
+    assert set(by_layer) == {"conv", "pe", "a", "b", "head"} and len(info.weights) == 5
+    assert by_layer["conv"] == ("conv.weight", 0) and by_layer["pe"] == ("pe.weight", 0)
+    assert by_layer["a"][0] != by_layer["b"][0]                       # identical values, two initializers
+    fg = onnx.load(str(info.float_path)).graph
+    assert [i.name for i in fg.input] == ["input"]
+    assert not any(n.op_type in ("BatchNormalization", "Identity") for n in fg.node)  # BN folded
+    assert {"a.bias", "b.bias", "conv.bias"} <= {i.name for i in fg.initializer}   # equal biases: a copy each
+    int32 = {i.name for i in qdq.graph.initializer if i.data_type == onnx.TensorProto.INT32}
+    assert {"conv.bias_quantized", "pe.bias_quantized"} <= int32                   # conv biases: int32
+    assert len(info.activations) >= 5                                   # pe's input quantiser on both calls
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(info.qdq_path), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(4).standard_normal((16, 1, 12, 12)).astype(np.float32)
+    got = np.concatenate([sess.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    sqnr = -20 * np.log10(np.linalg.norm(got - want) / np.linalg.norm(want))
+    assert sqnr > (35 if precision == "w8a8" else 60), sqnr
+    # pe's shared input encoding reaches below 0, so the Relu before it cannot be left to the encoding's clamp
+    assert any(n.op_type == "Relu" for n in qdq.graph.node)
+
+
+def _weight_graph(path_nodes, last):
+    from onnx import TensorProto as T
+    from onnx import helper
+    g = helper.make_graph(
+        [*path_nodes, last], "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [2, 4]), helper.make_tensor_value_info("fc.weight", T.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", T.FLOAT, None)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_weight_through_identity_and_transpose_becomes_one_initializer():
+    from onnx import helper
+    from runtimes.qnn.bundle import weights_as_initializers
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) - 6
+    m = _weight_graph([helper.make_node("Identity", ["fc.weight"], ["w1"]),
+                       helper.make_node("Transpose", ["w1"], ["wt"], perm=[1, 0])],
+                      helper.make_node("MatMul", ["x", "wt"], ["y"]))
+    spec = QuantSpec("w8a16", {"fc": LayerQuant("int8", w, np.ones((3, 1), np.float32))}, {})
+    sites = weights_as_initializers(m, spec)
+    assert sites["fc"].inits == [("fc.weight", 1)] and [n.op_type for n in m.graph.node] == ["MatMul"]
+    np.testing.assert_array_equal(numpy_helper.to_array(m.graph.initializer[0]), w.T)
+    assert [i.name for i in m.graph.input] == ["x"]
+
+
+def test_weight_not_read_by_a_matmul_names_the_layer():
+    from onnx import helper
+    from runtimes.qnn.bundle import weights_as_initializers
+    w = np.ones((3, 4), np.float32)
+    m = _weight_graph([helper.make_node("Mul", ["fc.weight", "fc.weight"], ["w2"], name="square")],
+                      helper.make_node("MatMul", ["x", "w2"], ["y"]))
+    spec = QuantSpec("w8a16", {"fc": LayerQuant("int8", w, np.ones((3, 1), np.float32))}, {})
+    with pytest.raises(QnnExportError, match=r"layer fc: its weight feeds Mul \(square\).*--keep-float fc"):
+        weights_as_initializers(m, spec)
+
+
+def test_reshape_chains_fold_to_static_shapes(tmp_path, calib):
+    """`x.flatten(2)` and `reshape(B, N, H, C // H)` export as Shape → Gather/Slice/Div → Concat → Reshape chains;
+    at batch 1 they are constants, so the float graph is static (QNN compiles nothing else)."""
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(3)
+            self.conv, self.fc, self.head = nn.Conv2d(1, 8, 4, stride=4), nn.Linear(8, 8), nn.Linear(4, 10)
+
+        def forward(self, x):
+            t = self.conv(x).flatten(2).transpose(1, 2)
+            b, n, c = t.shape
+            t = self.fc(t).reshape(b, n, 2, c // 2).mean(2)
+            return self.head(t.mean(1))
+
+    qmodel = quant.quantize_model(Tokens().eval(), quant.parse_spec("int", "w8a16", None, ()), torch.from_numpy(calib))
+    _, info, _ = _qdq(tmp_path, qmodel, calib)
+    ops = {n.op_type for n in onnx.load(str(info.float_path)).graph.node}
+    assert "Shape" not in ops and info.codes_exact
+
+
+def test_layernorm_gamma_is_unsigned_8bit(tmp_path, calib):
+    """HTP refuses LayerNorm with a signed 8-bit gamma beside 16-bit activations (ConvNeXt's 17 norms went to CPU)."""
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(4)
+            self.conv, self.norm, self.head = nn.Conv2d(1, 8, 4, stride=4), nn.LayerNorm(8), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.head(self.norm(self.conv(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+    qmodel = quant.quantize_model(Norm().eval(), quant.parse_spec("int", "w8a16", None, ()), torch.from_numpy(calib))
+    _, info, qdq = _qdq(tmp_path, qmodel, calib)
+    ln = next(n for n in onnx.load(str(info.float_path)).graph.node if n.op_type == "LayerNormalization")
+    dtype = {i.name: i.data_type for i in qdq.graph.initializer}
+    assert dtype[f"{ln.input[1]}_quantized"] == onnx.TensorProto.UINT8
+    assert all(dtype[f"{init}_quantized"] == onnx.TensorProto.INT8 for init in info.weights)   # edgevit's stay int8
+
+
+def test_window_padding_arithmetic_folds(tmp_path, calib):
+    """Swin pads to a whole number of windows with pads computed from the traced size (Shape, Mod, ConstantOfShape,
+    Concat, Reshape, Slice, Transpose, Cast): evaluated at batch 1, the Pad reads constants and the graph is static."""
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(5)
+            self.conv, self.head = nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.conv(x).permute(0, 2, 3, 1)
+            h, w = x.shape[1:3]
+            x = nn.functional.pad(x, (0, 0, 0, (4 - w % 4) % 4, 0, (4 - h % 4) % 4))
+            return self.head(x.mean((1, 2)))
+
+    qmodel = quant.quantize_model(Padded().eval(), quant.parse_spec("int", "w8a16", None, ()), torch.from_numpy(calib))
+    _, info, _ = _qdq(tmp_path, qmodel, calib)
+    g = onnx.load(str(info.float_path)).graph
+    assert not {"Shape", "ConstantOfShape", "Mod"} & {n.op_type for n in g.node}
+    pad = next(n for n in g.node if n.op_type == "Pad")
+    pads = next(numpy_helper.to_array(i) for i in g.initializer if i.name == pad.input[1])
+    assert pads.tolist() == [0, 0, 0, 0, 0, 2, 2, 0]   # 6x6 → 8x8
+
+
+def test_layer_never_called_is_left_out(tmp_path, calib):
+    """A quantised layer the forward never runs (an unused auxiliary head) has no weight in the graph: skipped."""
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(6)
+            self.conv, self.head, self.aux = nn.Conv2d(1, 8, 3), nn.Linear(8, 10), nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.head(self.conv(x).mean((2, 3)))
+
+    qmodel = quant.quantize_model(Aux().eval(), quant.parse_spec("int", "w8a16", None, ()), torch.from_numpy(calib))
+    assert "aux" in spec_from_model(qmodel).layers   # quantised, weight and all, but never run
+    _, info, _ = _qdq(tmp_path, qmodel, calib)
+    assert info.codes_exact and {w["layer"] for w in info.weights.values()} == {"conv", "head"}

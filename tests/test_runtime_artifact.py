@@ -102,3 +102,37 @@ def test_parity_judges_agreement_on_decisive_images_only():
     out[50] = out[50][::-1]                                    # a confident image flipped: a real disagreement
     assert any("agreement" in f for f in parity.failures(parity.compare(ref, out), th))
     assert any("SQNR" in f for f in parity.failures(parity.compare(ref, ref + rng.standard_normal(ref.shape)), th))
+
+
+def test_sqnr_bar_follows_the_reference_float_order_noise():
+    """A quantised reference whose own float32 outputs sit 22 dB from its float64 ones cannot be matched closer
+    by another runtime: the bar drops to that noise less 3 dB — never below MIN_SQNR_DB; a stable reference keeps
+    the full bar, and so does top-1 agreement."""
+    from runtimes import parity
+    th = parity.THRESHOLDS["int8"]
+    assert parity.with_reference_noise(th, {"sqnr_db": 48.0}) == th
+    assert parity.with_reference_noise(th, {"sqnr_db": "inf"}) == th
+    noisy = parity.with_reference_noise(th, {"sqnr_db": 21.97})
+    assert noisy == {**th, "sqnr_db": 19.0} and noisy["top1_agreement"] == th["top1_agreement"]
+    assert parity.with_reference_noise(th, {"sqnr_db": 9.0})["sqnr_db"] == parity.MIN_SQNR_DB
+    m = {"n": 63, "top1_agreement": 0.94, "decisive_n": 33, "top1_agreement_decisive": 1.0, "max_abs": 1.5}
+    assert parity.failures({**m, "sqnr_db": 21.6}, th) and not parity.failures({**m, "sqnr_db": 21.6}, noisy)
+    assert parity.failures({**m, "sqnr_db": 12.0}, noisy)                    # a real error still fails
+
+
+def test_fp32_max_abs_bar_is_relative_to_the_logit_scale():
+    """1e-4 absolute for ordinary logits; 1e-5 of the largest logit where they are huge (random-init MobileOne,
+    ~1e15, off by 1e9 = 8e-7 relative in TFLite, and torch itself by 7e8 against float64)."""
+    import numpy as np
+    from runtimes import parity
+    th = parity.THRESHOLDS["fp32"]
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((16, 10)) * 5
+    assert parity.failures(parity.compare(ref, ref + 5e-5), th) == []
+    assert any("max abs" in f for f in parity.failures(parity.compare(ref, ref + 2e-4), th))   # still 1e-4 here
+    big = ref * 2.5e14
+    assert parity.failures(parity.compare(big, big * (1 + 8e-7)), th) == []
+    bad = parity.failures(parity.compare(big, big * (1 + 1e-4)), th)
+    assert bad and "of the largest logit" in bad[0]
+    old = {k: v for k, v in parity.compare(ref, ref + 5e-5).items() if k != "ref_max_abs"}  # older records
+    assert parity.max_abs_bar(th, old) == 1e-4

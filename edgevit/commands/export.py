@@ -134,6 +134,7 @@ def check_parity_cmd(artifact, data, seed, model_override, weights, threads, as_
       edgevit check-parity out/vit-small-onnx --data fashion-mnist:512
     """
     from runtimes import machine
+    from runtimes.parity import max_abs_bar
     c = artifacts.check_parity(artifact, data, seed, model_override, weights, threads)
     m, th = c.metrics, c.thresholds
     if as_json:
@@ -146,7 +147,7 @@ def check_parity_cmd(artifact, data, seed, model_override, weights, threads, as_
     rows = [["top-1 agreement, all images", f"{100 * m['top1_agreement']:.2f}%", "-" if c.ties_excluded else bar],
             [f"  the {m['decisive_n']} that are not near-ties", f"{100 * m['top1_agreement_decisive']:.2f}%",
              bar if c.ties_excluded else "-"],
-            ["max abs error", f"{m['max_abs']:.3g}", f"<= {th['max_abs']:.3g}" if "max_abs" in th else "-"],
+            ["max abs error", f"{m['max_abs']:.3g}", f"<= {max_abs_bar(th, m):.3g}" if "max_abs" in th else "-"],
             ["SQNR dB", str(m["sqnr_db"]), f">= {th['sqnr_db']}" if "sqnr_db" in th else "-"]]
     if c.top1:
         rows.append(["top-1 runtime / torch", f"{c.top1['runtime']:.2f}% / {c.top1['torch']:.2f}%", "-"])

@@ -598,25 +598,7 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
     static8 = all(a.granularity == "per-tensor" and a.fmt in ("int8", "uint8") for a in spec.acts.values())
     model, spec = fold_batchnorm(model, spec, fold=static8, input_shape=input_shape)
     twin = float_twin(model, spec, activations=True, functions=True)
-    names = list(spec.layers)
-    wrapper = _WeightsAsInputs(twin, names)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        with _where(twin) as stack:
-            try:
-                export_onnx(wrapper, input_shape, tmp, opset=min(opset, 20),
-                            dynamic_batch=dynamic_batch, input_names=("input", *map(weight_input, names)),
-                            extra_inputs=wrapper.weights)
-            except ExportError:
-                raise
-            except Exception as e:   # noqa: BLE001 — the exporter's own errors: say where and what to do
-                raise _export_failure(e, stack, spec, wrapper,
-                                      (torch.zeros((1, *input_shape[1:])), *wrapper.weights)) from e
-        m = onnx.load(tmp)
-    finally:
-        os.unlink(tmp)
-    _strip_prefix(m, "twin.")
+    m = export_weights_as_inputs(twin, spec, input_shape, min(opset, 20), dynamic_batch, path.parent)
     if opset > 20:
         m = onnx.version_converter.convert_version(m, opset)
     graph = _Graph(m)
@@ -642,18 +624,54 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
             "layers": layers}
 
 
-def _strip_prefix(m: onnx.ModelProto, prefix: str) -> None:
-    """Initializers named `twin.<param>` by the wrapper export keep the model's own parameter names."""
+def export_weights_as_inputs(twin: nn.Module, spec: QuantSpec, input_shape: tuple[int, ...], opset: int,
+                             dynamic_batch: bool = True, workdir: str | Path | None = None) -> onnx.ModelProto:
+    """The TorchScript export of `twin` with each quantised layer's weight entering as the graph input
+    `weight_input(layer)` (see _WeightsAsInputs), its other parameters under the model's own names.
+
+    Shared by this exporter and the QNN bundle (runtimes.qnn.bundle), which both find a layer's weight
+    in the graph by that name, never by value. An exporter error → ExportFailure naming the module.
+    """
+    names = list(spec.layers)
+    wrapper = _WeightsAsInputs(twin, names)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=workdir)
+    os.close(fd)
+    try:
+        with _where(twin) as stack:
+            try:
+                export_onnx(wrapper, input_shape, tmp, opset=opset,
+                            dynamic_batch=dynamic_batch, input_names=("input", *map(weight_input, names)),
+                            extra_inputs=wrapper.weights)
+            except ExportError:
+                raise
+            except Exception as e:   # noqa: BLE001 — the exporter's own errors: say where and what to do
+                raise _export_failure(e, stack, spec, wrapper,
+                                      (torch.zeros((1, *input_shape[1:])), *wrapper.weights)) from e
+        m = onnx.load(tmp)
+    finally:
+        os.unlink(tmp)
+    _strip_wrapper_names(m)
+    return m
+
+
+def _strip_wrapper_names(m: onnx.ModelProto) -> None:
+    """Names the wrapper adds (`twin.<param>`, `/twin/<scope>/…`) → the model's own, as a plain export names them."""
     g = m.graph
-    taken = {i.name for i in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
-    rename = {i.name: i.name[len(prefix):] for i in g.initializer
-              if i.name.startswith(prefix) and i.name[len(prefix):] not in taken}
+    names = {i.name for i in g.initializer} | {o for n in g.node for o in n.output}
+    taken = names | {i.name for i in g.input} | {o.name for o in g.output}
+    rename = {}
+    for t in names:
+        for prefix, repl in (("twin.", ""), ("/twin/", "/")):
+            if t.startswith(prefix) and repl + t[len(prefix):] not in taken:
+                rename[t] = repl + t[len(prefix):]
     for i in g.initializer:
         i.name = rename.get(i.name, i.name)
+    for v in g.value_info:
+        v.name = rename.get(v.name, v.name)
     for n in g.node:
-        for k, name in enumerate(n.input):
-            if name in rename:
-                n.input[k] = rename[name]
+        n.name = "/" + n.name[len("/twin/"):] if n.name.startswith("/twin/") else n.name
+        n.input[:] = [rename.get(i, i) for i in n.input]
+        n.output[:] = [rename.get(o, o) for o in n.output]
 
 
 class _where:

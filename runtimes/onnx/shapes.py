@@ -13,6 +13,9 @@ import onnx
 from onnx import numpy_helper
 
 _DYN = None   # an entry whose value is only known at run time
+# integer arithmetic on shape entries (ONNX integer Div truncates toward zero)
+_ARITH = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
+          "Div": lambda x, y: np.trunc(x / y).astype(np.int64)}
 
 
 def _dims(vi) -> list | None:
@@ -51,6 +54,18 @@ def _known_values(m: onnx.ModelProto, shapes: dict) -> dict[str, tuple[list, boo
             out = ([e for v in ins for e in v[0]], False)
         elif n.op_type == "Cast" and ins[0] and a.get("to") == onnx.TensorProto.INT64:
             out = ins[0]
+        elif n.op_type == "Slice" and len(ins) >= 3 and all(ins[:3]) and all(v is not None for v in ins[3:]) \
+                and (len(ins) < 4 or ins[3][0] in ([0], [-1])) and (len(ins) < 5 or len(ins[4][0]) == 1):
+            (lo,), (hi,) = ins[1][0], ins[2][0]
+            step = ins[4][0][0] if len(ins) >= 5 else 1
+            if isinstance(lo, int) and isinstance(hi, int) and isinstance(step, int) and step:
+                out = (ins[0][0][slice(lo, hi, step)], False)
+        elif n.op_type in _ARITH and len(ins) == 2 and all(ins) \
+                and all(isinstance(e, int) for v in ins for e in v[0]) and (len(ins[0][0]) == len(ins[1][0])
+                                                                           or 1 in (len(ins[0][0]), len(ins[1][0]))):
+            x, y = (np.array(v[0], np.int64) for v in ins)
+            if n.op_type != "Div" or (y != 0).all():
+                out = (_ARITH[n.op_type](x, y).reshape(-1).tolist(), ins[0][1] and ins[1][1])
         if out is not None:
             vals[n.output[0]] = out
     return vals
@@ -106,3 +121,64 @@ def _drop_dead(m: onnx.ModelProto) -> int:
     del g.initializer[:]
     g.initializer.extend(inits)
     return removed
+
+
+_INT_TYPES = (np.int64, np.int32, np.bool_)
+
+
+def fold_integer_constants(m: onnx.ModelProto, max_elements: int = 4096) -> int:
+    """For a graph with fully static shapes (the QNN float graph, batch 1): evaluate every node whose inputs are
+    all known small integer tensors — Shape of a statically shaped tensor, Constant, initializer, or a node
+    already folded — and feed its consumers an initializer instead. Covers what fold_static_shapes does not
+    (ConstantOfShape, Mod, Where, 2-D pads arithmetic: Swin's window padding). Float arithmetic is never
+    evaluated here. Returns how many nodes were removed."""
+    from onnx.reference import ReferenceEvaluator
+    g = m.graph
+    inferred = onnx.shape_inference.infer_shapes(m)
+    shapes = {v.name: _dims(v) for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    known = {i.name: numpy_helper.to_array(i) for i in g.initializer
+             if i.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL)
+             and int(np.prod(i.dims)) <= max_elements}
+    outputs = {o.name for o in g.output}
+    folded: dict[str, np.ndarray] = {}
+    for n in g.node:
+        if n.domain not in ("", "ai.onnx") or not n.output or set(n.output) & outputs:
+            continue
+        if n.op_type == "Shape":
+            dims = shapes.get(n.input[0])
+            if dims is None or _DYN in dims:
+                continue
+            a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+            vals = [np.array(dims[a.get("start", 0):a.get("end", None)], np.int64)]
+        elif n.op_type == "Constant" or (all(i in known for i in n.input if i) and any(n.input)):
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear", "RandomNormal", "RandomUniform"):
+                continue
+            try:
+                feeds = {i: known[i] for i in n.input if i}
+                graph = onnx.helper.make_graph(
+                    [n], "fold", [onnx.helper.make_tensor_value_info(i, onnx.helper.np_dtype_to_tensor_dtype(v.dtype),
+                                                                    v.shape) for i, v in feeds.items()],
+                    [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in n.output])
+                model = onnx.helper.make_model(graph, opset_imports=m.opset_import)
+                vals = ReferenceEvaluator(model).run(None, feeds)
+            except Exception:   # noqa: BLE001 — an op the reference cannot run stays in the graph
+                continue
+        else:
+            continue
+        vals = [np.asarray(v) for v in vals]
+        if not all(v.dtype.type in _INT_TYPES and v.size <= max_elements for v in vals):
+            continue
+        for o, v in zip(n.output, vals):
+            known[o] = v
+            folded[o] = v
+    if not folded:
+        return 0
+    taken = {i.name for i in g.initializer}
+    for o, v in folded.items():
+        if o not in taken:
+            g.initializer.append(numpy_helper.from_array(v, o))
+    folded_nodes = [n for n in g.node if n.output and all(o in folded for o in n.output)]
+    for n in folded_nodes:
+        g.node.remove(n)
+    _drop_dead(m)
+    return len(folded_nodes)

@@ -5,7 +5,9 @@ static shapes and rank ≤ 4. onnxruntime's QNN recipe (`get_qnn_qdq_config` + `
 a graph and knows the op-specific rules (fixed Softmax/Sigmoid encodings, 16-bit converts); what it
 does not know is edgevit's quantisation. We hand it edgevit's numbers as tensor overrides:
 
-- every quantised Linear/Conv weight: its per-channel scales, with the float weight set to
+- every quantised Linear/Conv weight — found by construction: exported as the graph input `<layer>.weight`
+  (runtimes.onnx.quantized.export_weights_as_inputs), then made the initializer its op reads — its
+  per-channel scales, with the float weight set to
   codes × scale, so the recipe's round(W / s) gives back exactly edgevit's codes (AdaRound/BRECQ
   rounding included; checked after the fact). INT2–4 codes ride in int4 storage, INT5–8 in int8;
 - every static per-tensor input quantiser of those layers: its scale and zero point (uint8/uint16).
@@ -26,7 +28,6 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from runtimes.onnx.export import export_onnx
 from runtimes.onnx.quantspec import QuantSpec, format_bits, spec_from_model
 from runtimes.qnn.errors import QnnExportError
 
@@ -113,58 +114,133 @@ def _positive_scales(spec: QuantSpec) -> QuantSpec:
     return QuantSpec(spec.precision, layers, spec.acts)
 
 
-def _locate(graph: onnx.GraphProto, name: str, w: np.ndarray) -> tuple[str, int, onnx.NodeProto]:
-    """(initializer name, output-channel axis, consumer) of layer `name`'s weight: by name, else by value."""
-    inits = {i.name: i for i in graph.initializer}
-    cands = []
-    if f"{name}.weight" in inits:
-        cands.append((f"{name}.weight", 0))
-    else:
-        flat = w.astype(np.float32)
-        for i in graph.initializer:
-            if i.data_type != onnx.TensorProto.FLOAT or int(np.prod(i.dims)) != w.size:
-                continue
-            a = numpy_helper.to_array(i)
-            if a.shape == flat.shape and np.array_equal(a, flat):
-                cands.append((i.name, 0))
-            elif w.ndim == 2 and a.shape == flat.T.shape and np.array_equal(a, flat.T):
-                cands.append((i.name, 1))
-    for init, axis in cands:
-        users = [n for n in graph.node if init in n.input[1:2]]
-        if users and users[0].op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
-            if users[0].op_type == "Gemm" and any(a.name == "transB" and a.i == 0 for a in users[0].attribute):
-                axis = 1
-            return init, axis, users[0]
-    raise QnnExportError(f"cannot find the weight of layer {name} in the exported graph; "
-                         "export the model without custom ops around its Linear/Conv layers")
+@dataclass
+class WeightSite:
+    """Where a quantised layer's weight sits in the float graph: an initializer per orientation it is read
+    in, (name, output-channel axis), and the activation each Conv/Gemm/MatMul reading it multiplies (the
+    tensor its input quantiser's encoding belongs to). Both empty for a layer the forward never calls."""
+    inits: list
+    inputs: list
 
 
-def overrides_for(graph: onnx.GraphProto, spec: QuantSpec, info: BundleInfo) -> dict:
+_MATMULS = ("Conv", "Gemm", "MatMul")
+
+
+def weights_as_initializers(m: onnx.ModelProto, spec: QuantSpec) -> dict[str, WeightSite]:
+    """Turn each graph input `<layer>.weight` (runtimes.onnx.quantized.export_weights_as_inputs) into an
+    initializer read directly by its Conv/Gemm/MatMul, holding the dequantised weight in the orientation
+    that op reads it (a Linear's Transpose folded in: output channels on axis 1).
+
+    The weight is identified by construction, as in the ONNX exporter: whatever BatchNorm folding, Identity
+    or Transpose the TorchScript exporter puts around it, and however many layers share equal weights.
+    """
+    from runtimes.onnx.quantized import _Graph, weight_input
+    graph = _Graph(m)
+    sites = {}
+    for name, lq in spec.layers.items():
+        source = weight_input(name)
+        inp = next((i for i in m.graph.input if i.name == source), None)
+        uses = graph.weight_uses(source, name) if inp is not None else []
+        site = sites[name] = WeightSite([], [])
+        if not uses:   # a layer the forward never calls (an unused auxiliary head): nothing to carry
+            if inp is not None:
+                m.graph.input.remove(inp)
+            continue
+        bad = [n for n, k, _ in uses if n.op_type not in _MATMULS or k != 1]
+        if bad:
+            raise QnnExportError(f"layer {name}: its weight feeds {bad[0].op_type} ({bad[0].name or 'unnamed'}), "
+                                 "not a Conv/Gemm/MatMul weight input; QNN needs per-channel weights on those ops: "
+                                 f"keep it float with `edgevit quantize ... --keep-float {name}`")
+        shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        w = lq.dequantized().astype(np.float32).reshape(shape)
+        made = {}
+        for node, k, orient in uses:
+            if orient not in made:
+                init = source if not made else f"{source}.T"
+                arr = w if orient == "as-is" else w.T
+                m.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), init))
+                made[orient] = init
+                site.inits.append((init, 0 if orient == "as-is" else 1))
+            node.input[k] = made[orient]
+            site.inputs.append(node.input[0])
+        m.graph.input.remove(inp)
+    graph.prune()
+    _unshare_initializers(m)
+    return sites
+
+
+def _unshare_initializers(m: onnx.ModelProto) -> None:
+    """Give each Identity of an initializer its own copy: the TorchScript exporter shares equal initializers
+    that way (every folded bias of a random-init CNN is zeros), and onnxruntime's recipe would quantise such
+    a bias as a 16-bit activation, not int32, which HTP refuses for the whole conv."""
+    inits = {i.name: i for i in m.graph.initializer}
+    outputs = {o.name for o in m.graph.output}
+    for n in [n for n in m.graph.node if n.op_type == "Identity" and n.input[0] in inits]:
+        if n.output[0] in outputs:
+            continue
+        copy_ = onnx.TensorProto()
+        copy_.CopyFrom(inits[n.input[0]])
+        copy_.name = n.output[0]
+        m.graph.initializer.append(copy_)
+        m.graph.node.remove(n)
+
+
+def overrides_for(sites: dict[str, WeightSite], spec: QuantSpec, info: BundleInfo) -> dict:
     """TensorQuantOverrides (onnxruntime's format) carrying edgevit's weight and activation encodings."""
     from onnxruntime.quantization import QuantType
     qtype = {"int8": QuantType.QInt8, "int4": QuantType.QInt4, "uint8": QuantType.QUInt8,
              "uint16": QuantType.QUInt16, "int16": QuantType.QInt16}
     overrides: dict[str, list[dict]] = {}
     for name, lq in spec.layers.items():
-        init, axis, consumer = _locate(graph, name, lq.dequantized())
+        site = sites[name]
         bits = format_bits(lq.fmt)
         storage = "int4" if bits <= 4 else "int8"
-        overrides[init] = [{"axis": axis, "scale": np.float32(s), "zero_point": 0, "quant_type": qtype[storage]}
-                           for s in lq.scale[:, 0]]
-        info.weights[init] = {"layer": name, "bits": bits, "storage": storage, "axis": axis}
+        for init, axis in site.inits:
+            overrides[init] = [{"axis": axis, "scale": np.float32(s), "zero_point": 0, "quant_type": qtype[storage]}
+                               for s in lq.scale[:, 0]]
+            info.weights[init] = {"layer": name, "bits": bits, "storage": storage, "axis": axis}
         aq = spec.acts.get(f"{name}.input_quant")
         if aq is None:
             continue
-        tensor = consumer.input[0]
         entry = {"scale": np.array(aq.scale, np.float32), "zero_point": np.array(aq.zero_point or 0, np.dtype(aq.fmt)),
                  "quant_type": qtype[aq.fmt]}
-        if tensor in overrides and (overrides[tensor][0]["scale"], overrides[tensor][0]["zero_point"]) != \
-                (entry["scale"], entry["zero_point"]):
-            info.conflicts.append(tensor)   # first quantiser wins; both read the same tensor
-            continue
-        overrides[tensor] = [entry]
-        info.activations[tensor] = f"{name}.input_quant"
+        for tensor in dict.fromkeys(site.inputs):   # a layer called twice: each call's input
+            if tensor in overrides and (overrides[tensor][0]["scale"], overrides[tensor][0]["zero_point"]) != \
+                    (entry["scale"], entry["zero_point"]):
+                info.conflicts.append(tensor)   # first quantiser wins; both read the same tensor
+                continue
+            overrides[tensor] = [entry]
+            info.activations[tensor] = f"{name}.input_quant"
     return overrides
+
+
+def _layernorm_gammas(graph: onnx.GraphProto, overrides: dict) -> None:
+    """LayerNormalization's scale (gamma) as uint8: HTP refuses the op with a signed 8-bit gamma next to 16-bit
+    activations (validation error 3110, convnext_atto: 17 LayerNorms, 85 nodes left to CPU), and the recipe's
+    default weight type here is int8, chosen for the Conv/MatMul weights edgevit does not override."""
+    from onnxruntime.quantization import QuantType
+    inits = {i.name for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "LayerNormalization" and len(n.input) > 1 and n.input[1] in inits \
+                and n.input[1] not in overrides:
+            overrides[n.input[1]] = [{"quant_type": QuantType.QUInt8}]
+
+
+def _keep_activations(graph: onnx.GraphProto, overrides: dict) -> bool:
+    """Whether onnxruntime must keep Relu/Clip nodes: its QDQ recipe drops them, trusting the output's
+    encoding to clamp (true of a min-max one), which fails where an edgevit encoding of a Relu/Clip output
+    reaches below the activation's floor (one input quantiser shared by a call after a Relu and one not)."""
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type not in ("Relu", "Clip") or n.output[0] not in overrides:
+            continue
+        e = overrides[n.output[0]][0]
+        if "zero_point" not in e or np.ndim(e["scale"]) or np.dtype(e["zero_point"].dtype).kind != "u":
+            continue
+        floor = 0.0 if n.op_type == "Relu" or len(n.input) < 2 or n.input[1] not in inits else float(inits[n.input[1]])
+        if -float(e["zero_point"]) * float(e["scale"]) < floor - float(e["scale"]) / 2:
+            return True
+    return False
 
 
 def _reader(name: str, calibration: np.ndarray):
@@ -220,7 +296,8 @@ def build_qdq(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path, cal
     """
     from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
-    from runtimes.onnx.quantized import fold_batchnorm, float_twin
+    from runtimes.onnx.quantized import export_weights_as_inputs, fold_batchnorm, float_twin
+    from runtimes.onnx.shapes import fold_integer_constants, fold_static_shapes
     from runtimes.qnn.glue import with_glue
     calibration = np.ascontiguousarray(calibration, np.float32)
     if len(calibration) == 0:
@@ -236,16 +313,23 @@ def build_qdq(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path, cal
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # "opset 21 not supported": the float ops used exist at 21 unchanged
-        export_onnx(float_twin(folded, spec), shape, info.float_path, opset=OPSET, dynamic_batch=False)
+        m = export_weights_as_inputs(float_twin(folded, spec), spec, shape, OPSET, dynamic_batch=False,
+                                     workdir=out_dir)
+    sites = weights_as_initializers(m, spec)
+    while fold_static_shapes(m) + fold_integer_constants(m):   # the exporter's shape chains: static at batch 1
+        pass
+    onnx.save(m, str(info.float_path))
     check_static(info.float_path)
-    graph = onnx.load(str(info.float_path)).graph
-    overrides = overrides_for(graph, spec, info)
+    graph = m.graph
+    overrides = overrides_for(sites, spec, info)
+    _layernorm_gammas(graph, overrides)
     qt = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16, "int8": QuantType.QInt8,
           "int16": QuantType.QInt16}[act_type]
     with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
         cfg = get_qnn_qdq_config(str(info.float_path), _reader(graph.input[0].name, calibration),
                                  activation_type=qt, weight_type=QuantType.QInt8, per_channel=True,
-                                 init_overrides=overrides)
+                                 init_overrides=overrides,
+                                 keep_removable_activations=_keep_activations(graph, overrides))
         tmp_out = Path(tmp) / qdq_name
         quantize(str(info.float_path), str(tmp_out), cfg)
         tmp_out.replace(info.qdq_path)
