@@ -118,8 +118,8 @@ def profile_cmd(artifact, device, target, hub_opts, timeout, report):
 
 @hub_group.command("infer")
 @hub_options
-@click.option("--data", default="fashion-mnist:16", show_default=True,
-              help="Real images to send (fashion-mnist:N or folder:PATH[:N]); keep N small.")
+@click.option("--data", default="auto:16", show_default=True,
+              help="Real images to send (auto[:N] = the model's own data, fashion-mnist:N or folder:PATH[:N]); keep N small.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the image subset.")
 def infer_cmd(artifact, device, target, hub_opts, timeout, report, data, seed):
     """Run images on the phone and compare its outputs with ARTIFACT run here (exit 1 if they disagree).

@@ -108,7 +108,7 @@ def _distill(model, target_name, out, seed, weights, trust_checkpoint, epochs, t
 @click.option("--target", "target_name", type=_target_choice(), default="qnn-htp", show_default=True)
 @click.option("--compile/--no-compile", "do_compile", default=True, show_default=True,
               help="For qnn-htp: also compile with onnxruntime-qnn (HTP, CPU fallback disabled).")
-@click.option("--data", default="fashion-mnist:8", show_default=True, help="Calibration inputs for the QNN compile.")
+@click.option("--data", default="auto:8", show_default=True, help="Calibration inputs for the QNN compile (auto = the model's own data).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State dict for timm:/factory models.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow loading a pickled nn.Module (.pt).")
