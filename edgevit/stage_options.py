@@ -77,6 +77,11 @@ QUANTIZE = [
     O(["--max-drop"], type=float, default=None, help="--bits auto: smallest model losing at most this many top-1 points."),
     O(["--sensitivity"], default="full", show_default=True, type=click.Choice(["scaled", "full"]),
       help="--bits auto: measure every (layer, candidate) (full) or one per layer scaled by local noise."),
+    O(["--workers"], type=click.IntRange(1), default=None,
+      help="--bits auto --sensitivity full: measure the candidates as N Ray tasks (1 torch thread each; "
+           "pip install 'edgevit[ray]'). Same choice as the serial run at 1 thread."),
+    O(["--address"], default=None, metavar="auto|HOST:PORT",
+      help="With --workers: a running Ray cluster instead of a local Ray instance."),
     O(["--seed"], default=0, show_default=True, help="Seed for calibration and evaluation sampling."),
 ]
 

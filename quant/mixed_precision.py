@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -152,28 +153,42 @@ def _local_noise(m: nn.Module, inp: torch.Tensor, out: torch.Tensor, cand: Candi
 
 
 @torch.no_grad()
+def candidate_deltas(cand: Candidate, model: nn.Module, calib: torch.Tensor, x: torch.Tensor, names: list[str],
+                     ref: torch.Tensor) -> np.ndarray:
+    """Δ[:, cand]: the normalised logit noise of `model` with only names[i] quantised as `cand`, for every i.
+    A module-level function of plain arguments, so a parallel `map` can ship it to other processes."""
+    spec = parse_spec(cand.family, cand.bits)
+    spec = type(spec)(spec.family, spec.bits, cand.config)   # the candidate's exact config everywhere
+    qmodel = quantize_model(model, spec, calib.split(64))
+    power = ref.double().pow(2).sum()
+    col = np.zeros(len(names))
+    for i, name in enumerate(names):
+        with only(qmodel, [name]):
+            out = logits(qmodel, x)
+        col[i] = float((out.double() - ref.double()).pow(2).sum() / power)
+    return col
+
+
 def sensitivity_matrix(model: nn.Module, candidates: list[Candidate], calib: torch.Tensor, x: torch.Tensor,
                        names: list[str], mode: str = "scaled", reference: int | None = None,
-                       progress: Callable[[Iterable], Iterable] = iter) -> np.ndarray:
-    """Δ[i, c]: normalised logit noise with only layer names[i] quantised as candidates[c] (float: 0)."""
+                       progress: Callable[[Iterable], Iterable] = iter, map_fn: Callable | None = None) -> np.ndarray:
+    """Δ[i, c]: normalised logit noise with only layer names[i] quantised as candidates[c] (float: 0).
+
+    `map_fn(fn, items)`: how the candidates' columns of the full mode are computed — the builtin `map`
+    (default, with `progress`) or a parallel one (edgevit.ray_pool.ray_map); each column is independent and
+    deterministic, so the matrix is the same either way at the same thread count."""
     ref = logits(model, x)
-    power = ref.double().pow(2).sum()
     deltas = np.zeros((len(names), len(candidates)))
+    column = functools.partial(candidate_deltas, model=model, calib=calib, x=x, names=names, ref=ref)
 
     def measure(cidx: int, todo: list[int]) -> None:
-        cand = candidates[cidx]
-        spec = parse_spec(cand.family, cand.bits)
-        spec = type(spec)(spec.family, spec.bits, cand.config)   # the candidate's exact config everywhere
-        qmodel = quantize_model(model, spec, calib.split(64))
-        for i in todo:
-            with only(qmodel, [names[i]]):
-                out = logits(qmodel, x)
-            deltas[i, cidx] = float((out.double() - ref.double()).pow(2).sum() / power)
+        deltas[todo, cidx] = column(candidates[cidx])[todo]
 
     quantised = [c for c, cand in enumerate(candidates) if cand.config is not None]
     if mode == "full":
-        for c in progress(quantised):
-            measure(c, list(range(len(names))))
+        cols = (map_fn or (lambda fn, items: map(fn, progress(items))))(column, [candidates[c] for c in quantised])
+        for c, col in zip(quantised, cols):
+            deltas[:, c] = col
         return deltas
     if mode != "scaled":
         raise SpecError(f"unknown sensitivity mode {mode!r}; use full or scaled")

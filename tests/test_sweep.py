@@ -230,3 +230,39 @@ def test_analyze_fans_out_over_workers_with_the_serial_rows(cli_runner, tmp_path
     assert len(a["layers"]) > 20 and b["workers"] == 2
     assert b["layers"] == a["layers"]                      # every row, in model order, bit for bit
     assert {k: b[k] for k in a} == a
+
+
+@pytest.mark.slow
+def test_auto_sensitivity_on_ray_workers_is_the_serial_matrix():
+    """`quantize --bits auto --workers N`: the full sensitivity matrix, one Ray task per candidate, equals the
+    serial one at the same thread count (1), column for column."""
+    import numpy as np
+    import torch
+
+    import quant.mixed_precision as mp
+    from edgevit.data import load_data
+    from edgevit.models.registry import load_model
+    from edgevit.ray_pool import ray_map
+    model, meta = load_model("mobilenet-mini")
+    x, _ = load_data("fashion-mnist:64", meta.preprocess, split="train", seed=0)
+    cands = mp.parse_candidates("int:w8a8,int:w4a8,int:w2a8,float")
+    names = [n for n, _ in mp.weighted_layers(model)][:8]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = mp.sensitivity_matrix(model, cands, x, x[:32], names, mode="full")
+    finally:
+        torch.set_num_threads(threads)
+    fanned = mp.sensitivity_matrix(model, cands, x, x[:32], names, mode="full", map_fn=ray_map(2))
+    assert serial.shape == (8, 4) and (serial[:, :3] > 0).all() and (serial[:, 3] == 0).all()
+    assert np.array_equal(serial, fanned)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--bits", "w8a8", "--workers", "2"], "use them with --bits auto"),
+    (["--bits", "auto", "--max-size", "120kB", "--address", "auto"], "--address needs --workers"),
+    (["--bits", "auto", "--max-size", "120kB", "--workers", "2", "--sensitivity", "scaled"], "nothing to spread"),
+])
+def test_quantize_workers_misuse_is_refused_before_work(cli_runner, tmp_path, extra, needle):
+    r = cli_runner.invoke(cli, ["quantize", "mobilenet-mini", *extra, "--out", str(tmp_path / "q")])
+    assert r.exit_code == 2 and needle in r.output and not (tmp_path / "q").exists()

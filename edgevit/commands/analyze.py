@@ -52,7 +52,7 @@ def analyze_cmd(model, weights, trust_checkpoint, family, bits, calib, eval_data
         spec = quant.parse_spec(family, bits)
         quant.check_out_dir(out, force)
     if workers:
-        from edgevit.sweep.run import require_ray
+        from edgevit.ray_pool import require_ray
         require_ray()   # the install hint before any work
     fmodel, meta = load(model, weights, trust_checkpoint)
     calib_x, eval_x, eval_y, note = load_sets(calib, eval_data, eval_limit, meta, seed)

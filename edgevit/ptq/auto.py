@@ -18,7 +18,6 @@ DEFAULT_CANDIDATES = "int:w8a8,int:w6a8,int:w4a8,int:w3a8,int:w2a8"
 _UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
 
 
-
 def parse_size(text: str) -> float:
     """`1.2MB`, `800kB`, `3MiB`, `123456` → bytes."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmg]i?b|b)?\s*", text.lower())
@@ -35,7 +34,15 @@ def validate_auto(bits: str, family: str, recipe: dict, fixes: dict):
     if bits.strip().lower() != "auto":
         if budgets:
             raise UsageError(f"--{next(iter(budgets)).replace('_', '-')} needs --bits auto")
+        if fixes.get("workers") or fixes.get("address"):
+            raise UsageError("--workers/--address fan out --bits auto's sensitivity measurements; "
+                             "use them with --bits auto (or with `edgevit analyze`)")
         return None, None, family, bits
+    if fixes.get("address") and not fixes.get("workers"):
+        raise UsageError("--address needs --workers N (the Ray tasks to run there)")
+    if fixes.get("workers") and fixes.get("sensitivity") == "scaled":
+        raise UsageError("--workers fans out --sensitivity full (one task per candidate); --sensitivity scaled "
+                         "measures one candidate and has nothing to spread")
     if len(budgets) != 1:
         raise UsageError("--bits auto needs exactly one budget: --max-size 1.2MB, --max-latency-ms 3 or --max-drop 1.0")
     cands = mp.parse_candidates(fixes.get("candidates") or DEFAULT_CANDIDATES, recipe)
@@ -53,9 +60,10 @@ def validate_auto(bits: str, family: str, recipe: dict, fixes: dict):
 
 
 def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: dict, mode: str, points: int,
-                   out_dir: Path, seed: int) -> tuple[dict, dict]:
+                   out_dir: Path, seed: int, map_fn=None) -> tuple[dict, dict]:
     """(recipe pinning each layer's format, report incl. the Pareto points) for one budget:
-    {"size": bytes} | {"latency_ms": ms} | {"drop": points of top-1}."""
+    {"size": bytes} | {"latency_ms": ms} | {"drop": points of top-1}. `map_fn`: how the full sensitivity
+    matrix's candidate columns are computed (None: serially; edgevit.ray_pool.ray_map: Ray workers)."""
     import numpy as np
 
     import quant
@@ -80,7 +88,8 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
                      for j, c in enumerate(candidates)] for i, n in enumerate(names)])
     torch.manual_seed(seed)
     deltas = mp.sensitivity_matrix(prepared, candidates, calib, calib[:64] if len(calib) > 64 else calib, names,
-                                   mode=mode, progress=lambda it: tqdm(list(it), desc="sensitivity", leave=False, disable=None))
+                                   mode=mode, progress=lambda it: tqdm(list(it), desc="sensitivity", leave=False, disable=None),
+                                   map_fn=map_fn)
     ref = logits(prepared, eval_x)
     target = eval_y if eval_y is not None else ref.argmax(-1)
     base = 100.0 * (ref.argmax(-1) == target).double().mean().item()
@@ -175,17 +184,24 @@ def _io_elems(model, x, names) -> dict:
     return out
 
 
-def run_auto(prepared, spec, candidates, budget, calib_x, eval_x, eval_y, mode: str, seed: int):
+def run_auto(prepared, spec, candidates, budget, calib_x, eval_x, eval_y, mode: str, seed: int,
+             workers: int | None = None, address: str | None = None):
     """`quantize --bits auto`: (spec with the chosen per-layer formats, its plan, report, extra files for --out:
-    recipe.yaml that reproduces the run, pareto.png)."""
+    recipe.yaml that reproduces the run, pareto.png). `workers`/`address`: measure the full sensitivity
+    matrix's candidates as Ray tasks (`--workers N [--address]`), one torch thread each."""
     import tempfile
 
     import yaml
 
     import quant
     with tempfile.TemporaryDirectory() as tmp:
+        map_fn = None
+        if workers:
+            from edgevit.ray_pool import ray_map
+            map_fn = ray_map(workers, address, lambda total: tqdm(total=total, desc="sensitivity (Ray)", leave=False,
+                                                                  disable=None))
         recipe, report = auto_precision(prepared, spec, candidates, calib_x, eval_x, eval_y, budget, mode, 6,
-                                        Path(tmp), seed)
+                                        Path(tmp), seed, map_fn)
         png = (Path(tmp) / "pareto.png").read_bytes()
     spec = quant.parse_spec(recipe.get("fmt", spec.family), recipe.get("bits", spec.bits), recipe, spec.keep_float)
     header = ("# edgevit quantize --bits auto: chosen per-layer formats; rerun with --recipe this file "

@@ -17,7 +17,7 @@ METHODS = ("rtn", "adaround", "brecq", "gptq")
 BACKENDS = ("edgevit", "brevitas")
 
 FIX_KEYS = ("fold_bn", "equalize", "bias_correction", "bn_reestimate", "candidates", "max_size", "max_latency_ms",
-            "max_drop", "sensitivity")
+            "max_drop", "sensitivity", "workers", "address")
 
 
 
@@ -152,7 +152,8 @@ def ptq(fmodel, meta, opts: dict, eval_x=None, eval_y=None, progress=None):
             raise UsageError("--bits auto needs evaluation images")
         with spec_errors():
             spec, plan, auto_report, auto_files = ptq_auto.run_auto(prepared, spec, candidates, budget, calib_x,
-                                                                     eval_x, eval_y, fixes["sensitivity"], seed)
+                                                                     eval_x, eval_y, fixes["sensitivity"], seed,
+                                                                     fixes["workers"], fixes["address"])
     torch.manual_seed(seed)
     with spec_errors():
         if backend == "brevitas":

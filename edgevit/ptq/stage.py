@@ -95,7 +95,7 @@ def quantize_stage(model: nn.Module, meta: ModelMeta, fmt: str = "int", bits: st
     """PTQ of `model` with `edgevit quantize`'s options and defaults, evaluated against the float model on
     `eval_data` (a data spec, images, or None to skip; `bits="auto"` needs it). `fixes`: fold_bn, equalize,
     bias_correction, bn_reestimate and the `--bits auto` knobs (candidates, max_size, max_latency_ms,
-    max_drop, sensitivity), None = the per-model default."""
+    max_drop, sensitivity, and workers/address to run its full sensitivity on Ray), None = the per-model default."""
     import quant
 
     from edgevit.report.metrics import fp32_size_bytes

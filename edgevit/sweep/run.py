@@ -10,7 +10,6 @@ dashboard, logs kept off the terminal) and shut down again; with one, cells go t
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import shutil
 import socket
@@ -18,21 +17,13 @@ import time
 from pathlib import Path
 
 from edgevit.errors import UsageError
+from edgevit.ray_pool import require_ray, start_ray
 from edgevit.sweep.cell import run_cell
 from edgevit.sweep.grid import Grid, load_grid
 from edgevit.sweep.results import MARKER, pyplot, read_cells, write_cell, write_results
 
 ATTEMPTS = 2            # a cell whose worker dies is tried once more
-OBJECT_STORE_BYTES = 100 * 1024 ** 2
 PLOT_EVERY_S = 5.0
-
-
-def require_ray():
-    try:
-        import ray
-    except ImportError as e:
-        raise UsageError("edgevit sweep runs on Ray: pip install 'edgevit[ray]'") from e
-    return ray
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -107,29 +98,6 @@ def sweep(grid, out, address: str | None = None, workers: int | None = None, pro
         if owns:
             ray.shutdown()
     return {**info, "cells": [rows[c.key] for c in g.cells]}
-
-
-def start_ray(address: str | None, cpus: int):
-    """(ray, whether we started it). Quiet and small: the laptop this runs on is doing the work."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
-        # `ray start` clusters require the token it wrote there (Ray's token auth); without saying so, the
-        # driver retries unauthenticated for minutes
-        os.environ["RAY_AUTH_MODE"] = "token"
-    ray = require_ray()
-    if ray.is_initialized():
-        return ray, False
-    quiet = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level=logging.ERROR)
-    try:
-        if address:
-            ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
-        else:
-            # "local": always a new instance, never one a `ray start` left in /tmp/ray/ray_current_cluster
-            ray.init(address="local", num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES, **quiet)
-    except ConnectionError as e:
-        raise UsageError(f"no Ray cluster at {address} ({str(e).splitlines()[0][:120]}); start one with "
-                         "`ray start --head` or leave --address out for a local one") from e
-    return ray, True
 
 
 def _crash_reason(e: Exception) -> str:

@@ -23,7 +23,7 @@ def layer_sensitivity_parallel(float_model, qmodel, x, y=None, leave_one_out: bo
                                address: str | None = None, progress=None) -> dict:
     """quant.sensitivity.layer_sensitivity's result, measured by `workers` Ray tasks (local Ray unless `address`)."""
     from quant.modules import quantized_layers
-    from edgevit.sweep.run import start_ray
+    from edgevit.ray_pool import start_ray
     names = [n for n, _ in quantized_layers(qmodel)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(names)))
     ray, owns = start_ray(address, workers)

@@ -19,10 +19,11 @@ ROOT="${EDGEVIT_ARM64_ROOT:-$HOME/.cache/edgevit/arm64-rootfs}"
 MARKER=".edgevit-arm64-ready"
 SUITE="${EDGEVIT_ARM64_SUITE:-bookworm}"
 # The Debian mirror this machine's apt already uses (its first enabled `deb` source), unless given.
+# (Either file set may be absent: no grep failure may end the script under `set -e -o pipefail`.)
 host_mirror() {
-    { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
-      grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'; } \
-        | grep -v security | head -1
+    { grep -shE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' || true
+      grep -shE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | awk '{print $2}' || true; } \
+        | { grep -v security || true; } | head -1
 }
 MIRROR="${EDGEVIT_ARM64_MIRROR:-$(host_mirror)}"
 ORT_VERSION="${EDGEVIT_ARM64_ORT:-1.32.0}"
