@@ -15,6 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from edgevit.ptq.run import finite
+
 MARKER = "sweep.json"
 
 
@@ -28,17 +30,6 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def finite(o):
-    """JSON has no inf/NaN: an infinite SQNR (no error at all) is written as null."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [finite(v) for v in o]
-    return o
 
 
 def write_cell(out: Path, row: dict) -> None:
