@@ -86,17 +86,11 @@ def test_check_parity_names_both_machines_and_flags_a_changed_result(cli_runner,
     assert parity.differences({"sqnr_db": "inf", "top1_agreement": 1.0}, {"sqnr_db": 70.0, "top1_agreement": 1.0}) == []
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(QEMU is None, reason="qemu-user-static is not installed (make install adds it)")
-@pytest.mark.parametrize("model,export_args", [("vit-small", ()),
-                                               ("mobilenet-mini", ("--graph-form", "integer",
-                                                                   "--calib-data", "fashion-mnist:64"))])
-def test_int8_artifacts_are_exact_on_an_avx2_cpu(cli_runner, tmp_path, model, export_args):
-    from edgevit.ptq import load_checkpoint
+def _torch_and_emulated(q, a, tmp_path):
+    """(test images, the checkpoint's torch logits, artifact `a`'s logits under `qemu-x86_64 -cpu max`: AVX2,
+    no AVX-512 or VNNI, so onnxruntime dispatches its AVX2 int8 kernels)."""
     from edgevit.data import load_data
-    from runtimes import parity
-    from runtimes.runner import open_runner, run_batched
-    q, a = _quantized_artifact(cli_runner, tmp_path, model, *export_args)
+    from edgevit.ptq import load_checkpoint
     qmodel, meta = load_checkpoint(q)
     x, _ = load_data("fashion-mnist:256", meta.preprocess, split="test", seed=3)
     with torch.no_grad():
@@ -105,7 +99,19 @@ def test_int8_artifacts_are_exact_on_an_avx2_cpu(cli_runner, tmp_path, model, ex
     out = tmp_path / "y.npy"
     subprocess.run([QEMU, "-cpu", "max", sys.executable, "-c", _RUN, str(a), str(tmp_path / "x.npy"), str(out)],
                    cwd=ROOT, check=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    emulated = np.load(out)
+    return x, ref, np.load(out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(QEMU is None, reason="qemu-user-static is not installed (make install adds it)")
+@pytest.mark.parametrize("model,export_args", [("vit-small", ()),
+                                               ("mobilenet-mini", ("--graph-form", "integer",
+                                                                   "--calib-data", "fashion-mnist:64"))])
+def test_int8_artifacts_are_exact_on_an_avx2_cpu(cli_runner, tmp_path, model, export_args):
+    from runtimes import parity
+    from runtimes.runner import open_runner, run_batched
+    q, a = _quantized_artifact(cli_runner, tmp_path, model, *export_args)
+    x, ref, emulated = _torch_and_emulated(q, a, tmp_path)
     m = parity.compare(ref, emulated)
     thresholds = json.loads((a / "manifest.json").read_text())["parity"]["thresholds"]
     assert parity.failures(m, thresholds) == [], m
@@ -167,8 +173,6 @@ def test_fp4_w4a6_integer_matmuls_are_exact_on_an_avx2_cpu(cli_runner, tmp_path)
     """FP4 W4A6 linears on onnxruntime's int8 kernels (runtimes.onnx.quantized._IntMatMulKind) on an emulated
     AVX2-only CPU: |activation| ≤ 60 (+128 as uint8) and |weight| ≤ 12 keep the u8×s8 int16 pair sums far from
     saturation, so the integer sums equal this CPU's; only float kernels (LayerNorm, GELU, softmax) may differ."""
-    from edgevit.data import load_data
-    from edgevit.ptq import load_checkpoint
     from runtimes import parity
     from runtimes.runner import open_runner, run_batched
     q, a = tmp_path / "q", tmp_path / "a"
@@ -179,15 +183,7 @@ def test_fp4_w4a6_integer_matmuls_are_exact_on_an_avx2_cpu(cli_runner, tmp_path)
     assert r.exit_code == 0, r.output
     manifest = json.loads((a / "manifest.json").read_text())
     assert manifest["quant"]["graph_form"].startswith("int8-matmul-fp4_e2m1")
-    qmodel, meta = load_checkpoint(q)
-    x, _ = load_data("fashion-mnist:256", meta.preprocess, split="test", seed=3)
-    with torch.no_grad():
-        ref = qmodel.eval()(x).numpy()
-    np.save(tmp_path / "x.npy", x.numpy())
-    out = tmp_path / "y.npy"
-    subprocess.run([QEMU, "-cpu", "max", sys.executable, "-c", _RUN, str(a), str(tmp_path / "x.npy"), str(out)],
-                   cwd=ROOT, check=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    emulated = np.load(out)
+    x, ref, emulated = _torch_and_emulated(q, a, tmp_path)
     assert parity.failures(parity.compare(ref, emulated), manifest["parity"]["thresholds"]) == []
     same = parity.compare(run_batched(open_runner(a), x.numpy(), 64), emulated)
     assert same["top1_agreement"] == 1.0 and (same["sqnr_db"] == "inf" or same["sqnr_db"] > 40), same

@@ -135,14 +135,9 @@ def parse_stage(index: int, entry) -> Stage:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Parse and fully validate RECIPE.yaml; every error names the key and exits 2."""
-    import yaml
+    from edgevit.yaml_file import read_yaml
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"recipe {path} does not exist; see recipes/ for examples") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = read_yaml(path, "recipe", "see recipes/ for examples")
     if not isinstance(raw, dict):
         raise UsageError(f"recipe {path} must be a mapping with `model:` and `stages:`")
     for k, v in raw.items():

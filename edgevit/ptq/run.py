@@ -52,14 +52,8 @@ def load_checkpoint(path: str):
 def read_recipe(path: str | None) -> dict:
     if path is None:
         return {}
-    import yaml
-    try:
-        with open(path) as f:
-            recipe = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise UsageError(f"recipe {path} does not exist") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]})") from e
+    from edgevit.yaml_file import read_yaml
+    recipe = read_yaml(path, "recipe") or {}
     if not isinstance(recipe, dict):
         raise UsageError(f"recipe {path} must be a mapping of options (see `edgevit quantize --help`)")
     return recipe.get("quantize", recipe)

@@ -20,9 +20,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
 from edgevit.errors import UsageError
+from edgevit.yaml_file import read_yaml
 
 RUNTIMES = ("onnx",)
 
@@ -53,10 +52,7 @@ def parse_devices(spec: str) -> list[Device]:
     path = Path(spec)
     if not path.is_file():
         raise UsageError(f"--devices {spec!r} is neither a device count nor a YAML file; write e.g. --devices 4")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UsageError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from e
+    doc = read_yaml(path)
     items = doc.get("devices") if isinstance(doc, dict) else doc
     if not isinstance(items, list) or not items:
         raise UsageError(f"{path} must hold a non-empty list under `devices:` (see `edgevit split --help`)")

@@ -69,15 +69,8 @@ def _fail(where: str, msg: str):
 
 
 def read_grid_file(path: str | Path) -> dict:
-    import yaml
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"grid {path} does not exist; write a YAML grid ({EXAMPLE})")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UsageError(f"grid {path} is not valid YAML ({str(e).splitlines()[0]})") from e
-    return doc
+    from edgevit.yaml_file import read_yaml
+    return read_yaml(path, "grid", f"write a YAML grid ({EXAMPLE})")
 
 
 def load_grid(grid, hash_models: bool = True) -> Grid:
