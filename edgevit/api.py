@@ -164,16 +164,27 @@ def run(artifact, images, top: int = 5, threads: int = 1) -> list[list[tuple[str
 def bench(artifacts, threads: int = 1, warmup: int = 20, iters: int = 200, batch: int = 1,
           progress=None) -> list[dict]:
     """Latency percentiles, throughput, peak RSS and size per artifact, each in its own fresh process (all
-    verified before any is timed). `progress(path)` is called as each one starts."""
+    verified before any is timed), with the `--bits auto` cost model's latency where the precision was chosen
+    under a budget (`modelled_latency_ms`: an NPU roofline, not this CPU). `progress(path)` is called as each
+    one starts."""
     from edgevit.errors import StageError
     from runtimes.bench import bench_many
     paths = [str(getattr(a, "root", a)) for a in artifacts]
-    for p in paths:
-        load_artifact(p)
+    manifests = [load_artifact(p).manifest for p in paths]
     try:
-        return bench_many(paths, threads, warmup, iters, batch, progress=progress)
+        rows = bench_many(paths, threads, warmup, iters, batch, progress=progress)
     except RuntimeError as e:
         raise StageError(str(e)) from e
+    return [{**r, **_cost_model_estimate(m)} for r, m in zip(rows, manifests)]
+
+
+def _cost_model_estimate(manifest: dict) -> dict:
+    """The `--bits auto` cost model's latency for the model an artifact holds (from its history), for
+    `bench` to show next to the measured one; {} when the precision was not chosen under a budget."""
+    steps = [h for h in (manifest.get("model") or {}).get("history", []) if h.get("modelled_latency_ms") is not None]
+    if not steps:
+        return {}
+    return {"modelled_latency_ms": steps[-1]["modelled_latency_ms"], "cost_model": steps[-1].get("cost_model")}
 
 
 def run_pipeline(recipe: str | Path, run_dir: str | Path, force: bool = False) -> dict:

@@ -45,7 +45,8 @@ QUANTIZE = [
     O(["--fmt", "family"], default="int", show_default=True,
       type=click.Choice(["int", "fp4", "fp6", "fp8", "mxfp4", "mxfp6", "mxfp8", "mxint8"]),
       help="Number format family (fp picks E2M1 weights, A6=E2M3, A8=E3M4 as in FP4DiT)."),
-    O(["--bits"], default="w8a8", show_default=True, help="Weight/activation bits, e.g. w8a8, w4a6, w4a16."),
+    O(["--bits"], default="w8a8", show_default=True,
+      help="Weight/activation bits, e.g. w8a8, w4a6, w4a16; a32: weight-only (float activations) in every family."),
     O(["--method"], default=None, type=click.Choice(METHODS),
       help="Weight rounding: rtn (round-to-nearest), adaround (per layer) or brecq (per block, FP4DiT's "
            "scale-aware rounding on FP grids); knobs under `reconstruction:` in --recipe; gptq with "

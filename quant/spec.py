@@ -8,6 +8,8 @@ Defaults (all overridable in the recipe):
   A16 means weight-only (activations stay float, as W4A16 means on every runtime: a device with 16-bit
   floats runs them natively); per-token E5M10 rounding emulated that in the graph at ~9 ops per layer
   for no accuracy (benchmarks/onnx_speed.py). `act_format: e5m10` in a recipe still asks for it.
+  A32 means weight-only in every family: INT A16 is 16-bit integer activations (the HTP format), so INT
+  weight compression (NNCF's and onnxruntime's INT4 weight-only) is spelled w4a32.
 - observers (the rule): min-max everywhere (FP4DiT derives FP scales from the max, MX from the
   block max) except where clipping pays — INT weights of ≤4 bits and static activations below
   8 bits use the MSE clipping search. At 8 bits min-max stays: with the exact (histogram) MSE search,
@@ -141,9 +143,9 @@ def _layer_config(family: str, bits: str, opts: dict) -> LayerConfig:
     if family == "int":
         if not 2 <= wb <= 8:
             raise SpecError(f"{bits}: integer weights need 2-8 bits, not {wb}")
-        if not (2 <= ab <= 8 or ab == 16):
-            raise SpecError(f"{bits}: integer activations need 2-8 or 16 bits, not {ab}")
-        wfmt, afmt = f"int{wb}", f"uint{ab}"
+        if not (2 <= ab <= 8 or ab in (16, 32)):
+            raise SpecError(f"{bits}: integer activations need 2-8 or 16 bits, or 32 (float: weight-only), not {ab}")
+        wfmt, afmt = f"int{wb}", (None if ab == 32 else f"uint{ab}")
         wgran, agran, gs = "channel", "tensor", 0
         wobs, aobs = ("mse" if wb <= 4 else "minmax"), ("mse" if ab < 8 else "minmax")
     else:
@@ -154,7 +156,7 @@ def _layer_config(family: str, bits: str, opts: dict) -> LayerConfig:
         wobs, aobs = "minmax", "minmax"
         if family.startswith("mx"):
             wfmt, wgran, gs = family, "block", 32
-            if ab == 16:
+            if ab in (16, 32):
                 afmt, agran = None, "token"         # weight-only
             elif family == "mxint8" and ab == 8:
                 afmt, agran = "mxint8", "block"
@@ -164,9 +166,10 @@ def _layer_config(family: str, bits: str, opts: dict) -> LayerConfig:
                 raise SpecError(f"{bits}: --fmt {family} activations need "
                                 f"{'8 or 16' if family == 'mxint8' else '4, 6, 8 or 16'} bits, not {ab}")
         else:
-            if ab not in FP_ACT:
-                raise SpecError(f"{bits}: FP activations need 4, 6, 8 or 16 bits (E2M1/E2M3/E3M4/E5M10), not {ab}")
-            wfmt, afmt = FP_WEIGHT[wb], (None if ab == 16 else FP_ACT[ab])   # A16: weight-only
+            if ab not in FP_ACT and ab != 32:
+                raise SpecError(f"{bits}: FP activations need 4, 6, 8 or 16 bits (E2M1/E2M3/E3M4/E5M10), "
+                                f"or 32 (weight-only), not {ab}")
+            wfmt, afmt = FP_WEIGHT[wb], (None if ab in (16, 32) else FP_ACT[ab])   # A16, A32: weight-only
             wgran, agran, gs = ("group", "token", 128) if wb == 4 else ("channel", "token", 0)
     if "weight_format" in opts:
         wfmt = opts["weight_format"]

@@ -53,6 +53,15 @@ def test_auto_precision_end_to_end(tmp_path):
     q, _ = load_checkpoint(str(out))
     bits = {m.weight_quant.fmt.name for _, m in __import__("quant").quantized_layers(q)}
     assert bits == {"int8", "int4"}
+    # the cost model's latency travels into the artifact; bench shows it next to the measured one
+    r = run("export", str(out), "--runtime", "onnx", "--out", str(tmp_path / "a"), "--parity-data", "fashion-mnist:64")
+    assert r.exit_code == 0, r.output
+    r = run("bench", str(tmp_path / "a"), "--iters", "5", "--warmup", "1", "--json")
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)[0]
+    assert row["modelled_latency_ms"] == pytest.approx(mp["chosen"]["latency_ms"]) and row["p50_ms"] > 0
+    # the budget holds for the ONNX artifact's model file too (its graph is costed by exporting the pick)
+    assert (tmp_path / "a" / "model.onnx").stat().st_size == mp["chosen"]["onnx_model_bytes"] <= 120e3
 
 
 @pytest.mark.slow

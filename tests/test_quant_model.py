@@ -161,6 +161,14 @@ def test_observer_rule(fam, bits, wobs, aobs):
     assert quant.parse_spec(fam, bits, {"act_observer": "percentile"}).default.act.observer == "percentile"
 
 
+@pytest.mark.parametrize("fam, bits, act", [("int", "w4a32", None), ("int", "w4a16", "uint16"), ("fp4", "w4a16", None),
+                                           ("fp4", "w4a32", None), ("mxfp4", "w4a32", None)])
+def test_a32_is_weight_only_in_every_family(fam, bits, act):
+    """A32: activations stay float everywhere; A16 is weight-only for FP/MX but 16-bit integers for INT."""
+    d = quant.parse_spec(fam, bits).default
+    assert (d.act.fmt if d.act is not None else None) == act
+
+
 @pytest.mark.parametrize("observer", ["mse", "percentile"])
 def test_histogram_observers_do_not_depend_on_batching(vit, x, observer):
     """Every calibration value is counted (second pass over the first pass's range): the scales are the same
@@ -198,7 +206,7 @@ def test_eval_weight_cache_follows_in_place_updates(vit, x):
         assert not torch.equal(lin.qweight(), a)        # invalidated
 
 
-@pytest.mark.parametrize("fmt,bits,match", [("int", "w9a3", "2-8 bits"), ("fp4", "w8a8", "4-bit weights"),
+@pytest.mark.parametrize("fmt,bits,match", [("int", "w9a3", "2-8 bits"), ("int", "w8a12", "32 \\(float"), ("fp4", "w8a8", "4-bit weights"),
                                             ("int", "w8", "wNaM"), ("fp8", "w8a5", "FP activations"),
                                             ("mxint8", "w8a4", "8 or 16"), ("fp16", "w8a8", "--fmt")])
 def test_impossible_specs_are_rejected(fmt, bits, match):

@@ -179,6 +179,35 @@ def test_fp_rounding_ops_round_like_quant(fmt):
                                                                  "Clip", "Sub", "Add"])   # no table, broadcast, Where
 
 
+def test_e2m3_rounding_finished_by_quantize_linear_matches_quant():
+    """The integer form's E2M3 codes (`_Emitter.round_above_step`, then QuantizeLinear at step 1/8 with zero
+    point 128) are quant's RNE rounding × 8 + 128 on every grid point, midpoint (ties), their float32 neighbours,
+    tiny values and 10^5 random values in [−max, max], both signs."""
+    import onnx
+    import quant
+    from runtimes.onnx.actquant import _Emitter
+    from runtimes.onnx.functions import Body
+    from runtimes.onnx.session import cpu_session
+    f = quant.parse_format("e2m3")
+    g = f.grid().numpy()
+    mid = ((g[1:].astype(np.float64) + g[:-1]) / 2).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([g, mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, np.float32(1e9)),
+                        np.float32([1e-30, 1e-8, 2 ** -4, 2 ** -4 + 2 ** -20]),
+                        rng.uniform(-f.max, f.max, 10 ** 5).astype(np.float32)]).astype(np.float32)
+    x = np.concatenate([x, -x])
+    body = Body(["x"])
+    e = _Emitter(body)
+    y = body.op("QuantizeLinear", e.round_above_step("x", f), e.c(1 / 8), e.c(128, np.uint8))
+    m = onnx.helper.make_model(onnx.helper.make_graph(
+        body.nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None])],
+        [onnx.helper.make_tensor_value_info(y, onnx.TensorProto.UINT8, [None])]),
+        opset_imports=[onnx.helper.make_opsetid("", 21)])
+    got = cpu_session(m.SerializeToString()).run(None, {"x": x})[0].astype(np.int32) - 128
+    ref = (f.round(torch.from_numpy(x)).numpy() * 8).astype(np.int32)
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_per_token_fp16_grid_edge_tokens_match_quant(tmp_path):
     """Per-token E5M10/E2M3 through the carrier: all-zero tokens, tokens below the 1e-12 scale floor, exact
     maxima and dyadic values give quant's values bit for bit."""
@@ -251,6 +280,19 @@ def test_fp4_w4a6_vit_exports_with_real_4bit_codes(tmp_path, images):
     flt = _export(q, tmp_path / "f", images, spec_from_model(q), graph_form="float-matmul")
     assert {l["encoding"] for l in flt.manifest["quant"]["layers"]} == {"packed-lut-fp4_e2m1"}
     assert art.size_bytes <= flt.size_bytes * 1.02   # the int8 weights are decoded at session creation
+
+
+def test_weight_only_graphs_decode_weights_at_session_creation(tmp_path, images):
+    """INT W4A32 (weight-only: w4a16 is 16-bit integer activations in the int family) writes packed int4 codes
+    whose plain-op decoder onnxruntime folds at load; no DequantizeLinear, which onnxruntime would keep (for its
+    QDQ fusions) and run on every inference."""
+    import onnx
+    q = _quantised("vit-tiny", "int", "w4a32")
+    assert spec_from_model(q).acts == {}
+    art = _export(q, tmp_path / "q", images, spec_from_model(q))
+    assert {l["encoding"] for l in art.manifest["quant"]["layers"]} == {"packed-int4"}
+    assert not any(n.op_type == "DequantizeLinear" for n in onnx.load(str(art.entry)).graph.node)
+    assert art.manifest["parity"]["metrics"]["top1_agreement"] >= 0.99
 
 
 @pytest.mark.parametrize("fan_in", [64, 192, 256])   # one group, ragged groups (128 + 64), two whole groups

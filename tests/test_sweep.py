@@ -216,8 +216,11 @@ def test_peers_and_export_are_cells(tmp_path):
     ev, ort, ort_na, brev = res["cells"]
     assert [c["status"] for c in res["cells"]] == ["ok", "ok", "n/a", "ok"]
     assert ev["export"]["runtime"] == "onnx" and ev["export"]["parity"]["top1_agreement"] > 0.9
+    assert ev["export"]["latency_ms"] > 0   # the Pareto plot's latency axis (a second row of panels)
     assert ort["sqnr_db"] > 20 and brev["sqnr_db"] > 20 and "FP4" in ort_na["na"]
-    assert "node_id" not in ort_na and "onnx" in (tmp_path / "out" / "sweep.md").read_text()
+    assert "node_id" not in ort_na and " ms" in (tmp_path / "out" / "sweep.md").read_text()
+    from PIL import Image
+    assert Image.open(tmp_path / "out" / "pareto.png").size[1] > 1000   # size row + latency row
 
 
 @pytest.mark.slow

@@ -104,12 +104,18 @@ def bench_cmd(artifacts, threads, warmup, iters, batch, as_json, save):
         click.echo(json.dumps(rows, indent=2))
         return
     base = rows[0]["p50_ms"]
+    modelled = any("modelled_latency_ms" in r for r in rows)
     print_table(f"batch {batch}, {threads} thread(s), {iters} runs after {warmup} warm-up",
                 ["artifact", "precision", "form", "p50 ms", "p90 ms", "p99 ms", "img/s", "speed-up p50",
-                 "peak RSS MiB", "size MB"],
+                 "peak RSS MiB", "size MB"] + (["cost model ms"] if modelled else []),
                 [[r["artifact"], r["precision"], r["graph_form"], f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
                   f"{r['p99_ms']:.3f}", f"{r['throughput_ips']:.1f}", f"{base / r['p50_ms']:.2f}x",
-                  f"{r['peak_rss_mib']:.1f}", f"{r['file_bytes'] / 1e6:.3f}"] for r in rows])
+                  f"{r['peak_rss_mib']:.1f}", f"{r['file_bytes'] / 1e6:.3f}"]
+                 + ([f"{r['modelled_latency_ms']:.3f}" if "modelled_latency_ms" in r else "-"] if modelled else [])
+                 for r in rows])
+    if modelled:
+        console.print("cost model ms: what `--bits auto` estimated for the chosen precision on its NPU roofline "
+                      "(quant.mixed_precision.CostModel), not a prediction for this CPU")
     if save:
         console.print(f"wrote {save}")
 

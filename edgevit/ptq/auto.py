@@ -105,8 +105,9 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
 
     pareto = [measure(p) for p in tqdm(mp.frontier(sizes, deltas, points), desc="pareto", leave=False, disable=None)]
     uniform = {c.label: measure(np.full(len(names), j), uniform_built[j]) for j, c in enumerate(candidates)}
+    onnx_bytes = None
     if "size" in budget:
-        picks = mp.choose(sizes, deltas, budget["size"] - fixed)   # costs are upper bounds of the file's bytes
+        picks, onnx_bytes = _fit_size(build, sizes, deltas, fixed, budget["size"], tuple(calib.shape[1:]))
         what = f"--max-size {budget['size'] / 1e6:.3f} MB"
         floor = fixed + sizes.min(1).sum()
     elif "latency_ms" in budget:
@@ -124,6 +125,8 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
                          "candidate everywhere); raise the budget or add smaller candidates")
     if picks is not None:
         chosen = measure(picks)
+        if onnx_bytes is not None:
+            chosen["onnx_model_bytes"] = onnx_bytes
     if "size" in budget and chosen["size_bytes"] > budget["size"]:   # cannot happen while file_costs bounds hold
         raise StageError(f"the chosen assignment's weights file is {chosen['size_bytes']:.0f} B, over {what}")
     plot_pareto(pareto, uniform, chosen, out_dir / "pareto.png", "top-1" if eval_y is not None else "agreement")
@@ -134,6 +137,35 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
               "pareto": [{k: v for k, v in p.items() if k != "recipe"} for p in pareto],
               "uniform": {k: {kk: vv for kk, vv in v.items() if kk != "recipe"} for k, v in uniform.items()}}
     return chosen["recipe"], report
+
+
+def _fit_size(build, sizes, deltas, fixed: float, size: float, item_shape: tuple[int, ...], tries: int = 8):
+    """(picks, bytes of its ONNX model file) whose weights.safetensors (costed exactly by `file_costs`) and ONNX
+    artifact (graph and function bodies on top of the codes, measured by exporting the pick) both fit `size`.
+    An ONNX file over the budget lowers the search's budget by its overshoot (doubling on each retry) and searches
+    again. A model the ONNX exporter cannot write is bounded by its checkpoint alone (bytes None)."""
+    import quant.mixed_precision as mp
+    from runtimes.errors import ExportError, ExportFailure
+    from runtimes.onnx.artifact import model_file_bytes
+    from runtimes.onnx.quantspec import spec_from_model
+    limit, onnx_bytes, step = size, None, 1.0
+    for _ in range(tries):
+        picks = mp.choose(sizes, deltas, limit - fixed)   # costs are upper bounds of the checkpoint's bytes
+        if picks is None:
+            if onnx_bytes is None:
+                return None, None   # not even the checkpoint fits: the caller names the smallest possible model
+            break
+        q = build(picks)[1]
+        try:
+            onnx_bytes = model_file_bytes(q, spec_from_model(q), (1, *item_shape))
+        except (ExportError, ExportFailure):
+            return picks, None
+        if onnx_bytes <= size:
+            return picks, onnx_bytes
+        limit -= (onnx_bytes - size) * step
+        step *= 2
+    raise StageError(f"--max-size {size:.0f} B: the smallest ONNX model file found for it is {onnx_bytes} B (the "
+                     f"graph adds {onnx_bytes - size:.0f} B over the weights); raise the budget by that much")
 
 
 def file_costs(names: list[str], uniform: list) -> tuple[np.ndarray, float]:

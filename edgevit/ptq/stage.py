@@ -125,5 +125,15 @@ def quantize_stage(model: nn.Module, meta: ModelMeta, fmt: str = "int", bits: st
               "graph_fixes": info["graph_fixes"], "mixed_precision": info["mixed_precision"]}
     source = {"registry_name": meta.name if meta.source != "user" or weights else None, "weights": weights}
     qmeta = meta.with_stage("quantize", fmt=spec.family, bits=spec.bits, method=info["method"],
-                            backend=info["backend"], calib=calib_name, seed=seed)
+                            backend=info["backend"], calib=calib_name, seed=seed, **_auto_summary(info["mixed_precision"]))
     return Quantized(qmodel, qmeta, spec, prepared, info, source, report)
+
+
+def _auto_summary(auto: dict | None) -> dict:
+    """What `--bits auto` promised, carried in the model's history into every artifact's manifest, so that
+    `edgevit bench` can show the cost model's latency next to the measured one."""
+    if not auto:
+        return {}
+    chosen = auto.get("chosen", {})
+    return {"budget": auto.get("budget"), "cost_model": auto.get("cost_model"),
+            "modelled_latency_ms": chosen.get("latency_ms"), "modelled_bytes": chosen.get("modelled_bytes")}

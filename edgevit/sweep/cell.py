@@ -126,12 +126,17 @@ def _run(spec: dict, model_sha256: str, attempt: int) -> dict:
 def _export(q, runtime: str, seed: int) -> dict:
     """Export into a scratch directory (an exported artifact is parity-checked there) and keep its numbers."""
     import edgevit.api
+    from runtimes.bench import bench_interleaved
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         art = edgevit.api.export(q, Path(d) / "artifact", runtime=runtime, seed=seed)
         m = art.manifest
         size = sum(f.stat().st_size for f in art.root.rglob("*") if f.is_file())
-        return {"runtime": runtime, "artifact_bytes": size, "export_s": time.perf_counter() - t0,
+        export_s = time.perf_counter() - t0
+        # batch-1 latency on this worker's one thread: the Pareto plot's latency axis (cells share the machine,
+        # so it orders artifacts; benchmarks/onnx_speed.py measures ratios properly, interleaved)
+        latency = bench_interleaved([str(art.root)], threads=1, rounds=3, iters=20, warmup=5)[0]["median_ms"]
+        return {"runtime": runtime, "artifact_bytes": size, "export_s": export_s, "latency_ms": latency,
                 "parity": m.get("parity", {}).get("metrics"), "metrics": m.get("metrics")}
 
 

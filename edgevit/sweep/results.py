@@ -76,7 +76,8 @@ def markdown(rows: list[dict], info: dict) -> str:
              f"- {done}/{len(rows)} cells done; {info.get('workers')} workers on "
              f"{len(nodes)} Ray node(s); run on {info.get('address') or 'a local Ray instance'}",
              "- accuracy: top-1 % against labels where the data has them, else top-1 agreement % with FP32; "
-             "SQNR of the logits against FP32; size: the packed checkpoint (onnxruntime: its QDQ .onnx)", "",
+             "SQNR of the logits against FP32; size: the packed checkpoint (onnxruntime: its QDQ .onnx); export: "
+             "the artifact's bytes, parity and batch-1 latency on the worker's thread", "",
              "| model | tool | method | precision | top-1 % | agree % | SQNR dB | size kB | time s | node | status |"
              + (" export |" if exported else ""), "|---" * (11 + exported) + "|"]
     for r in rows:
@@ -97,7 +98,9 @@ def _export_cell(e: dict | None) -> str:
     if not e:
         return "-"
     sq = (e.get("parity") or {}).get("sqnr_db")
-    return f"{e['runtime']} {e['artifact_bytes'] / 1e3:.0f} kB" + (f", parity {sq:.1f} dB" if sq is not None else "")
+    lat = e.get("latency_ms")
+    return (f"{e['runtime']} {e['artifact_bytes'] / 1e3:.0f} kB" + (f", parity {sq:.1f} dB" if sq is not None else "")
+            + (f", {lat:.3f} ms" if lat is not None else ""))
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -120,34 +123,43 @@ def pyplot():
 
 
 def pareto_plot(rows: list[dict], path: Path) -> None:
+    """Accuracy against size per model and, where the cells exported an artifact, against its batch-1 latency."""
     import io
     plt = pyplot()
     ok = [r for r in rows if r.get("status") == "ok" and r.get("size_bytes")]
     models = list(dict.fromkeys(r["model"] for r in ok))
     if not models:
         return
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 5), squeeze=False)
+    axes_of = [("size kB", lambda r: r["size_bytes"] / 1e3)]
+    if any((r.get("export") or {}).get("latency_ms") for r in ok):
+        axes_of.append(("latency ms (exported artifact, batch 1, 1 thread)",
+                        lambda r: (r.get("export") or {}).get("latency_ms")))
+    fig, axes = plt.subplots(len(axes_of), len(models), figsize=(6 * len(models), 5 * len(axes_of)), squeeze=False)
     colors = {"edgevit": "tab:blue", "onnxruntime": "tab:orange", "brevitas": "tab:green"}
-    for ax, m in zip(axes[0], models):
-        sub = [r for r in ok if r["model"] == m]
-        key = accuracy_key(sub)
-        pts = [(r["size_bytes"] / 1e3, r[key]) for r in sub]
-        for tool in dict.fromkeys(r["tool"] for r in sub):
-            idx = [i for i, r in enumerate(sub) if r["tool"] == tool]
-            ax.scatter([pts[i][0] for i in idx], [pts[i][1] for i in idx], c=colors.get(tool, "tab:gray"), label=tool)
-        for (s, a), r in zip(pts, sub):
-            ax.annotate(f"{r['precision']} {r['method']}", (s, a), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        front = pareto_front(pts)
-        ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color="k", lw=0.8, label="Pareto front")
-        fp = next((r.get("fp32_top1") for r in sub if key == "top1" and r.get("fp32_top1") is not None), None)
-        if key == "agreement":
-            fp = 100.0
-        if fp is not None:
-            ax.axhline(fp, color="k", ls="--", lw=0.6, label="FP32")
-        ax.set_xlabel("size kB")
-        ax.set_ylabel("top-1 %" if key == "top1" else "top-1 agreement with FP32 %")
-        ax.set_title(m)
-        ax.legend(fontsize=7)
+    for row_axes, (xlabel, xof) in zip(axes, axes_of):
+        for ax, m in zip(row_axes, models):
+            sub = [r for r in ok if r["model"] == m and xof(r)]
+            key = accuracy_key(sub) if sub else "top1"
+            pts = [(xof(r), r[key]) for r in sub]
+            for tool in dict.fromkeys(r["tool"] for r in sub):
+                idx = [i for i, r in enumerate(sub) if r["tool"] == tool]
+                ax.scatter([pts[i][0] for i in idx], [pts[i][1] for i in idx], c=colors.get(tool, "tab:gray"),
+                           label=tool)
+            for (s, a), r in zip(pts, sub):
+                ax.annotate(f"{r['precision']} {r['method']}", (s, a), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+            front = pareto_front(pts)
+            ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color="k", lw=0.8,
+                    label="Pareto front")
+            fp = next((r.get("fp32_top1") for r in sub if key == "top1" and r.get("fp32_top1") is not None), None)
+            if key == "agreement":
+                fp = 100.0
+            if fp is not None:
+                ax.axhline(fp, color="k", ls="--", lw=0.6, label="FP32")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("top-1 %" if key == "top1" else "top-1 agreement with FP32 %")
+            ax.set_title(m)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -299,6 +299,19 @@ class _Emitter:
         lo = self.op("Sub", self.op("Add", self.op("Clip", y, self.c(-t), self.c(t)), magic), magic)
         return self.op("Add", hi, self.op("Sub", lo, self.op("Clip", hi, self.c(-t), self.c(t))))
 
+    def round_above_step(self, y, fmt):
+        """z (|y| ≤ max) whose RNE at the fixed step 2^(emin−m) is `fmt`'s rounding of y: what a QuantizeLinear at
+        that step (the integer form's ×8 for E2M3) finishes in its own rounding, in 7 ops instead of 9 + the cast.
+
+        hi (Veltkamp, as in `split_round`) is the answer where |y| ≥ t = 2^emin, already on the step grid; below t
+        the answer is y itself, left for the QuantizeLinear. hi + (Clip(y, ±t) − Clip(hi, ±t)) is hi where |y| ≥ t
+        (both clips give ±t) and hi + (y − hi) = y exactly where |y| < t (|hi| ≤ t there; y − hi is exact)."""
+        m, t = fmt.man_bits, 2.0 ** fmt.emin
+        g = self.op("Mul", y, self.c(2.0 ** (23 - m) + 1))
+        hi = self.op("Add", g, self.op("Sub", y, g))
+        lo, hic = (self.op("Clip", v, self.c(-t), self.c(t)) for v in (y, hi))
+        return self.op("Add", hi, self.op("Sub", lo, hic))
+
     def element_round(self, y, el):
         import quant
         if isinstance(el, quant.IntFormat):

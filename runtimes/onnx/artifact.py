@@ -83,3 +83,16 @@ def export_onnx_artifact(model: nn.Module, out: str | Path, *, input_shape: tupl
         w.commit(manifest)
     from runtimes.artifact import load_artifact
     return load_artifact(out)
+
+
+def model_file_bytes(model: nn.Module, quant_spec, input_shape: tuple[int, ...]) -> int:
+    """Bytes of the model.onnx that `export_onnx_artifact` would write for the quantised `model` (same export,
+    same compaction; no parity run): what a size budget has to hold besides the checkpoint."""
+    import tempfile
+
+    from runtimes.onnx.quantized import export_quantized_onnx
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / MODEL_FILE
+        export_quantized_onnx(model, quant_spec, input_shape, path)
+        compact(path)
+        return path.stat().st_size

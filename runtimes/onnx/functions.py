@@ -24,8 +24,12 @@ class Body:
         self.inputs = list(inputs)
         self.nodes: list[onnx.NodeProto] = []
         self.n = 0
+        self.domains: set[str] = set()   # operator domains besides ONNX's own that the body calls
 
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
+        domain, _, op_type = op_type.rpartition("::")   # the exporter's spelling: "com.microsoft::Op"
+        if domain:
+            self.domains.add(domain)
         self.n += 1
         out = f"v{self.n}"
         clean = {}
@@ -34,22 +38,25 @@ class Body:
             if hasattr(v, "detach"):   # torch tensor (value_t of a Constant)
                 v = v.detach().cpu().numpy()
             clean[k] = numpy_helper.from_array(np.asarray(v)) if isinstance(v, np.ndarray) else v
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **clean))
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], domain=domain or None, **clean))
         return out
 
     def const(self, value, dtype=np.float32) -> str:
         return self.op("Constant", value_t=np.asarray(value, dtype))
 
     def function(self, name: str, output: str, opset: int) -> onnx.FunctionProto:
-        return helper.make_function(DOMAIN, name, self.inputs, [output], self.nodes, [helper.make_opsetid("", opset)])
+        imports = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in sorted(self.domains)]
+        return helper.make_function(DOMAIN, name, self.inputs, [output], self.nodes, imports)
 
 
 def attach(model: onnx.ModelProto, functions: dict[str, onnx.FunctionProto]) -> None:
-    """Add the functions the graph calls (and the domain's opset import) to `model`."""
+    """Add the functions the graph calls (and the opset imports of the domains they use) to `model`."""
     used = {n.op_type for n in model.graph.node if n.domain == DOMAIN}
     missing = used - set(functions)
     if missing:
         raise ValueError(f"graph calls undefined functions {sorted(missing)}")
     model.functions.extend(functions[k] for k in sorted(used))
-    if used and not any(o.domain == DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    have = {o.domain for o in model.opset_import}
+    for domain in sorted(({DOMAIN} if used else set()) | {o.domain for k in used for o in functions[k].opset_import}):
+        if domain not in have:
+            model.opset_import.append(helper.make_opsetid(domain, 1))

@@ -13,7 +13,7 @@ the layer's low-bit form, read directly by its Conv/Gemm/MatMul (Identity/Transp
                                               (BitShift, BitwiseAnd), minus offset, times scale
   fp4 e2m1, fp6 e2m3/e3m2                  → packed codes + Gather on the code→value table, times scale
   fp4 e2m1 linears with per-token e2m3     → int8 kernels (the default where exact): E2M1×2 weights decoded
-    inputs (FP4DiT's W4A6)                    to int8, E2M3×8 activations to uint8 (+128), MatMulInteger per
+    inputs (FP4DiT's W4A6)                    to int8, E2M3×8 activations to uint8 (+128), MatMulIntegerToFloat per
                                               scale group, scales applied to the exact int32 sums (_IntMatMulKind)
 
 Every decoder reads initializers only, so onnxruntime folds it at session creation: weights are decoded once,
@@ -272,14 +272,19 @@ def _pack_words(codes: np.ndarray, bits: int) -> np.ndarray:
     return (flat << (np.arange(k, dtype=np.uint32) * bits)).sum(axis=1, dtype=np.uint64).astype(np.uint32)
 
 
-def _weight_dq(graph: _Graph, name: str, lq: LayerQuant, orient: str, opset: int) -> tuple[str, str]:
-    """Nodes producing the float weight in the graph's orientation; returns (output name, encoding)."""
+def _weight_dq(graph: _Graph, name: str, lq: LayerQuant, orient: str, opset: int,
+               weight_only: bool = False) -> tuple[str, str]:
+    """Nodes producing the float weight in the graph's orientation; returns (output name, encoding).
+
+    `weight_only` (no activation is quantised): the packed form even for int8/int4/fp8, whose plain-op decoder
+    onnxruntime folds at session creation; it keeps a DequantizeLinear on an initializer unfolded (for its QDQ
+    fusions), so a DQ weight-only graph decoded every weight on every run (INT4 W4A32 vit-small: 0.85× FP32)."""
     out = lq.q.shape[0]
     groups = lq.scale.shape[1]
     bits = format_bits(lq.fmt)
     half = lq.scale_dtype == "float16" and bits < 8
     native = lq.fmt in _DQ_TYPES and (lq.fmt != "int4" or opset >= 21) and (
-        groups == 1 or lq.q.ndim == 2)   # blocked DQ runs along one axis: fine for 2-D weights
+        groups == 1 or lq.q.ndim == 2) and not weight_only   # blocked DQ runs along one axis: fine for 2-D weights
     if native:
         q = lq.q if orient == "as-is" else lq.q.T
         axis = 0 if orient == "as-is" else 1
@@ -388,9 +393,10 @@ INT_ACT_FUNCTIONS = {"aq_e2m3_token_axm1": ("e2m3", 8)}            # E2M3 × 8: 
 
 
 class _IntMatMulKind(NamedTuple):
-    """x → per-token E2M3 rounding (runtimes.onnx.actquant, same ops) → ×8 as int8 → per weight group (a Split along
-    fan_in) MatMulInteger with the int8 weight (E2M1 × 2) → int32, exact → float × group scale/16, summed over
-    groups → × token scale.
+    """x → per-token E2M3 rounding (Veltkamp above 1, the QuantizeLinear's own rounding at step 1/8 below:
+    `_Emitter.round_above_step`) → ×8 as uint8 (+128) → per weight group (a Slice along fan_in) onnxruntime's
+    MatMulIntegerToFloat with the int8 weight (E2M1 × 2): int32 sums, exact, × group scale/16 in the GEMM's
+    epilogue → summed over groups → × token scale.
 
     Each group's weight×activation sum is exact instead of float32 (the torch model's F.linear), so the outputs
     differ from it by float32 rounding only, as the float-matmul form's do. On x86 without VNNI the u8×s8 kernels'
@@ -418,11 +424,16 @@ class _IntMatMulKind(NamedTuple):
         # grid value × factor + 128 as uint8 (exact: |value × factor| ≤ 60): onnxruntime's fast x86 kernels are
         # u8×s8; its s8×s8 MatMulInteger ran 3.5× slower than the FP32 MatMul on deit_tiny
         zp = e.c(128, np.uint8)
-        q = b.op("QuantizeLinear", e.fp_round(b.op("Div", "x", s), fmt, bounded=True), e.c(1.0 / factor), zp)
+        # the QuantizeLinear at step 1/factor (E2M3's subnormal step) does the last rounding (round_above_step)
+        assert 2.0 ** (fmt.emin - fmt.man_bits) == 1.0 / factor
+        q = b.op("QuantizeLinear", e.round_above_step(b.op("Div", "x", s), fmt), e.c(1.0 / factor), zp)
         parts = [q] if n == 1 else _split(b, q, self.groups)
         unit = e.c(1.0 / (factor * INT_GRID_FACTOR[self.weight]))
-        acc = [b.op("Mul", b.op("Cast", b.op("MatMulInteger", p, w, zp), to_i=T.FLOAT),
-                    b.op("Mul", b.op("Cast", sc, to_i=T.FLOAT), unit)) for p, w, sc in zip(parts, ws, ss)]
+        # onnxruntime's MatMulIntegerToFloat: the same u8×s8 GEMM with int32 sums, the scales applied in its
+        # epilogue (int32 → float × unit × group scale, the same two roundings as Cast then Mul, 2 fewer passes
+        # over the output); the scales are initializer-only and fold at session creation
+        acc = [b.op("com.microsoft::MatMulIntegerToFloat", p, w, unit, b.op("Cast", sc, to_i=T.FLOAT), zp)
+               for p, w, sc in zip(parts, ws, ss)]
         total = acc[0] if n == 1 else b.op("Sum", *acc)
         return b.function(self.name, b.op("Mul", total, s), opset)
 
@@ -480,7 +491,8 @@ def _typed_codes(graph: _Graph, base: str, fmt: str, q: np.ndarray) -> str:
     return graph.raw(base, _DQ_TYPES[fmt], q.shape, codes.tobytes())
 
 
-def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, opset: int, integer_fp: bool = True) -> dict:
+def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, opset: int, integer_fp: bool = True,
+                   weight_only: bool = False) -> dict:
     """Replace the graph input `<name>.weight` (the layer's weight, passed in by construction) by its low-bit
     form feeding each reader directly (Identity/Transpose between dropped), placed before the first reader.
 
@@ -505,7 +517,7 @@ def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, opset: int, integer
         if tag is not None:
             outputs.append((node.output[0], tag))
             continue
-        outputs.append(_weight_dq(graph, name, lq, orient, opset))
+        outputs.append(_weight_dq(graph, name, lq, orient, opset, weight_only))
         node.input[k] = outputs[-1][0]
     nodes = list(graph.g.node)   # an integer-matmul rewrite removed the quantiser call before its reader
     first = min((nodes.index(n) for n, _, _ in uses), default=first)
@@ -602,7 +614,8 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
     if opset > 20:
         m = onnx.version_converter.convert_version(m, opset)
     graph = _Graph(m)
-    layers = [_rewrite_layer(graph, name, lq, opset, integer_fp=graph_form == "exact") for name, lq in spec.layers.items()]
+    layers = [_rewrite_layer(graph, name, lq, opset, integer_fp=graph_form == "exact", weight_only=not spec.acts)
+              for name, lq in spec.layers.items()]
     graph.prune()
     called = {n.op_type for n in m.graph.node if n.domain == DOMAIN}
     attach(m, {**function_protos(called, opset), **{k: v.function(opset) for k, v in graph.functions.items()}})

@@ -8,9 +8,11 @@ and the chains that computed them are dropped. The arithmetic on tensors is unto
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 _DYN = None   # an entry whose value is only known at run time
 # integer arithmetic on shape entries (ONNX integer Div truncates toward zero)
@@ -71,10 +73,31 @@ def _known_values(m: onnx.ModelProto, shapes: dict) -> dict[str, tuple[list, boo
     return vals
 
 
+def _inferable(m: onnx.ModelProto) -> onnx.ModelProto:
+    """`m` for ONNX's shape inference, which knows no onnxruntime contrib op: inside model-local functions, each
+    com.microsoft MatMulIntegerToFloat becomes MatMulInteger → Cast to float (same output shape and type)."""
+    if not any(n.domain == "com.microsoft" for f in m.functions for n in f.node):
+        return m
+    m = copy.deepcopy(m)
+    for f in m.functions:
+        nodes = []
+        for n in f.node:
+            if n.domain == "com.microsoft" and n.op_type == "MatMulIntegerToFloat":
+                a, b, *rest = n.input
+                zps = list(rest[2:4])
+                nodes += [helper.make_node("MatMulInteger", [a, b, *zps], [n.output[0] + "_i32"]),
+                          helper.make_node("Cast", [n.output[0] + "_i32"], list(n.output), to=onnx.TensorProto.FLOAT)]
+            else:
+                nodes.append(n)
+        del f.node[:]
+        f.node.extend(nodes)
+    return m
+
+
 def fold_static_shapes(m: onnx.ModelProto) -> int:
     """Rewrite `m` in place; returns how many nodes were removed."""
     g = m.graph
-    inferred = onnx.shape_inference.infer_shapes(m)
+    inferred = onnx.shape_inference.infer_shapes(_inferable(m))
     shapes = {v.name: _dims(v) for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
     vals = _known_values(m, shapes)
     produced = {o: n for n in g.node for o in n.output}
