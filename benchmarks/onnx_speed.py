@@ -1,9 +1,9 @@
 """ONNX Runtime CPU, batch 1, one thread: speed, size, memory and accuracy of edgevit's low-bit artifacts.
 
 For each model — the bundled trained vit-small and mobilenet-mini (Fashion-MNIST: 256 calibration images
-from the train split, top-1 on 1000 test images) and timm's deit_tiny_patch16_224 and deit_small_patch16_224
-at 224 (random init, the same seeded model in every process; 32 photos calibrate, all 63 bundled photos for
-parity and agreement) — quant's PTQ (RTN) at int w8a8, int w4a32 (int4 weights, float activations: INT4
+from the train split, top-1 on 1000 test images), MobileNetV2 with its real ImageNet weights, and timm's
+deit_tiny_patch16_224 and deit_small_patch16_224 at 224 (random init, the same seeded model in every process);
+the 224 models calibrate on 32 photos and use all 63 bundled photos for parity and agreement — quant's PTQ (RTN) at int w8a8, int w4a32 (int4 weights, float activations: INT4
 weight-only), fp4 w4a16 (E2M1 weights, weight-only), fp4 w4a6 (E2M3 per-token activations) in its default
 form (linears on int8 kernels) and in the float-matmul form, and mxfp4 w4a8 (the first conv float: MX
 activation blocks need 32 channels), exported side by side with FP32 and onnxruntime's own quantisers
@@ -86,11 +86,13 @@ QUANT_VARIANTS = [("w8a8-exact", "int", "w8a8", "exact"), ("w8a8-integer", "int"
                   ("fp4-w4a6", "fp4", "w4a6", "exact"), ("fp4-w4a6-float-matmul", "fp4", "w4a6", "float-matmul"),
                   ("mxfp4-w4a8", "mxfp4", "w4a8", "exact")]
 INT8_PATH_VARIANTS = ("w8a8-exact", "w8a8-integer")
+REGISTERED = ("vit-small", "mobilenet-mini", "mobilenetv2")   # the rest are timm architectures (random init)
+CNNS = ("mobilenet-mini", "mobilenetv2")                       # they get the requantised integer graph form
 
 
 def _setup(name: str) -> dict:
     """Model, data and export arguments of one benchmark model."""
-    model, meta = load_model(name if not name.startswith("deit") else f"timm:{name}")
+    model, meta = load_model(name if name in REGISTERED else f"timm:{name}")
     model = model.eval()
     if name in ("vit-small", "mobilenet-mini"):
         xp, yp = (t.numpy() for t in load_data("fashion-mnist:512", PRE, "test", seed=0))
@@ -103,9 +105,10 @@ def _setup(name: str) -> dict:
     x = load_data("photos", meta.preprocess, "test", seed=0)[0]
     calib_t = calibration_tensor("photos:32", meta.preprocess, seed=0)
     kw = dict(input_shape=tuple(meta.input_shape), preprocess=meta.preprocess.to_dict(), labels=list(meta.labels),
-              parity_inputs=x.numpy(), model_info={"name": f"timm:{name}"}, parity_data="photos:63")
+              parity_inputs=x.numpy(), model_info={"name": name if name in REGISTERED else f"timm:{name}"},
+              parity_data="photos:63")
     return {"model": model, "kw": kw, "xe": x.numpy(), "ye": None, "calib_t": calib_t, "data": "63 photos",
-            "rounds": 7, "iters": 5}
+            "rounds": 7, "iters": 20 if name in CNNS else 5}
 
 
 def _metrics(path: Path, x: np.ndarray, y, ref: np.ndarray | None, fp32: np.ndarray, options: dict | None = None) -> dict:
@@ -125,7 +128,7 @@ def _metrics(path: Path, x: np.ndarray, y, ref: np.ndarray | None, fp32: np.ndar
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--models", default="vit-small,mobilenet-mini,deit_tiny_patch16_224,deit_small_patch16_224")
+    ap.add_argument("--models", default="vit-small,mobilenet-mini,mobilenetv2,deit_tiny_patch16_224,deit_small_patch16_224")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--rss-iters", type=int, default=20, help="Runs per fresh-process peak-RSS measurement.")
@@ -150,7 +153,7 @@ def main() -> None:
         with torch.no_grad():
             fp32_logits = np.concatenate([model(torch.from_numpy(xe[i:i + 16])).numpy() for i in range(0, len(xe), 16)])
         variants = ["fp32"]
-        cnn = name == "mobilenet-mini"
+        cnn = name in CNNS
         for v, fam, bits, form in QUANT_VARIANTS:
             if (form == "integer") != (cnn and v == "w8a8-integer") or (cnn and v == "fp4-w4a6-float-matmul"):
                 continue   # the requantised integer form is for CNNs; the FP4 int8-matmul form for linears

@@ -139,7 +139,7 @@ def test_conv_and_linear_norms_outside_sequential_export(tmp_path, family, bits,
     block = export_quantized_onnx(qmodel, spec, SHAPE, tmp_path / "m.onnx")
     m = onnx.load(str(tmp_path / "m.onnx"))
     assert [i.name for i in m.graph.input] == ["input"]                    # every weight input replaced
-    assert {l["op"] for l in block["layers"]} <= {"Conv", "Gemm", "MatMul", "MatMulInteger"}
+    assert {l["op"] for l in block["layers"]} <= {"Conv", "Gemm", "MatMul", "MatMulIntegerToFloat"}
     assert len(block["layers"]) == len(spec.layers)
     n_bn = sum(n.op_type == "BatchNormalization" for n in m.graph.node)
     assert n_bn == (1 if branchy else 0)                                   # only the unpaired bn1d stays a BN

@@ -261,6 +261,14 @@ def test_cnn_integer_form_requantises_and_keeps_parity(tmp_path, images):
     n = [sum(o.op_type == "QuantizeLinear" for o in onnx.load(str(a.entry)).graph.node) for a in (exact, integer)]
     assert n[1] == n[0] + added
     assert integer.manifest["parity"]["metrics"]["top1_agreement"] >= 0.995
+    # the head runs on integer kernels too: pooled features on the head quantiser's grid, an int32 bias
+    assert integer.manifest["quant"]["int32_biases"] == 1
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(integer.entry), so, providers=["CPUExecutionProvider"])
+    ops = {o.op_type for o in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+    assert {"QGemm", "QLinearGlobalAveragePool"} <= ops and not {"Gemm", "GlobalAveragePool"} & ops, ops
     fp8 = _quantised("vit-tiny", "fp8", "w8a8")
     with pytest.raises(ExportError, match="integer graph form needs int8"):
         _export(fp8, tmp_path / "x", images, spec_from_model(fp8), graph_form="integer", calib_inputs=calib)

@@ -525,7 +525,7 @@ def _rewrite_layer(graph: _Graph, name: str, lq: LayerQuant, opset: int, integer
         graph.g.node.insert(first + j, n)
     graph.g.input.remove(next(i for i in graph.g.input if i.name == source))
     direct = [n.op_type for n, k, _ in uses if n.op_type in ("MatMul", "Gemm", "Conv") and k == 1]
-    direct += ["MatMulInteger" for n, _, _ in uses if n.op_type.startswith("imm_")]   # the int8-matmul form
+    direct += ["MatMulIntegerToFloat" for n, _, _ in uses if n.op_type.startswith("imm_")]   # the int8-matmul form
     encoding = outputs[0][1] if outputs else "unused"
     return {"name": name, "op": (direct or [n.op_type for n, _, _ in uses] or ["none"])[0], "fmt": lq.fmt,
             "granularity": lq.granularity, "encoding": encoding,
@@ -594,8 +594,9 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
     graph_form "exact" rounds only where the torch model rounds, and runs FP4 W4A6 linear layers (E2M1 weights
     per channel, per-token E2M3 inputs) on int8 kernels, where that is exact (`_IntMatMulKind`);
     "float-matmul" is the same rounding with every weight×activation product in float ops (for comparison);
-    "integer" (w8a8 with static 8-bit activations) also requantises conv outputs and residual adds
-    (runtimes.onnx.requant), calibrated on `calib_inputs`, so onnxruntime runs QLinearConv/QLinearAdd end to end.
+    "integer" (w8a8 with static 8-bit activations) also requantises conv outputs, residual adds and the pooled
+    features, and gives the head an int32 bias (runtimes.onnx.requant), calibrated on `calib_inputs`, so
+    onnxruntime runs QLinearConv/QLinearAdd/QLinearGlobalAveragePool/QGemm end to end.
     """
     opset = opset or QUANT_OPSET
     if opset < 19:
@@ -619,7 +620,7 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
     graph.prune()
     called = {n.op_type for n in m.graph.node if n.domain == DOMAIN}
     attach(m, {**function_protos(called, opset), **{k: v.function(opset) for k, v in graph.functions.items()}})
-    requant = 0
+    requant = {"requantised_outputs": 0, "int32_biases": 0}
     if graph_form == "integer":
         from runtimes.onnx.requant import add_integer_requant
         requant = add_integer_requant(m, calib_inputs)
@@ -629,7 +630,7 @@ def export_quantized_onnx(model: nn.Module, spec: QuantSpec, input_shape: tuple[
     weights = sorted({(l["fmt"], l["granularity"]) for l in layers})
     return {"precision": spec.precision, "opset": opset, "runtime_options": dict(ORT_SESSION_CONFIG),
             "graph_form": _graph_form(layers, spec) + ("+requant" if graph_form == "integer" else ""),
-            "requantised_outputs": requant,
+            **requant,
             "weights": {"formats": [f"{f}/{g}" for f, g in weights]},
             "activations": {"quantisers": len(spec.acts),
                             "formats": sorted({f"{a.fmt}/{a.granularity}" for a in spec.acts.values()}),
