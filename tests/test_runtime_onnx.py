@@ -496,6 +496,28 @@ def test_bench_peak_rss_is_the_workers_own(tmp_path, images):
     del held
 
 
+def test_binade_is_exact_at_every_power_of_two():
+    """MX's shared exponent ⌊log2 amax⌋ (`_Emitter.binade`: float32 Log, then one exact correction each way) on
+    every power of two 2^-126..2^127, both float32 neighbours, and 10^5 random magnitudes: equal to frexp's."""
+    import onnx
+    from runtimes.onnx.actquant import _Emitter
+    from runtimes.onnx.functions import Body
+    from runtimes.onnx.session import cpu_session
+    p = np.ldexp(np.float32(1), np.arange(-126, 128)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    a = np.concatenate([p, np.nextafter(p, np.float32(0)), np.nextafter(p, np.float32(np.inf)),
+                        np.exp(rng.uniform(-87, 88, 10 ** 5)).astype(np.float32)]).astype(np.float32)
+    a = a[np.isfinite(a) & (a >= np.float32(2.0 ** -126))]
+    body = Body(["a"])
+    k = _Emitter(body).binade("a", -126, 127)
+    m = onnx.helper.make_model(onnx.helper.make_graph(
+        body.nodes, "g", [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [None])],
+        [onnx.helper.make_tensor_value_info(k, onnx.TensorProto.INT64, [None])]),
+        opset_imports=[onnx.helper.make_opsetid("", 21)])
+    got = cpu_session(m.SerializeToString()).run(None, {"a": a})[0]
+    np.testing.assert_array_equal(got, np.frexp(a)[1] - 1 + 126)
+
+
 def test_mx_blocks_with_unknown_feature_size_match_quant():
     """Where the tracer lost an activation's feature size (timm's LayerNorm outputs), MX blocks are reshaped as
     (…, −1, block): the same values as quant's quantiser."""

@@ -255,12 +255,23 @@ class _Emitter:
 
     # -- FP grids ------------------------------------------------------------------------------
     def binade(self, a, lo: int, hi: int):
-        """int64 index k with 2^(lo+k) ≤ a < 2^(lo+k+1), k clamped to [0, hi−lo]: exact, no Log."""
+        """int64 index k with 2^(lo+k) ≤ a < 2^(lo+k+1), k clamped to [0, hi−lo]: exact.
+
+        ⌊log2 a⌋ from float32 Log may be one off next to a power of two; one comparison each way against the
+        power it names (a table Gather, exact) corrects it. All on the small per-block tensor: the former
+        253-way compare against every power broadcast a (…, 253) tensor and was most of MXFP4 W4A8's time."""
         if hi <= lo:
             return None
-        powers = self.c(np.ldexp(np.float32(1), np.arange(lo + 1, hi + 1)).astype(np.float32))
-        ge = self.op("GreaterOrEqual", self.op("Unsqueeze", a, self.c([-1], np.int64)), powers)
-        return self.op("ReduceSum", self.op("Cast", ge, to_i=7), self.c([-1], np.int64), keepdims_i=0)
+        from onnx import TensorProto as T
+        top = self.c(np.int64(hi - lo), np.int64)
+        zero = self.c(np.int64(0), np.int64)
+        guess = self.op("Floor", self.op("Mul", self.op("Log", a), self.c(1 / np.log(2.0))))
+        k0 = self.op("Cast", self.op("Clip", self.op("Sub", guess, self.c(float(lo))), self.c(0.0), self.c(float(hi - lo))),
+                     to_i=T.INT64)
+        p = self.op("Gather", self.c(np.ldexp(np.float32(1), np.arange(lo, hi + 1)).astype(np.float32)), k0, axis_i=0)
+        up = self.op("Cast", self.op("GreaterOrEqual", a, self.op("Mul", p, self.c(2.0))), to_i=T.INT64)
+        down = self.op("Cast", self.op("Less", a, p), to_i=T.INT64)
+        return self.op("Clip", self.op("Sub", self.op("Add", k0, up), down), zero, top)
 
     def fp_round(self, y, fmt, bounded: bool = False, shifted: bool = False):
         """y (grid units) → nearest grid value of `fmt`, ties to even, saturating at ±max.
