@@ -148,9 +148,12 @@ def ablation(args: argparse.Namespace) -> int:
         a = r["args"]
         rows = r.get("frontier_stats")
         if rows is not None:
+            recipe = {k: a[k] for k in RECIPE_KEYS + ("direction",)}
+            other = ", ".join(f"{k} {v}" for k, v in recipe.items()
+                              if k in over and over[k] != v)         # what else differs from the row above
             results.append({"row": f"+ the benchmark's schedule ({a['warmup_epochs']} + {a['epochs']} epochs on "
-                                   f"{a['train_data']}, evaluated on {r.get('eval_images', 10000)} test images: "
-                                   "`stitch.json`)", "recipe": {k: a[k] for k in RECIPE_KEYS + ("direction",)},
+                                   f"{a['train_data']}{'; ' + other if other else ''}; evaluated on "
+                                   f"{r.get('eval_images', 10000)} test images: `stitch.json`)", "recipe": recipe,
                             "configs": r["num_configs"], "train_s": r["train_s"], **rows,
                             "anchor_drop_points": list(r["anchor_drop_points"].values()),
                             "best_stitched_vs_line": r.get("best_stitched_vs_line", float("nan"))})
