@@ -89,7 +89,7 @@ def test_direction_down_reverses_the_one_stitch_routes(tmp_path):
     errs = least_squares_init(model, _images(32))
     assert errs and all(np.isfinite(v) for v in errs.values())
     x = _images(4, 3)
-    for cid in (3, 40, 70):
+    for cid in (3, model.num_configs // 2, model.num_configs - 1):
         with torch.no_grad():
             assert torch.isfinite(model.run(x, model.configs[cid])).all()
 
