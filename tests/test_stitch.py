@@ -71,6 +71,29 @@ def test_two_way_space_matches_snnetv2_counts():
     assert len(cfgs) == 2 + 34 * 2 + 110
 
 
+def test_direction_down_reverses_the_one_stitch_routes(tmp_path):
+    """`down`: the same positions and count as v1, every stitch large→small (the large anchor's front);
+    the stitching layers, LS init and the artifact's reload follow."""
+    from edgevit.stitch.space import StitchSpaceError
+    up, down = enumerate_configs(12, 3), enumerate_configs(12, 3, direction="down")
+    assert len(down) == len(up) == count_configs(12, 3) == 71
+    assert all(c.segments[0].anchor == c.segments[1].anchor + 1 for c in down if not c.is_anchor)
+    assert [(c.segments[0].end, c.segments[1].start) for c in down[3:]] == \
+        [(c.segments[0].end, c.segments[1].start) for c in up[3:]]
+    assert [c.name for c in enumerate_configs(12, 2, two_way=True, direction="down")] == \
+        [c.name for c in enumerate_configs(12, 2, two_way=True)]                  # two-way has both already
+    with pytest.raises(StitchSpaceError, match="direction"):
+        enumerate_configs(12, 3, direction="sideways")
+    model = StitchedModel(_family(), direction="down")
+    assert sorted(model.stitch_layers) == ["1to0", "2to1"]
+    errs = least_squares_init(model, _images(32))
+    assert errs and all(np.isfinite(v) for v in errs.values())
+    x = _images(4, 3)
+    for cid in (3, model.num_configs // 2, model.num_configs - 1):
+        with torch.no_grad():
+            assert torch.isfinite(model.run(x, model.configs[cid])).all()
+
+
 # ---------------------------------------------------------------- LS init
 def test_fit_affine_recovers_an_affine_map():
     x = torch.randn(500, 8)
@@ -388,11 +411,66 @@ def test_resume_across_the_warmup_boundary(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("warmup_epochs", -1), ("anchor_lr_scale", float("nan")),
-                                          ("anchor_distill", 1.5), ("anchor_prob", -0.1), ("anchor_lr_scale", True)])
+                                          ("anchor_distill", 1.5), ("anchor_prob", -0.1), ("anchor_lr_scale", True),
+                                          ("distill_teacher", "smallest")])
 def test_recipe_rejects_out_of_range_options(field, value):
     from edgevit.stitch.train import RecipeError
     with pytest.raises(RecipeError, match=field.replace("_", "-")):
         StitchRecipe(**{field: value})
+
+
+def test_distill_teacher_route_uses_the_routes_largest_anchor(tmp_path, monkeypatch):
+    """`route`: a stitched step's teacher is the original of the largest anchor its route runs, so with
+    two anchors it trains exactly as `largest`; with three (tiny↔small routes) it differs."""
+    import edgevit.stitch.train as T
+    calls = []
+    real = T.F.kl_div
+    monkeypatch.setattr(T.F, "kl_div", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    two = StitchedModel(_family(widths=(16, 32)))
+    least_squares_init(two, _images(32))
+    runs = {}
+    for teacher in ("largest", "route"):
+        m = copy.deepcopy(two)
+        _train(m, tmp_path / f"two-{teacher}", distill=0.5, distill_teacher=teacher, anchor_distill=0.0)
+        runs[teacher] = m.state_dict()
+    assert calls and all(torch.equal(runs["largest"][k], runs["route"][k]) for k in runs["largest"])
+    three = StitchedModel(_family())
+    least_squares_init(three, _images(32))
+    a, b = copy.deepcopy(three), copy.deepcopy(three)
+    _train(a, tmp_path / "three-largest", distill=0.5, anchor_distill=0.0)
+    _train(b, tmp_path / "three-end", distill=0.5, distill_teacher="route", anchor_distill=0.0)
+    assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(__import__("edgevit.errors", fromlist=["UsageError"]).UsageError, match="another recipe"):
+        _train(copy.deepcopy(three), tmp_path / "three-end", distill=0.5, anchor_distill=0.0)
+
+
+def test_anchor_line_and_frontier_stats():
+    from edgevit.stitch.pipeline import anchor_line, frontier_stats
+    rows = [{"macs": m * 1e6, "top1": a, "is_anchor": anc, "pareto": p} for m, a, anc, p in [
+        (2, 80.0, True, True), (10, 88.0, True, True), (42, 92.0, True, True),      # anchors: line 80→88→92
+        (6, 84.2, False, True), (20, 89.0, False, True), (31, 90.1, False, True), (8, 80.0, False, False)]]
+    assert anchor_line(rows, 6e6) == pytest.approx(84.0) and anchor_line(rows, 26e6) == pytest.approx(90.0)
+    assert anchor_line(rows, 1e6) == 80.0 and anchor_line(rows, 50e6) == 92.0
+    st = frontier_stats(rows)
+    assert st["stitched_on_frontier"] == 3
+    assert st["max_gap_frac"] == pytest.approx(11 / 40)                        # 31M → 42M
+    assert st["worst_line_delta"] == pytest.approx(90.1 - (88 + 4 * 21 / 32), abs=1e-3)   # the 31M point, below
+    only_anchors = [r | {"pareto": r["is_anchor"]} for r in rows]
+    assert frontier_stats(only_anchors)["stitched_on_frontier"] == 0
+    assert frontier_stats(only_anchors)["max_gap_frac"] == pytest.approx(32 / 40)
+
+
+def test_select_returns_a_stitched_config_between_the_anchors():
+    """Once the frontier has stitched configurations, every budget between two frontier anchors that
+    reaches a stitched frontier point picks a stitched configuration, never the anchor below it."""
+    rows = [{"id": i, "macs": m * 1e6, "top1": a, "is_anchor": anc, "pareto": True, "file": f"c{i}.onnx"}
+            for i, (m, a, anc) in enumerate([(2, 80.0, True), (10, 88.0, True), (42, 92.0, True),
+                                             (6, 84.5, False), (18, 89.5, False), (26, 90.3, False),
+                                             (34, 91.2, False)])]
+    for budget, want in ((7, 3), (9.9, 3), (19, 4), (30, 5), (41, 6)):
+        got = select(rows, max_macs=budget * 1e6)
+        assert got["id"] == want and not got["is_anchor"], budget
+    assert select(rows, max_macs=10e6)["id"] == 1 and select(rows, max_macs=50e6)["id"] == 2
 
 
 # ---------------------------------------------------------------- export
@@ -463,7 +541,7 @@ def test_cli_defaults_are_the_recipe_defaults():
     defaults = {f.name: f.default for f in dataclasses.fields(StitchRecipe)}
     flags = {p.name: p.default for p in stitch_cmd.params}
     for name in ("epochs", "batch_size", "lr", "sampling", "distill", "seed", "warmup_epochs", "anchor_lr_scale",
-                 "anchor_distill", "anchor_prob"):
+                 "anchor_distill", "anchor_prob", "distill_teacher"):
         assert flags[name] == defaults[name], name
 
 
@@ -471,7 +549,8 @@ def test_schedule_flags_are_pipeline_recipe_keys_checked_up_front(cli_runner, tm
     import yaml
     from edgevit.cli import cli
     from edgevit.pipeline.recipe import stage_keys
-    assert {"warmup-epochs", "anchor-lr-scale", "anchor-distill", "anchor-prob"} <= set(stage_keys("stitch"))
+    assert {"warmup-epochs", "anchor-lr-scale", "anchor-distill", "anchor-prob", "distill-teacher"} \
+        <= set(stage_keys("stitch"))
     doc = {"model": "vit-tiny", "stages": [{"stitch": {"anchors": "vit-tiny,vit-small", "anchor-prob": 2}}]}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(doc))
     res = cli_runner.invoke(cli, ["pipeline", str(tmp_path / "r.yaml"), "--check"])

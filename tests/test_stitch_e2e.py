@@ -47,3 +47,18 @@ def test_stitch_cli_end_to_end(cli_runner, tmp_path):
             ref = model(x).numpy()
         got = ort.InferenceSession(str(out / c["file"])).run(None, {"input": x.numpy()})[0]
         assert np.abs(got - ref).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_vit_stitch_recipe_hands_a_stitched_configuration(tmp_path):
+    """recipes/vit-stitch.yaml (large→small routes, 1 + 3 epochs on 60k images, `max-macs: 8M`): the
+    stitch stage selects a stitched configuration, not vit-tiny (select only passes over vit-tiny, the
+    cheapest configuration, for a more accurate one), and the later stages get that route (about 3 min)."""
+    from pathlib import Path
+
+    from edgevit.pipeline import load_recipe, run
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "vit-stitch.yaml")
+    summary = run(recipe, tmp_path / "run")
+    chosen = json.loads((tmp_path / "run" / "01-stitch" / "report.json").read_text())["chosen"]
+    assert not chosen["is_anchor"] and ">" in chosen["name"] and chosen["macs"] <= 8e6
+    assert any(n.startswith(f"stitch: configuration {chosen['id']} {chosen['name']}") for n in summary["notes"])

@@ -17,9 +17,9 @@ from edgevit.stitch.options import make_job
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Artifact directory to create.")
 @overwrite_option()
 @click.pass_context
-def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, lora_rank, sampling, distill, lr,
-               warmup_epochs, anchor_lr_scale, anchor_distill, anchor_prob, batch_size, train_data, eval_data,
-               calib_images, keep_graphs, latency_iters, work_dir, device, seed, overwrite):
+def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, direction, lora_rank, sampling, distill,
+               distill_teacher, lr, warmup_epochs, anchor_lr_scale, anchor_distill, anchor_prob, batch_size,
+               train_data, eval_data, calib_images, keep_graphs, latency_iters, work_dir, device, seed, overwrite):
     """Stitch a family of anchors (SN-Net / SN-Netv2): LS-initialised stitching layers, joint training,
     every configuration's top-1, MACs and ORT latency, the Pareto frontier, one shared-weight artifact.
 

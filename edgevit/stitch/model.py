@@ -56,13 +56,15 @@ class StitchedModel(nn.Module):
     """SN-Net over `anchors` (sorted by width here). `forward` runs the configuration set by `set_config`."""
 
     def __init__(self, anchors: list[nn.Module], kernel: int = 2, stride: int = 1, two_way: bool = False,
-                 lora_rank: int = 0):
+                 lora_rank: int = 0, direction: str = "up"):
         super().__init__()
         anchors = sorted(anchors, key=A.width)
         self.anchors = nn.ModuleList(anchors)
         self.depth = len(anchors[0].blocks)
         self.kernel, self.stride, self.two_way, self.lora_rank = kernel, stride, two_way, lora_rank
-        self.configs: list[StitchConfig] = enumerate_configs(self.depth, len(anchors), kernel, stride, two_way)
+        self.direction = direction
+        self.configs: list[StitchConfig] = enumerate_configs(self.depth, len(anchors), kernel, stride, two_way,
+                                                             direction)
         n_layers = layers_needed(self.depth, kernel, stride)
         pairs = sorted({(s.front, s.end) for c in self.configs for s in c.stitches})
         self.stitch_layers = nn.ModuleDict({

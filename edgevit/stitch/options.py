@@ -31,7 +31,7 @@ def recipe_from_options(options: dict):
     or a one-line UsageError naming the flag; shared by the CLI and the pipeline's stitch stage."""
     from edgevit.stitch.train import RecipeError, StitchRecipe
     keys = ("epochs", "batch-size", "lr", "sampling", "distill", "seed", "warmup-epochs", "anchor-lr-scale",
-            "anchor-distill", "anchor-prob")
+            "anchor-distill", "anchor-prob", "distill-teacher")
     try:
         return StitchRecipe(**{k.replace("-", "_"): options[k] for k in keys if k in options})
     except RecipeError as e:
@@ -61,4 +61,5 @@ def make_job(options: dict, out, work_dir=None):
     device = check_device(options["device"])
     return StitchJob(names, Path(out), recipe, options["kernel"], options["stride"], options["two-way"],
                      options["lora-rank"], options["train-data"], options["eval-data"], options["calib-images"],
-                     Path(work_dir) if work_dir else None, options["latency-iters"], wlist, device)
+                     Path(work_dir) if work_dir else None, options["latency-iters"], wlist, device,
+                     options.get("direction", "up"))

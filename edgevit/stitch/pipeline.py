@@ -35,6 +35,7 @@ class StitchJob:
     latency_iters: int = 50
     weights: list[str | None] | None = None
     device: str = "cpu"             # training device, resolved (see train.resolve_device)
+    direction: str = "up"           # one-stitch routes small→large (v1) or large→small (see space.py)
 
 
 def load_anchors(names: list[str], weights: list[str | None] | None = None):
@@ -57,6 +58,37 @@ def frontier_shortfall(rows: list[dict], front: list[int]) -> float:
             t = (r["macs"] - lo["macs"]) / (hi["macs"] - lo["macs"])
             worst = max(worst, lo["top1"] + t * (hi["top1"] - lo["top1"]) - r["top1"])
     return worst
+
+
+def anchor_line(rows: list[dict], macs: float) -> float:
+    """Top-1 on the piecewise-linear line through the anchors' (MACs, top-1), sorted by MACs, at `macs`
+    (flat beyond the smallest and the largest anchor)."""
+    pts = sorted((r["macs"], r["top1"]) for r in rows if r["is_anchor"])
+    if macs <= pts[0][0]:
+        return pts[0][1]
+    for (m0, a0), (m1, a1) in zip(pts, pts[1:]):
+        if macs <= m1:
+            return a0 + (a1 - a0) * (macs - m0) / (m1 - m0)
+    return pts[-1][1]
+
+
+def frontier_stats(rows: list[dict]) -> dict:
+    """The issue-23 shape of the frontier (rows carry macs, top1, is_anchor, pareto):
+    - `stitched_on_frontier`: stitched configurations on it;
+    - `max_gap_frac`: widest MACs gap between neighbouring frontier points inside the anchors' span,
+      as a fraction of the anchors' MACs range (the frontier is judged as a menu of budgets: a wide gap
+      leaves budgets that only a much smaller network serves);
+    - `worst_line_delta`: min over frontier points of (top-1 − the piecewise-linear anchor line), in
+      points (≥ −0.5 is the bar; positive means every frontier point is above the line)."""
+    anchors = sorted((r for r in rows if r["is_anchor"]), key=lambda r: r["macs"])
+    lo, hi = anchors[0]["macs"], anchors[-1]["macs"]
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["macs"])
+    inside = [r["macs"] for r in front if lo <= r["macs"] <= hi]
+    gaps = [b - a for a, b in zip(inside, inside[1:])]
+    deltas = [r["top1"] - anchor_line(rows, r["macs"]) for r in front if lo <= r["macs"] <= hi]
+    return {"stitched_on_frontier": sum(not r["is_anchor"] for r in front),
+            "max_gap_frac": round(max(gaps) / (hi - lo), 4) if gaps and hi > lo else 1.0,
+            "worst_line_delta": round(min(deltas), 3) if deltas else 0.0}
 
 
 def switch_time_us(model: StitchedModel, n: int = 10000) -> float:
@@ -88,7 +120,7 @@ def run_stitch(job: StitchJob, progress: bool = True, keep_graphs: str = "fronti
     x_eval, y_eval = load_data(job.eval_data, meta.preprocess, split="test", seed=job.recipe.seed)
     x_cal = calibration_tensor(f"fashion-mnist:{job.calib_images}", meta.preprocess, seed=job.recipe.seed) \
         if job.eval_data.startswith("fashion-mnist") else x_eval[:job.calib_images]
-    model = StitchedModel(modules, job.kernel, job.stride, job.two_way, job.lora_rank)
+    model = StitchedModel(modules, job.kernel, job.stride, job.two_way, job.lora_rank, job.direction)
     anchors_before = evaluate_configs(_anchors_only(model), x_eval, y_eval, progress=progress)
     ls_err = least_squares_init(model, x_cal)
     macs = config_macs(model, meta.input_shape)
@@ -119,7 +151,8 @@ def run_stitch(job: StitchJob, progress: bool = True, keep_graphs: str = "fronti
         plot_front(rs, sorted(front, key=lambda i: macs[i]), d / "pareto.png", title)
         write_table(d / "configs.md", rs, title)
 
-    space = {"kernel": job.kernel, "stride": job.stride, "two_way": job.two_way, "lora_rank": job.lora_rank}
+    space = {"kernel": job.kernel, "stride": job.stride, "two_way": job.two_way, "lora_rank": job.lora_rank,
+             "direction": job.direction}
     manifest = export_stitched(model, job.out, rows=rows, input_shape=meta.input_shape,
                                preprocess=meta.preprocess.to_dict(), labels=list(meta.labels), anchors=names,
                                parity_inputs=x_eval[:32].numpy(), space=space, metrics=metrics,
@@ -147,6 +180,7 @@ def load_stitched(path: str | Path) -> tuple[StitchedModel, dict]:
     art = load_artifact(path)
     reload = art.manifest["model"]["reload"]
     mods = [bundled.BUNDLED[n]["factory"]() if n in bundled.BUNDLED else load_model(n)[0] for n in reload["anchors"]]
-    model = StitchedModel(mods, reload["kernel"], reload["stride"], reload["two_way"], reload["lora_rank"])
+    model = StitchedModel(mods, reload["kernel"], reload["stride"], reload["two_way"], reload["lora_rank"],
+                          reload.get("direction", "up"))
     model.load_state_dict(load_file(str(Path(path) / TORCH_FILE)))
     return model.eval(), json.loads((Path(path) / art.manifest["entry"]).read_text())

@@ -8,6 +8,16 @@ introduced by the same window share one stitching layer, so a depth-12 pair with
 positions served by 11 layers, and three anchors give 3 + 2·34 = 71 networks (nearest stitching: only
 adjacent anchors are stitched). SN-Netv2 *two-way* stitching adds large→small stitches and the
 routes small→large→small and large→small→large at the depth-preserving positions (j, j+1).
+
+`direction="down"` keeps v1's one-stitch space (same positions, same count) but stitches large→small:
+the large anchor runs the front, the small one the tail. Why: a stitched route cannot know more than
+its front segment computed, and a Linear map cannot add what a narrower front never encoded — a
+small→large route is bounded by the small anchor's features at the stitch (on the bundled family its
+stitched configurations stay under vit-small however long they train), while a large→small route hands
+the large anchor's features to a narrower tail, which only has to decode them. These are the
+configurations SN-Netv2's two-way stitching adds to fill the frontier near the large anchors; `down`
+gets them at v1's cost (two_way also runs the reverse direction and the two-stitch routes: 5× the
+configurations to train, evaluate and export).
 """
 from __future__ import annotations
 
@@ -92,7 +102,8 @@ def count_paired(depth: int, kernel: int = 2, stride: int = 1) -> int:
 
 
 def count_configs(depth: int, num_anchors: int, kernel: int = 2, stride: int = 1, two_way: bool = False) -> int:
-    """Closed form for len(enumerate_configs(...)): anchors + per adjacent pair (both ways if two_way)."""
+    """Closed form for len(enumerate_configs(...)): anchors + per adjacent pair (both ways if two_way);
+    the same for either `direction`."""
     n = count_paired(depth, kernel, stride)
     per_pair = n
     if two_way:
@@ -101,22 +112,28 @@ def count_configs(depth: int, num_anchors: int, kernel: int = 2, stride: int = 1
     return num_anchors + (num_anchors - 1) * per_pair
 
 
+DIRECTIONS = ("up", "down")
+
+
 def enumerate_configs(depth: int, num_anchors: int, kernel: int = 2, stride: int = 1,
-                      two_way: bool = False) -> list[StitchConfig]:
+                      two_way: bool = False, direction: str = "up") -> list[StitchConfig]:
     """Every network of the space, anchors first (smallest first), then per adjacent pair.
 
-    v1 (SN-Net): small→large at every paired position. two_way (SN-Netv2) adds large→small at every
+    v1 (SN-Net): small→large at every paired position (`direction="up"`), or large→small (`"down"`). two_way (SN-Netv2) adds large→small at every
     paired position, then small→large→small and large→small→large with both stitches at positions
     (j, j+1) and at least one block in every segment.
     """
     if num_anchors < 1:
         raise StitchSpaceError("need at least one anchor")
+    if direction not in DIRECTIONS:
+        raise StitchSpaceError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     positions = paired_positions(depth, kernel, stride)
     canon = _canonical_layers(depth, kernel, stride)
     configs = [StitchConfig((Segment(a, 0, depth),), ()) for a in range(num_anchors)]
     for small in range(num_anchors - 1):
         large = small + 1
-        directions = [(small, large), (large, small)] if two_way else [(small, large)]
+        directions = [(small, large), (large, small)] if two_way else \
+            [(small, large) if direction == "up" else (large, small)]
         for front, end in directions:
             for j, k, lid in positions:
                 configs.append(StitchConfig((Segment(front, 0, j + 1), Segment(end, k, depth)),

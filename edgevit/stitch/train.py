@@ -13,7 +13,11 @@ A short schedule (minutes, not SN-Net's 100 epochs) needs help, and every piece 
 - `anchor_distill`: an anchor step distils toward that anchor's frozen original logits, so the shared
   weights the stitched routes pull on do not drift;
 - `anchor_prob`: each joint step trains an anchor with this probability (else a stitched configuration),
-  instead of the anchors' 3-in-71 share under uniform sampling.
+  instead of the anchors' 3-in-71 share under uniform sampling;
+- `distill_teacher`: a stitched step distils from the family's largest anchor (`largest`, SN-Net's
+  choice) or from the original of the largest anchor its route runs (`route`): on a 1-core budget the
+  teacher's forward is a large share of a step, and for a tiny↔small route the small teacher costs a
+  quarter of the base one.
 """
 from __future__ import annotations
 
@@ -70,7 +74,8 @@ class StitchRecipe:
     hflip: bool = True
     sampling: str = "uniform"       # uniform (v1) | flops (v2)
     flops_groups: int = 8           # buckets of equal MACs width for flops sampling
-    distill: float = 0.0            # weight of KL to the largest anchor's (frozen, pre-training) logits
+    distill: float = 0.0            # weight of KL to a frozen original anchor's logits on stitched steps
+    distill_teacher: str = "largest"  # largest: the family's largest anchor | route: the route's largest
     temperature: float = 1.0
     bf16: bool = True
     seed: int = 0
@@ -80,6 +85,8 @@ class StitchRecipe:
     anchor_prob: float = 0.25       # joint steps that train an anchor (0: the sampler's own share)
 
     def __post_init__(self):
+        if self.distill_teacher not in ("largest", "route"):
+            raise RecipeError(f"distill-teacher must be largest or route, got {self.distill_teacher!r}")
         for name, lo, hi in (("warmup_epochs", 0, None), ("anchor_lr_scale", 0.0, None), ("distill", 0.0, 1.0),
                              ("anchor_distill", 0.0, 1.0), ("anchor_prob", 0.0, 1.0)):
             v = getattr(self, name)
@@ -90,7 +97,8 @@ class StitchRecipe:
 
 
 # options added after the first checkpoints: their values in a checkpoint written before them
-_LEGACY = {"warmup_epochs": 0, "anchor_lr_scale": 1.0, "anchor_distill": 0.0, "anchor_prob": 0.0}
+_LEGACY = {"warmup_epochs": 0, "anchor_lr_scale": 1.0, "anchor_distill": 0.0, "anchor_prob": 0.0,
+           "distill_teacher": "largest"}
 
 
 def flops_groups(macs: list[int], groups: int) -> list[list[int]]:
@@ -193,7 +201,7 @@ def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, 
     # frozen copies of the original anchors, taken before any checkpoint is loaded (teachers stay the originals)
     teachers: list[torch.nn.Module | None] = [None] * n_anchors
     for a in range(n_anchors):
-        if recipe.anchor_distill > 0 or (recipe.distill > 0 and a == n_anchors - 1):
+        if recipe.anchor_distill > 0 or (recipe.distill > 0 and (a == n_anchors - 1 or recipe.distill_teacher == "route")):
             teachers[a] = copy.deepcopy(model.anchors[a]).eval().requires_grad_(False)
     trainable = {n: p.requires_grad for n, p in model.anchors.named_parameters()}
     steps_per_epoch = math.ceil(len(x) / recipe.batch_size)
@@ -239,6 +247,8 @@ def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, 
                 cfg = model.configs[cid]
                 if cfg.is_anchor and recipe.anchor_distill > 0:
                     teacher, weight = teachers[cfg.segments[0].anchor], recipe.anchor_distill
+                elif recipe.distill_teacher == "route" and not cfg.is_anchor:
+                    teacher, weight = teachers[max(s.anchor for s in cfg.segments)], recipe.distill
                 else:
                     teacher, weight = teachers[-1], recipe.distill
                 with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=recipe.bf16):
