@@ -18,9 +18,17 @@ from runtimes.onnx.shapes import fold_static_shapes
 def compact(path: str | Path) -> None:
     """Rewrite `path` in place with short internal tensor names and no node names/doc strings."""
     m = onnx.load(str(path))
+    if compact_model(m):
+        onnx.checker.check_model(m, full_check=True)
+        onnx.save(m, str(path))
+
+
+def compact_model(m: onnx.ModelProto) -> bool:
+    """`compact` on a model in memory (also for graphs whose weights go elsewhere, e.g. the stitch artifact's);
+    False when the model has sub-graphs and was left as exported."""
     g = m.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
-        return  # sub-graphs capture outer names: leave such models as exported
+        return False  # sub-graphs capture outer names: leave such models as exported
     fold_static_shapes(m)
     keep = {v.name for v in (*g.input, *g.output)} | {i.name for i in g.initializer}
     rename: dict[str, str] = {}
@@ -55,8 +63,7 @@ def compact(path: str | Path) -> None:
     del g.value_info[:]
     g.doc_string = ""
     m.doc_string = ""
-    onnx.checker.check_model(m, full_check=True)
-    onnx.save(m, str(path))
+    return True
 
 
 def _drop_default_attributes(m: onnx.ModelProto) -> None:
