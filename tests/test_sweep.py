@@ -269,3 +269,16 @@ def test_auto_sensitivity_on_ray_workers_is_the_serial_matrix():
 def test_quantize_workers_misuse_is_refused_before_work(cli_runner, tmp_path, extra, needle):
     r = cli_runner.invoke(cli, ["quantize", "mobilenet-mini", *extra, "--out", str(tmp_path / "q")])
     assert r.exit_code == 2 and needle in r.output and not (tmp_path / "q").exists()
+
+
+def test_interrupts_are_held_while_results_are_written():
+    """A Ctrl-C that lands while sweep.json / the plot are written is delivered after the write, as
+    KeyboardInterrupt (exit 130), never inside it (edgevit.sweep.run.deferred_signals)."""
+    from edgevit.sweep.run import deferred_signals
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            done.append(True)          # the block finishes first
+    assert done == [True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -12,8 +12,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from edgevit.errors import UsageError
@@ -72,7 +75,8 @@ def sweep(grid, out, address: str | None = None, workers: int | None = None, pro
 
     def save(plot: bool = True) -> None:
         info["cells_failed"] = sum(r.get("status") == "failed" for r in rows.values())
-        write_results(out, [rows[c.key] for c in g.cells], info, plot=plot)
+        with deferred_signals():
+            write_results(out, [rows[c.key] for c in g.cells], info, plot=plot)
 
     if not todo:
         info["wall_s"] = 0.0
@@ -98,6 +102,26 @@ def sweep(grid, out, address: str | None = None, workers: int | None = None, pro
         if owns:
             ray.shutdown()
     return {**info, "cells": [rows[c.key] for c in g.cells]}
+
+
+@contextmanager
+def deferred_signals():
+    """Hold Ctrl-C / SIGTERM until the block ends, then deliver it: the results tables and the plot are
+    written whole, and an interrupt cannot land inside a library's lazy import (matplotlib's first savefig
+    imports Pillow; an interrupted C-extension import surfaces as "ImportError: initialization failed",
+    exit 1 instead of 130). Outside the main thread (where handlers cannot be set) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def _crash_reason(e: Exception) -> str:
