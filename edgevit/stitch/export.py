@@ -69,26 +69,15 @@ class SharedWeights:
         self.file.close()
 
 
-def compact_graph(model) -> None:
-    """Short value names, no node names or doc strings: the graphs are mostly names otherwise, and a
-    depth-12 family with 71 configurations would spend more bytes on names than on the tiny anchor."""
+def short_initializer_names(model) -> None:
+    """Initializers renamed w0, w1, …: `compact_model` keeps them (a standalone file's weights keep their
+    layer names), but 26 stitched graphs would each repeat every long name of the shared weights."""
     g = model.graph
-    keep = {v.name for v in (*g.input, *g.output)}
-    names: dict[str, str] = {}
-
-    def short(name: str) -> str:
-        if not name or name in keep:
-            return name
-        return names.setdefault(name, f"v{len(names):x}")
-
+    names = {t.name: f"w{i:x}" for i, t in enumerate(g.initializer)}
     for t in g.initializer:
-        t.name = short(t.name)
+        t.name = names[t.name]
     for n in g.node:
-        n.input[:] = [short(v) for v in n.input]
-        n.output[:] = [short(v) for v in n.output]
-        n.name, n.doc_string = "", ""
-    del g.value_info[:]
-    model.doc_string = g.doc_string = ""
+        n.input[:] = [names.get(v, v) for v in n.input]
 
 
 def _export_graph(module, input_shape, opset: int):
@@ -155,9 +144,9 @@ def export_stitched(model: StitchedModel, out: str | Path, *, rows: list[dict], 
         (w.dir / GRAPH_DIR).mkdir()
         shared = SharedWeights(w.dir / GRAPH_DIR / WEIGHTS_FILE)
         for cid in sorted(keep):
-            compact_model(graphs[cid])   # static shape chains folded (~40 % of the nodes), Constants deduplicated
+            compact_model(graphs[cid])   # static shape chains folded (~40 % of the nodes), short names
             shared.externalise(graphs[cid])
-            compact_graph(graphs[cid])
+            short_initializer_names(graphs[cid])
             rows[cid]["file"] = f"{GRAPH_DIR}/c{cid:03d}.onnx"
             (w.dir / rows[cid]["file"]).write_bytes(graphs[cid].SerializeToString())
         shared.close()
