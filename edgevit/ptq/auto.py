@@ -105,9 +105,9 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
 
     pareto = [measure(p) for p in tqdm(mp.frontier(sizes, deltas, points), desc="pareto", leave=False, disable=None)]
     uniform = {c.label: measure(np.full(len(names), j), uniform_built[j]) for j, c in enumerate(candidates)}
-    onnx_bytes = None
+    onnx_bytes = built = None
     if "size" in budget:
-        picks, onnx_bytes = _fit_size(build, sizes, deltas, fixed, budget["size"], tuple(calib.shape[1:]))
+        picks, built, onnx_bytes = _fit_size(build, sizes, deltas, fixed, budget["size"], tuple(calib.shape[1:]))
         what = f"--max-size {budget['size'] / 1e6:.3f} MB"
         floor = fixed + sizes.min(1).sum()
     elif "latency_ms" in budget:
@@ -124,7 +124,7 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
         raise UsageError(f"{what} is below the smallest possible model ({floor / 1e6:.3f} MB or ms with the cheapest "
                          "candidate everywhere); raise the budget or add smaller candidates")
     if picks is not None:
-        chosen = measure(picks)
+        chosen = measure(picks, built)
         if onnx_bytes is not None:
             chosen["onnx_model_bytes"] = onnx_bytes
     if "size" in budget and chosen["size_bytes"] > budget["size"]:   # cannot happen while file_costs bounds hold
@@ -140,8 +140,9 @@ def auto_precision(prepared, spec, candidates, calib, eval_x, eval_y, budget: di
 
 
 def _fit_size(build, sizes, deltas, fixed: float, size: float, item_shape: tuple[int, ...], tries: int = 8):
-    """(picks, bytes of its ONNX model file) whose weights.safetensors (costed exactly by `file_costs`) and ONNX
-    artifact (graph and function bodies on top of the codes, measured by exporting the pick) both fit `size`.
+    """(picks, their built (recipe, model), bytes of its ONNX model file) whose weights.safetensors (costed exactly
+    by `file_costs`) and ONNX artifact (graph and function bodies on top of the codes, measured by exporting the
+    pick) both fit `size`; the caller measures the same build instead of quantising the pick again.
     An ONNX file over the budget lowers the search's budget by its overshoot (doubling on each retry) and searches
     again. A model the ONNX exporter cannot write is bounded by its checkpoint alone (bytes None)."""
     import quant.mixed_precision as mp
@@ -153,15 +154,15 @@ def _fit_size(build, sizes, deltas, fixed: float, size: float, item_shape: tuple
         picks = mp.choose(sizes, deltas, limit - fixed)   # costs are upper bounds of the checkpoint's bytes
         if picks is None:
             if onnx_bytes is None:
-                return None, None   # not even the checkpoint fits: the caller names the smallest possible model
+                return None, None, None   # not even the checkpoint fits: the caller names the smallest possible model
             break
-        q = build(picks)[1]
+        built = build(picks)
         try:
-            onnx_bytes = model_file_bytes(q, spec_from_model(q), (1, *item_shape))
+            onnx_bytes = model_file_bytes(built[1], spec_from_model(built[1]), (1, *item_shape))
         except (ExportError, ExportFailure):
-            return picks, None
+            return picks, built, None
         if onnx_bytes <= size:
-            return picks, onnx_bytes
+            return picks, built, onnx_bytes
         limit -= (onnx_bytes - size) * step
         step *= 2
     raise StageError(f"--max-size {size:.0f} B: the smallest ONNX model file found for it is {onnx_bytes} B (the "
