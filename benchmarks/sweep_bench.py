@@ -5,9 +5,12 @@ each with its own CPU and a custom resource), with every cell's node recorded.
     python benchmarks/sweep_bench.py workers  [--grid benchmarks/grids/sweep_small.yaml]  # → results/sweep_workers.{json,md}
     python benchmarks/sweep_bench.py two-node [--grid …] [--port 6391]                    # → results/sweep_two_node.{json,md}
     python benchmarks/sweep_bench.py ptq-compare-check [--models mobilenet-mini]           # → results/sweep_ptq_compare_check.{json,md}
+    python benchmarks/sweep_bench.py ptq-compare-workers [--models mobilenetv2]            # → results/sweep_workers_ptq_compare*.{json,md}
 
 `ptq-compare-check` runs the RTN and peer cells of benchmarks/grids/ptq_compare.yaml as a sweep and compares
 every row with the published benchmarks/results/ptq_compare.json (made by the script before it became a grid).
+`ptq-compare-workers` runs a model's whole ptq_compare grid (reconstruction and GPTQ cells too) with 1 and 2
+workers, and checks every row of it against the same published file (about 2 hours for MobileNetV2).
 
 The Ray nodes of `two-node` run `ray start --block` as children of this script and are stopped by
 signalling those children only (never `ray stop`, which would end every Ray on the machine).
@@ -42,33 +45,48 @@ def run(grid: str, out: Path, **kw) -> tuple[dict, float]:
 
 
 def workers_bench(args) -> None:
+    _workers(args.grid, str(args.grid), "sweep_workers")
+
+
+def ptq_compare_workers(args) -> None:
+    """The ptq_compare grid of `--models` (all methods, peers too) with 1 and 2 workers, and every row of
+    the 2-worker run against the published ptq_compare.json."""
+    pc = _ptq_compare_module()
+    grid = _ptq_compare_grid(pc, args.models)
+    res2 = _workers(grid, f"{pc.GRID} narrowed to {', '.join(args.models)}", "sweep_workers_ptq_compare")
+    _check_against_published(pc, res2, args.models, "sweep_workers_ptq_compare_rows", "all cells")
+
+
+def _workers(grid, grid_name: str, stem: str) -> dict:
     runs = {}
     with tempfile.TemporaryDirectory() as d:
-        for n in (1, 2):
+        for n in (2, 1):   # 2 first: its table is the one checked against published numbers
             load0 = os.getloadavg()
-            res, total = run(args.grid, Path(d) / f"w{n}", workers=n)
+            res, total = run(grid, Path(d) / f"w{n}", workers=n)
             assert res["cells_failed"] == 0, [c.get("error") for c in res["cells"] if c.get("status") == "failed"]
             runs[n] = {"res": res, "total_s": total, "loadavg_start": load0, "loadavg_end": os.getloadavg()}
             print(f"{n} worker(s): {res['wall_s']:.1f} s of scheduling ({total:.1f} s with Ray start), "
                   f"loadavg {load0[0]:.1f} → {os.getloadavg()[0]:.1f}", flush=True)
     identical = table(runs[1]["res"]) == table(runs[2]["res"])
     speedup = runs[1]["res"]["wall_s"] / runs[2]["res"]["wall_s"]
-    summary = {"benchmark": "sweep_workers", "grid": str(args.grid), "cells": len(runs[1]["res"]["cells"]),
+    longest = max(c.get("wall_s") or 0 for c in runs[1]["res"]["cells"])
+    summary = {"benchmark": stem, "grid": grid_name, "cells": len(runs[1]["res"]["cells"]),
                "identical_tables": identical, "speedup_2_vs_1": speedup, "cpus": os.cpu_count(),
-               "machine": platform.machine(),
+               "machine": platform.machine(), "longest_cell_s": longest,
                "note": "2-core machine; the load average at start and end shows any other job that shared it",
                "runs": {n: {"wall_s": r["res"]["wall_s"], "total_s": r["total_s"], "loadavg_start": r["loadavg_start"],
                             "loadavg_end": r["loadavg_end"], "cell_wall_s": sum(c.get("wall_s") or 0 for c in r["res"]["cells"]),
                             "cell_cpu_s": sum(c.get("cpu_s") or 0 for c in r["res"]["cells"]),
                             "pids": sorted({c["pid"] for c in r["res"]["cells"] if c.get("pid")})}
                         for n, r in runs.items()},
-               "cells_table": [{k: c.get(k) for k in ("model", "tool", "method", "precision", *METRICS)}
+               "cells_table": [{k: c.get(k) for k in ("model", "tool", "method", "precision", "wall_s", *METRICS)}
                                for c in runs[2]["res"]["cells"]]}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sweep_workers.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     r1, r2 = summary["runs"][1], summary["runs"][2]
     md = ["# `edgevit sweep`: 1 vs 2 workers", "",
-          f"Grid `{args.grid}` ({summary['cells']} cells), local Ray, 1 torch thread per cell, {os.cpu_count()} CPUs.",
+          f"Grid `{grid_name}` ({summary['cells']} cells), local Ray, 1 torch thread per cell, {os.cpu_count()} CPUs; "
+          f"cells queued longest first (`edgevit.sweep.grid.run_order`), the longest took {longest:.0f} s.",
           f"{summary['note']}.", "",
           "| workers | sweep wall s | with Ray start s | Σ cell wall s | Σ cell CPU s | worker processes | loadavg start → end |",
           "|---|---|---|---|---|---|---|",
@@ -77,8 +95,9 @@ def workers_bench(args) -> None:
           f"Speed-up with 2 workers: **{speedup:.2f}×**; tables identical (top-1, agreement, SQNR, size of every "
           f"cell): **{'yes' if identical else 'NO'}**. A cell's CPU time well below its wall time means its worker "
           "waited for a core that other jobs held.", ""]
-    (RESULTS / "sweep_workers.md").write_text("\n".join(md))
+    (RESULTS / f"{stem}.md").write_text("\n".join(md))
     print("\n".join(md))
+    return runs[2]["res"]
 
 
 def _ray_node(args: list[str], log: Path, env: dict) -> subprocess.Popen:
@@ -177,16 +196,30 @@ def two_node_bench(args) -> None:
     print("\n".join(md))
 
 
-def ptq_compare_check(args) -> None:
+def _ptq_compare_module():
     import importlib.util
     spec = importlib.util.spec_from_file_location("ptq_compare", Path(__file__).parent / "ptq_compare.py")
     pc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pc)
+    return pc
+
+
+def _ptq_compare_grid(pc, models):
     from edgevit.sweep import load_grid
-    grid = pc.narrow(load_grid(pc.GRID), set(args.models), set(pc.PRECISIONS), True, None, None, None)
+    return pc.narrow(load_grid(pc.GRID), set(models), set(pc.PRECISIONS), True, None, None, None)
+
+
+def ptq_compare_check(args) -> None:
+    pc = _ptq_compare_module()
+    grid = _ptq_compare_grid(pc, args.models)
     grid.cells = [c for c in grid.cells if c.spec["method"] not in ("adaround", "brecq")]   # the cheap cells
     with tempfile.TemporaryDirectory() as d:
-        res, total = run(grid, Path(d) / "pc", workers=2)
+        res, _ = run(grid, Path(d) / "pc", workers=2)
+    _check_against_published(pc, res, args.models, "sweep_ptq_compare_check", "the RTN and peer cells")
+
+
+def _check_against_published(pc, res: dict, models, stem: str, which: str) -> None:
+    """Every row of a sweep of the ptq_compare grid against benchmarks/results/ptq_compare.json."""
     rows, _ = pc.to_rows(res["cells"], peers=True)
     old = {(r["model"], r["tool"], r["method"], r["fmt"], r["bits"]): r
            for r in json.loads((RESULTS / "ptq_compare.json").read_text())["results"]}
@@ -201,14 +234,14 @@ def ptq_compare_check(args) -> None:
             continue
         compared.append((r, o, all(r.get(k) == o.get(k) or (r.get(k) == float("inf") and o.get(k) == float("inf")) for k in keys)))
     same = sum(ok for *_, ok in compared)
-    summary = {"benchmark": "sweep_ptq_compare_check", "models": args.models, "rows_compared": len(compared),
+    summary = {"benchmark": stem, "models": models, "rows_compared": len(compared),
                "rows_identical": same, "wall_s": res["wall_s"], "workers": res["workers"],
                "rows": [{"model": r["model"], "tool": r["tool"], "method": r["method"], "fmt": r["fmt"], "bits": r["bits"],
                          **{f"sweep_{k}": r.get(k) for k in keys}, **{f"published_{k}": o.get(k) for k in keys},
                          "identical": ok} for r, o, ok in compared]}
-    (RESULTS / "sweep_ptq_compare_check.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     md = ["# ptq_compare as a sweep reproduces the published numbers", "",
-          f"The RTN and peer cells of `benchmarks/grids/ptq_compare.yaml` for {', '.join(args.models)}, run by "
+          f"{which[0].upper() + which[1:]} of `benchmarks/grids/ptq_compare.yaml` for {', '.join(models)}, run by "
           f"`edgevit.sweep` ({res['workers']} workers, 1 torch thread each), against "
           f"`benchmarks/results/ptq_compare.json` (the script's own run before it became a grid): "
           f"**{same} of {len(compared)} rows identical** (top-1, agreement, SQNR, size; n/a rows stay n/a).", "",
@@ -217,19 +250,22 @@ def ptq_compare_check(args) -> None:
           *(f"| {r['model']} | {r['tool']} | {r['method']} | {r['fmt']} {r['bits']} | "
             + ("n/a | n/a" if r["na"] else f"{r.get('top1') or 0:.2f} / {o.get('top1') or 0:.2f} | "
                f"{r['sqnr_db']:.2f} / {o['sqnr_db']:.2f}") + f" | {'yes' if ok else 'NO'} |" for r, o, ok in compared), ""]
-    (RESULTS / "sweep_ptq_compare_check.md").write_text("\n".join(md))
+    (RESULTS / f"{stem}.md").write_text("\n".join(md))
     print("\n".join(md))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["workers", "two-node", "ptq-compare-check"])
-    ap.add_argument("--models", nargs="+", default=["mobilenet-mini"], help="ptq-compare-check: these models")
+    ap.add_argument("what", choices=["workers", "two-node", "ptq-compare-check", "ptq-compare-workers"])
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="ptq-compare-*: these models (default: mobilenet-mini for -check, mobilenetv2 for -workers)")
     ap.add_argument("--grid", default="benchmarks/grids/sweep_small.yaml")
     ap.add_argument("--port", type=int, default=6391)
     args = ap.parse_args()
+    args.models = args.models or (["mobilenetv2"] if args.what == "ptq-compare-workers" else ["mobilenet-mini"])
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    {"workers": workers_bench, "two-node": two_node_bench, "ptq-compare-check": ptq_compare_check}[args.what](args)
+    {"workers": workers_bench, "two-node": two_node_bench, "ptq-compare-check": ptq_compare_check,
+     "ptq-compare-workers": ptq_compare_workers}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import yaml
 
 from edgevit.cli import cli
 from edgevit.sweep import load_grid, pareto_front, sweep
+from edgevit.sweep.grid import run_order
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"name": "small", "calib": "fashion-mnist:32", "eval_limit": 100,
@@ -61,6 +62,21 @@ def test_blocks_defaults_and_peer_rows():
     assert [c.na is None for c in ort] == [True, False, False, True, False, False]
     assert all(c.spec["calib"] == "fashion-mnist:32" for c in g.cells)
     assert {c.spec["method"] for c in g.cells if c.spec["tool"] == "edgevit"} == {"rtn"}
+
+
+def test_queue_runs_the_longest_cells_first():
+    """Reconstruction and GPTQ cells start before RTN and onnxruntime cells, so 2 workers do not end on one
+    long cell alone; equal costs keep the grid's order."""
+    g = load_grid({"calib": "fashion-mnist:32", "model": "vit-tiny", "grid": [
+        {"precision": ["int:w8a8", "int:w4a8"]},
+        {"tool": "onnxruntime", "precision": "int:w8a8"},
+        {"tool": "brevitas", "method": "gptq", "precision": "int:w4a8"},
+        {"method": "adaround", "precision": "int:w4a8", "recipe": {"reconstruction": {"iters": 40}}},
+        {"method": "brecq", "precision": "int:w4a8"}]}, hash_models=False)
+    order = [(c.spec["tool"], c.spec["method"], c.spec["precision"]) for c in run_order(g.cells)]
+    assert order == [("edgevit", "brecq", "int:w4a8"), ("brevitas", "gptq", "int:w4a8"),
+                     ("edgevit", "adaround", "int:w4a8"), ("edgevit", "rtn", "int:w8a8"),
+                     ("edgevit", "rtn", "int:w4a8"), ("onnxruntime", "MinMax", "int:w8a8")]
 
 
 def test_pareto_front():

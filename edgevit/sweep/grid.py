@@ -201,6 +201,31 @@ def model_sha256(name: str, weights: str | None) -> str:
     return h.hexdigest()
 
 
+# Rough cost of a cell relative to an edgevit RTN cell of the same model (measured on the ptq_compare grid:
+# MobileNetV2 RTN ~85 s, AdaRound/BRECQ at 400 steps ~800 s, brevitas GPTQ ~900 s, onnxruntime ~15 s).
+PEER_COST = {("onnxruntime", None): 0.5, ("brevitas", "rtn"): 1.5, ("brevitas", "gptq"): 10.0}
+RECON_STEPS_PER_RTN = 40   # reconstruction steps that cost about one RTN cell
+
+
+def relative_cost(spec: dict) -> float:
+    """How heavy a cell is expected to be, only to order the queue longest first: with N workers the
+    sweep then ends on short cells instead of one long cell running alone. Results never depend on it."""
+    if spec["tool"] == "edgevit":
+        cost = 1.0
+        if spec["method"] in ("adaround", "brecq"):
+            from quant.reconstruct import ReconConfig
+            steps = (spec["recipe"].get("reconstruction") or {}).get("iters", ReconConfig.iters)
+            cost += steps / RECON_STEPS_PER_RTN
+    else:
+        cost = PEER_COST.get((spec["tool"], spec["method"]), PEER_COST.get((spec["tool"], None), 1.0))
+    return cost + (1.0 if spec["export"] else 0.0)
+
+
+def run_order(cells: list[Cell]) -> list[Cell]:
+    """Longest expected cell first (stable: equal costs keep the grid's order)."""
+    return sorted(cells, key=lambda c: -relative_cost(c.spec))
+
+
 def cell_key(spec: dict, model_hash: str) -> str:
     blob = json.dumps({"schema": SCHEMA, "spec": spec, "model_sha256": model_hash}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

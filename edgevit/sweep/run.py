@@ -22,7 +22,7 @@ from pathlib import Path
 from edgevit.errors import UsageError
 from edgevit.ray_pool import require_ray, start_ray
 from edgevit.sweep.cell import run_cell
-from edgevit.sweep.grid import Grid, load_grid
+from edgevit.sweep.grid import Grid, load_grid, run_order
 from edgevit.sweep.results import MARKER, pyplot, read_cells, write_cell, write_results
 
 ATTEMPTS = 2            # a cell whose worker dies is tried once more
@@ -67,7 +67,7 @@ def sweep(grid, out, address: str | None = None, workers: int | None = None, pro
     out = Path(out)
     prepare_out(out, overwrite)
     done = {k: r for k, r in read_cells(out).items() if r.get("status") == "ok"}
-    todo = [c for c in g.cells if c.key not in done and not c.na]
+    todo = run_order([c for c in g.cells if c.key not in done and not c.na])   # longest first
     rows = {c.key: done.get(c.key) or _row(c) for c in g.cells}
     info = {"name": g.name, "grid": g.source, "models": g.models, "address": address, "workers": None,
             "driver_host": socket.gethostname(), "cells_total": len(g.cells), "cells_reused": len(done),
