@@ -97,6 +97,8 @@ ABLATION = [
     ("+ anchors fine-tuned as a family (lr × 0.25, self-distilled)", dict(anchor_lr_scale=0.25)),
     ("+ teacher = the largest anchor of the route", dict(distill_teacher="route")),
     ("+ large→small stitching (`--direction down`, SN-Netv2's reverse stitches)", dict(direction="down")),
+    ("+ FLOPs buckets of equal MACs ratio (`--sampling log-flops`: each anchor pair gets the same share)",
+     dict(sampling="log-flops")),
 ]
 
 
@@ -107,7 +109,7 @@ def ablation(args: argparse.Namespace) -> int:
     from edgevit.stitch.evaluate import config_macs, evaluate_configs, pareto_front
     from edgevit.stitch.init import least_squares_init
     from edgevit.stitch.model import StitchedModel
-    from edgevit.stitch.pipeline import _anchors_only, frontier_stats, load_anchors
+    from edgevit.stitch.pipeline import frontier_stats, load_anchors
     from edgevit.stitch.train import train_stitched
     out = Path(args.out) / "ablation"
     results, over = [], {}
@@ -124,7 +126,7 @@ def ablation(args: argparse.Namespace) -> int:
         meta = metas[0]
         x_ev, y_ev = load_data(args.ablation_eval, meta.preprocess, split="test", seed=recipe.seed)
         model = StitchedModel(modules, **space)
-        before = evaluate_configs(_anchors_only(model), x_ev, y_ev, progress=False)
+        before = evaluate_configs(model.anchors_view(), x_ev, y_ev, progress=False)
         least_squares_init(model, calibration_tensor("fashion-mnist:100", meta.preprocess, seed=recipe.seed))
         macs = config_macs(model, meta.input_shape)
         x_tr, y_tr = load_data(args.ablation_train, meta.preprocess, split="train", seed=recipe.seed)
@@ -203,7 +205,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--train-data", default="fashion-mnist")
     ap.add_argument("--eval-data", default="fashion-mnist")
-    ap.add_argument("--sampling", default="flops", choices=["uniform", "flops"])
+    ap.add_argument("--sampling", default="flops", choices=["uniform", "flops", "log-flops"])
     ap.add_argument("--distill", type=float, default=1.0)
     ap.add_argument("--distill-teacher", default="route", choices=["largest", "route"])
     ap.add_argument("--lr", type=float, default=2e-3, help="stitching layers' lr")

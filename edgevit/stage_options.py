@@ -146,8 +146,9 @@ STITCH = [
            "the small one's tail; same count). Ignored with --two-way, which has both."),
     O(["--lora-rank"], type=Int(0), default=0, show_default=True,
       help="SN-Netv2 LoRA stitching layers of this rank (0: full)."),
-    O(["--sampling"], type=click.Choice(["uniform", "flops"]), default="uniform", show_default=True,
-      help="Config sampling per step: uniform (v1) or FLOPs-grouped (v2)."),
+    O(["--sampling"], type=click.Choice(["uniform", "flops", "log-flops"]), default="uniform", show_default=True,
+      help="Config sampling per step: uniform (v1), FLOPs-grouped (v2), or v2 with buckets of equal MACs "
+           "ratio (log-flops: every anchor pair of a geometric family gets the same share)."),
     O(["--distill"], type=Float(0, 1), default=0.0, show_default=True,
       help="Weight of distillation on stitched steps from a frozen original anchor (0: off)."),
     O(["--distill-teacher"], type=click.Choice(["largest", "route"]), default="largest", show_default=True,

@@ -13,7 +13,7 @@ from edgevit.stitch.init import fit_affine, least_squares_init
 from edgevit.stitch.model import ConfigNet, ConfigView, StitchedModel
 from edgevit.stitch.space import (count_configs, count_paired, enumerate_configs, layers_needed,
                                   paired_positions)
-from edgevit.stitch.train import (DeviceError, StitchRecipe, flops_groups, param_groups, resolve_device,
+from edgevit.stitch.train import (DeviceError, RecipeError, StitchRecipe, flops_groups, param_groups, resolve_device,
                                   sample_configs, step_configs, train_stitched)
 
 SHAPE = (1, 1, 28, 28)
@@ -281,6 +281,23 @@ def test_flops_grouped_sampling_balances_buckets():
     assert (per_bucket / per_bucket.sum() - 1 / len(buckets)).abs().max() < 0.02
     uniform = sample_configs(20000, len(macs), torch.Generator().manual_seed(0))
     assert (uniform == 33).float().mean() < 0.05 < (ids == 33).float().mean()
+
+
+def test_log_flops_buckets_give_each_anchor_pair_the_same_share():
+    """A geometric family (each anchor 4× the last): equal-width MACs buckets put most of the steps on the
+    large pair; equal-ratio buckets (log-flops) split them evenly between the pairs."""
+    small_pair = [int(2 ** (1 + 2 * t / 20)) * 1000 for t in range(1, 20)]      # between 2k and 8k MACs
+    large_pair = [int(2 ** (3 + 2 * t / 20)) * 1000 for t in range(1, 20)]      # between 8k and 32k MACs
+    macs = small_pair + large_pair
+    gen = torch.Generator().manual_seed(0)
+    share = {}
+    for sampling in ("flops", "log-flops"):
+        ids, _ = step_configs(40000, [False] * len(macs), StitchRecipe(sampling=sampling), "warmup", gen, macs)
+        share[sampling] = (ids < len(small_pair)).float().mean().item()
+    assert share["flops"] < 0.3
+    assert abs(share["log-flops"] - 0.5) < 0.07
+    with pytest.raises(RecipeError, match="sampling must be one of uniform, flops, log-flops"):
+        StitchRecipe(sampling="flop")
 
 
 def _train(model, tmp_path, **kw):

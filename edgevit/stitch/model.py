@@ -76,6 +76,17 @@ class StitchedModel(nn.Module):
     def num_configs(self) -> int:
         return len(self.configs)
 
+    def anchors_view(self) -> "StitchedModel":
+        """The same modules with only the anchor configurations (how the anchors score, before or after
+        training, without evaluating every stitch)."""
+        view = StitchedModel.__new__(StitchedModel)
+        nn.Module.__init__(view)
+        view.anchors, view.stitch_layers = self.anchors, self.stitch_layers
+        view.depth, view.configs, view.config_id = self.depth, [c for c in self.configs if c.is_anchor], 0
+        view.kernel, view.stride, view.two_way, view.lora_rank, view.direction = \
+            self.kernel, self.stride, self.two_way, self.lora_rank, self.direction
+        return view
+
     def set_config(self, config_id: int) -> None:
         """Select the route of the next forward passes (no weights move)."""
         if not 0 <= config_id < len(self.configs):

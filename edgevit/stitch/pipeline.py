@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from edgevit.stitch.evaluate import config_macs, evaluate_configs, pareto_front, plot_front
 from edgevit.stitch.export import TORCH_FILE, export_stitched
@@ -121,7 +120,7 @@ def run_stitch(job: StitchJob, progress: bool = True, keep_graphs: str = "fronti
     x_cal = calibration_tensor(f"fashion-mnist:{job.calib_images}", meta.preprocess, seed=job.recipe.seed) \
         if job.eval_data.startswith("fashion-mnist") else x_eval[:job.calib_images]
     model = StitchedModel(modules, job.kernel, job.stride, job.two_way, job.lora_rank, job.direction)
-    anchors_before = evaluate_configs(_anchors_only(model), x_eval, y_eval, progress=progress)
+    anchors_before = evaluate_configs(model.anchors_view(), x_eval, y_eval, progress=progress)
     ls_err = least_squares_init(model, x_cal)
     macs = config_macs(model, meta.input_shape)
     train_info = {}
@@ -159,15 +158,6 @@ def run_stitch(job: StitchJob, progress: bool = True, keep_graphs: str = "fronti
                                latency_iters=job.latency_iters, progress=progress, before_commit=reports,
                                keep_graphs=keep_graphs)
     return manifest
-
-
-def _anchors_only(model: StitchedModel) -> StitchedModel:
-    """A view over the same modules with only the anchor configurations (anchors' accuracy before training)."""
-    view = StitchedModel.__new__(StitchedModel)
-    torch.nn.Module.__init__(view)
-    view.anchors, view.stitch_layers = model.anchors, model.stitch_layers
-    view.depth, view.configs, view.config_id = model.depth, [c for c in model.configs if c.is_anchor], 0
-    return view
 
 
 def load_stitched(path: str | Path) -> tuple[StitchedModel, dict]:

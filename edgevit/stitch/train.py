@@ -2,7 +2,10 @@
 
 Sampling is uniform over configurations (v1) or FLOPs-grouped (v2: configurations bucketed by MACs,
 a bucket drawn uniformly, then a configuration inside it) so that the many mid-size stitches do not
-starve the anchors and the extremes. Seeded, resumable from `work_dir/last.pt`, bf16 autocast, on the
+starve the anchors and the extremes. `log-flops` makes the buckets equal in log-MACs: a model family
+grows geometrically (here 2.8 / 10.5 / 41 M MACs), and equal-width buckets gave the tiny↔small routes a
+quarter of the steps and each of them a third of a small↔base route's; equal-ratio buckets give every
+adjacent anchor pair the same share. Seeded, resumable from `work_dir/last.pt`, bf16 autocast, on the
 CPU or a CUDA device (`resolve_device`); the random stream stays on the CPU so a seed means the same
 batches and configurations on every device.
 
@@ -62,6 +65,9 @@ def resolve_device(name: str) -> str:
     return str(dev)
 
 
+SAMPLINGS = ("uniform", "flops", "log-flops")
+
+
 @dataclass
 class StitchRecipe:
     epochs: int = 3                 # joint epochs (anchors + stitching layers)
@@ -72,8 +78,8 @@ class StitchRecipe:
     label_smoothing: float = 0.1
     shift: int = 2
     hflip: bool = True
-    sampling: str = "uniform"       # uniform (v1) | flops (v2)
-    flops_groups: int = 8           # buckets of equal MACs width for flops sampling
+    sampling: str = "uniform"       # uniform (v1) | flops (v2) | log-flops (v2 on log-MACs)
+    flops_groups: int = 8           # MACs buckets for flops sampling (equal width, or equal ratio for log-flops)
     distill: float = 0.0            # weight of KL to a frozen original anchor's logits on stitched steps
     distill_teacher: str = "largest"  # largest: the family's largest anchor | route: the route's largest
     temperature: float = 1.0
@@ -85,6 +91,8 @@ class StitchRecipe:
     anchor_prob: float = 0.25       # joint steps that train an anchor (0: the sampler's own share)
 
     def __post_init__(self):
+        if self.sampling not in SAMPLINGS:
+            raise RecipeError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
         if self.distill_teacher not in ("largest", "route"):
             raise RecipeError(f"distill-teacher must be largest or route, got {self.distill_teacher!r}")
         for name, lo, hi in (("warmup_epochs", 0, None), ("anchor_lr_scale", 0.0, None), ("distill", 0.0, 1.0),
@@ -101,9 +109,12 @@ _LEGACY = {"warmup_epochs": 0, "anchor_lr_scale": 1.0, "anchor_distill": 0.0, "a
            "distill_teacher": "largest"}
 
 
-def flops_groups(macs: list[int], groups: int) -> list[list[int]]:
+def flops_groups(macs: list[int], groups: int, log: bool = False) -> list[list[int]]:
     """Config ids bucketed greedily by MACs: a new bucket starts once MACs exceed the bucket's first
-    by (max − min) / groups (the reference's `flops_gap`, relative to this family's range)."""
+    by (max − min) / groups (the reference's `flops_gap`, relative to this family's range); with `log`,
+    the same on log(MACs), i.e. buckets of equal MACs ratio."""
+    if log:
+        return flops_groups([math.log(max(m, 1)) for m in macs], groups)
     order = sorted(range(len(macs)), key=lambda i: macs[i])
     gap = (macs[order[-1]] - macs[order[0]]) / max(1, groups)
     buckets, start = [[order[0]]], macs[order[0]]
@@ -140,10 +151,10 @@ def step_configs(n_steps: int, is_anchor: list[bool], recipe: StitchRecipe, phas
     own_share = anchors_train and recipe.anchor_prob == 0
     pool = list(range(len(is_anchor))) if own_share else [i for i, a in enumerate(is_anchor) if not a]
     buckets = None
-    if recipe.sampling == "flops":
+    if recipe.sampling in ("flops", "log-flops"):
         if macs is None:
-            raise RecipeError("flops sampling needs every configuration's MACs")
-        buckets = flops_groups([macs[i] for i in pool], recipe.flops_groups)
+            raise RecipeError(f"{recipe.sampling} sampling needs every configuration's MACs")
+        buckets = flops_groups([macs[i] for i in pool], recipe.flops_groups, log=recipe.sampling == "log-flops")
     ids = torch.tensor(pool)[sample_configs(n_steps, len(pool), gen, buckets)]
     if anchors_train and recipe.anchor_prob > 0:
         pick = torch.rand(n_steps, generator=gen) < recipe.anchor_prob
