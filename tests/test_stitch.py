@@ -472,6 +472,7 @@ def test_anchor_line_and_frontier_stats():
     assert st["stitched_on_frontier"] == 3
     assert st["max_gap_frac"] == pytest.approx(11 / 40)                        # 31M → 42M
     assert st["worst_line_delta"] == pytest.approx(90.1 - (88 + 4 * 21 / 32), abs=1e-3)   # the 31M point, below
+    assert st["worst_line_delta_per_span"] == pytest.approx([0.2, 90.1 - (88 + 4 * 21 / 32)], abs=1e-3)
     only_anchors = [r | {"pareto": r["is_anchor"]} for r in rows]
     assert frontier_stats(only_anchors)["stitched_on_frontier"] == 0
     assert frontier_stats(only_anchors)["max_gap_frac"] == pytest.approx(32 / 40)

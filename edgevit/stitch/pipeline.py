@@ -78,16 +78,21 @@ def frontier_stats(rows: list[dict]) -> dict:
       as a fraction of the anchors' MACs range (the frontier is judged as a menu of budgets: a wide gap
       leaves budgets that only a much smaller network serves);
     - `worst_line_delta`: min over frontier points of (top-1 − the piecewise-linear anchor line), in
-      points (≥ −0.5 is the bar; positive means every frontier point is above the line)."""
+      points (≥ −0.5 is the bar; positive means every frontier point is above the line);
+    - `worst_line_delta_per_span`: the same between each pair of neighbouring anchors (which pair fails;
+      0.0 for a span with no stitched frontier point)."""
     anchors = sorted((r for r in rows if r["is_anchor"]), key=lambda r: r["macs"])
     lo, hi = anchors[0]["macs"], anchors[-1]["macs"]
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["macs"])
     inside = [r["macs"] for r in front if lo <= r["macs"] <= hi]
     gaps = [b - a for a, b in zip(inside, inside[1:])]
     deltas = [r["top1"] - anchor_line(rows, r["macs"]) for r in front if lo <= r["macs"] <= hi]
+    spans = [[r["top1"] - anchor_line(rows, r["macs"]) for r in front if a["macs"] < r["macs"] < b["macs"]]
+             for a, b in zip(anchors, anchors[1:])]
     return {"stitched_on_frontier": sum(not r["is_anchor"] for r in front),
             "max_gap_frac": round(max(gaps) / (hi - lo), 4) if gaps and hi > lo else 1.0,
-            "worst_line_delta": round(min(deltas), 3) if deltas else 0.0}
+            "worst_line_delta": round(min(deltas), 3) if deltas else 0.0,
+            "worst_line_delta_per_span": [round(min(d), 3) if d else 0.0 for d in spans]}
 
 
 def switch_time_us(model: StitchedModel, n: int = 10000) -> float:
