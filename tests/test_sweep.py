@@ -37,6 +37,19 @@ def wait_for(path: Path, timeout: float = 120.0) -> Path:
     return path
 
 
+def ctrl_c_enabled() -> None:
+    """A test run started in the background without job control (`make test &`) ignores SIGINT, and
+    children inherit that; give the child Python its default KeyboardInterrupt handling back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def sigint_default():
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)   # see ctrl_c_enabled
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 # -- grids: expansion, keys, validation ----------------------------------------------------------------
 def test_grid_expands_with_stable_keys():
     g = load_grid(SMALL)
@@ -202,7 +215,8 @@ def test_ctrl_c_stops_and_keeps_finished_cells(tmp_path):
             {"precision": "int:w4a8", "hold": {"pid_file": str(tmp_path / "h"), "seconds": 300, "attempts": 9}}]})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "edgevit.cli", "sweep", str(grid), "--out", str(out),
-                             "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=ctrl_c_enabled)
     try:
         wait_for(tmp_path / "h.1")
         t0 = time.monotonic()
@@ -287,7 +301,7 @@ def test_quantize_workers_misuse_is_refused_before_work(cli_runner, tmp_path, ex
     assert r.exit_code == 2 and needle in r.output and not (tmp_path / "q").exists()
 
 
-def test_interrupts_are_held_while_results_are_written():
+def test_interrupts_are_held_while_results_are_written(sigint_default):
     """A Ctrl-C that lands while sweep.json / the plot are written is delivered after the write, as
     KeyboardInterrupt (exit 130), never inside it (edgevit.sweep.run.deferred_signals)."""
     from edgevit.sweep.run import deferred_signals
