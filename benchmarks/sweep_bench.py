@@ -241,8 +241,9 @@ def _check_against_published(pc, res: dict, models, stem: str, which: str) -> No
                          "na": bool(r["na"]), **{f"sweep_{k}": r.get(k) for k in keys},
                          **{f"published_{k}": o.get(k) for k in keys}, "identical": ok} for r, o, ok in compared]}
     (RESULTS / f"{stem}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (RESULTS / f"{stem}.md").write_text(published_check_md(summary))
-    print((RESULTS / f"{stem}.md").read_text())
+    md = published_check_md(summary)
+    (RESULTS / f"{stem}.md").write_text(md)
+    print(md)
 
 
 def published_check_md(summary: dict) -> str:
@@ -266,7 +267,7 @@ def published_check_md(summary: dict) -> str:
           "| model | tool | method | precision | top-1 % sweep / published | SQNR dB sweep / published | identical |",
           "|---|---|---|---|---|---|---|",
           *(f"| {r['model']} | {r['tool']} | {r['method']} | {r['fmt']} {r['bits']} | "
-            + ("n/a | n/a" if r.get("na", r["sweep_agreement"] is None)
+            + ("n/a | n/a" if r["na"]
                else f"{acc(r, 'sweep')} / {acc(r, 'published')} | {sqnr(r, 'sweep')} / {sqnr(r, 'published')}")
             + f" | {'yes' if r['identical'] else 'NO'} |" for r in summary["rows"]), ""]
     return "\n".join(md)
