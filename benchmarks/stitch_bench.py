@@ -86,7 +86,8 @@ def RECIPE_EXTRA(a: dict) -> str:
     """The recipe keys the issue-10 summary did not name."""
     route = {"up": "small→large", "down": "large→small"}[a.get("direction", "up")]
     return (f" (teacher: the {'route' + chr(39) + 's largest' if a.get('distill_teacher') == 'route' else 'largest'} "
-            f"anchor); one-stitch routes {route}{', two-way' if a.get('two_way') else ''}")
+            f"anchor); one-stitch routes {route}{', two-way' if a.get('two_way') else ''}"
+            f"{', plus the round trips ' + route + '→' + route.split('→')[0] if a.get('round_trip') else ''}")
 
 
 # One row per ingredient, added in this order to the previous row's recipe (same seed, same data).
@@ -100,6 +101,8 @@ ABLATION = [
     ("+ large→small stitching (`--direction down`, SN-Netv2's reverse stitches)", dict(direction="down")),
     ("+ FLOPs buckets of equal MACs ratio (`--sampling log-flops`: each anchor pair gets the same share)",
      dict(sampling="log-flops")),
+    ("+ round trips large→small→large (`--round-trip`: the large anchor's head, a middle run of the small one's "
+     "blocks)", dict(round_trip=True)),
 ]
 
 
@@ -120,7 +123,7 @@ def ablation(args: argparse.Namespace) -> int:
         if row_file.exists() and json.loads(row_file.read_text())["recipe"] == over:    # resume a finished row
             results.append(json.loads(row_file.read_text()))
             continue
-        space = {k: over[k] for k in ("two_way", "direction") if k in over}
+        space = {k: over[k] for k in ("two_way", "direction", "round_trip") if k in over}
         recipe = recipe_from_args(args, epochs=args.ablation_epochs, warmup_epochs=args.ablation_warmup,
                                   **{k: v for k, v in over.items() if k not in space})
         modules, metas = load_anchors(args.anchors.split(","))
@@ -154,7 +157,7 @@ def ablation(args: argparse.Namespace) -> int:
         a = r["args"]
         rows = r.get("frontier_stats")
         if rows is not None:
-            recipe = {k: a[k] for k in RECIPE_KEYS + ("direction",)}
+            recipe = {k: a[k] for k in RECIPE_KEYS + ("direction", "round_trip") if k in a}
             other = ", ".join(f"{k} {v}" for k, v in recipe.items()
                               if k in over and over[k] != v)         # what else differs from the row above
             results.append({"row": f"+ the benchmark's schedule ({a['warmup_epochs']} + {a['epochs']} epochs on "
@@ -228,6 +231,8 @@ def main() -> int:
     ap.add_argument("--distill-teacher", default="route", choices=["largest", "route"])
     ap.add_argument("--lr", type=float, default=2e-3, help="stitching layers' lr")
     ap.add_argument("--two-way", action="store_true")
+    ap.add_argument("--round-trip", action="store_true",
+                    help="add the two-stitch routes back to the front anchor (large→small→large with --direction down)")
     ap.add_argument("--direction", default="down", choices=["up", "down"], help="one-stitch routes small→large or large→small")
     ap.add_argument("--warmup-epochs", type=int, default=2, help="stitch-only epochs before the joint ones")
     ap.add_argument("--anchor-lr-scale", type=float, default=0.1, help="anchors' lr as a fraction of --lr")
@@ -248,6 +253,7 @@ def main() -> int:
     out = Path(args.out)
     recipe = recipe_from_args(args)
     job = StitchJob(args.anchors.split(","), out / "artifact", recipe, two_way=args.two_way, direction=args.direction,
+                    round_trip=args.round_trip,
                     train_data=args.train_data, eval_data=args.eval_data, work_dir=out / "work")
     trained_before = (out / "work" / "last.pt").is_file()   # a resumed run: training time comes from its history
     t0, load0 = time.time(), os.getloadavg()[0]

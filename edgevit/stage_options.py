@@ -144,6 +144,9 @@ STITCH = [
     O(["--direction"], type=click.Choice(["up", "down"]), default="up", show_default=True,
       help="One-stitch routes small→large (up, SN-Net v1) or large→small (down: the large anchor's front, "
            "the small one's tail; same count). Ignored with --two-way, which has both."),
+    O(["--round-trip"], is_flag=True,
+      help="Add the two-stitch routes that return to the front anchor (large→small→large with --direction "
+           "down: the large anchor's head, a middle run of the small one's blocks). Part of --two-way."),
     O(["--lora-rank"], type=Int(0), default=0, show_default=True,
       help="SN-Netv2 LoRA stitching layers of this rank (0: full)."),
     O(["--sampling"], type=click.Choice(["uniform", "flops", "log-flops"]), default="uniform", show_default=True,

@@ -39,6 +39,7 @@ def test_stitch_recipe_keys_are_its_cli_flags_plus_the_selection():
     ({"anchors": "vit-tiny,vit-huge"}, "vit-huge"),
     ({"anchors": "vit-tiny,vit-small", "config": 36}, "configuration id in 0..35"),
     ({"anchors": "vit-tiny,vit-small,vit-base", "config": 71}, "0..70"),
+    ({"anchors": "vit-tiny,vit-small,vit-base", "round-trip": True, "config": 181}, "0..180"),
     ({"anchors": "vit-tiny,vit-small", "config": "fastest"}, "must be `best` or a configuration id"),
     ({"anchors": "vit-tiny,vit-small", "config": 3, "max-macs": "8M"}, "exclude each other"),
     ({"anchors": "vit-tiny,vit-small", "max-macs": "lots"}, "stitch.max-macs"),

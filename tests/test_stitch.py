@@ -47,9 +47,10 @@ def test_reference_count_three_depth12_anchors():
 def test_count_formula_matches_enumeration(depth, kernel, stride):
     pos = paired_positions(depth, kernel, stride)
     assert len(pos) == len({(j, k) for j, k, _ in pos}) == count_paired(depth, kernel, stride)
-    for two_way in (False, True):
+    for two_way, round_trip in ((False, False), (True, False), (False, True)):
         for n in (2, 3, 4):
-            assert len(enumerate_configs(depth, n, kernel, stride, two_way)) == count_configs(depth, n, kernel, stride, two_way)
+            assert len(enumerate_configs(depth, n, kernel, stride, two_way, round_trip=round_trip)) == \
+                count_configs(depth, n, kernel, stride, two_way, round_trip)
 
 
 def test_s1_closed_form_and_windows():
@@ -92,6 +93,31 @@ def test_direction_down_reverses_the_one_stitch_routes(tmp_path):
     for cid in (3, model.num_configs // 2, model.num_configs - 1):
         with torch.no_grad():
             assert torch.isfinite(model.run(x, model.configs[cid])).all()
+
+
+def test_round_trip_adds_the_front_anchors_two_stitch_routes():
+    """`round_trip` with `down`: v1's one-stitch routes large→small plus SN-Netv2's large→small→large
+    routes (55 per pair at depth 12), each keeping the large anchor's embedding and head; trained, LS-fitted
+    and run like the rest. With two_way, which has them already, it is refused."""
+    from edgevit.stitch.space import StitchSpaceError
+    cfgs = enumerate_configs(12, 3, direction="down", round_trip=True)
+    trips = [c for c in cfgs if len(c.segments) == 3]
+    assert len(cfgs) == count_configs(12, 3, round_trip=True) == 3 + 2 * (34 + 55)
+    assert len(trips) == 2 * 55
+    assert all(c.segments[0].anchor == c.segments[2].anchor == c.segments[1].anchor + 1 for c in trips)
+    assert [c.name for c in cfgs if len(c.segments) < 3] == [c.name for c in enumerate_configs(12, 3, direction="down")]
+    lsl = {c.name for c in enumerate_configs(12, 2, two_way=True) if len(c.segments) == 3 and c.segments[0].anchor == 1}
+    assert {c.name for c in enumerate_configs(12, 2, direction="down", round_trip=True) if len(c.segments) == 3} == lsl
+    assert all(c.segments[0].anchor == 0 for c in enumerate_configs(12, 2, round_trip=True) if len(c.segments) == 3)
+    with pytest.raises(StitchSpaceError, match="part of two_way"):
+        enumerate_configs(12, 3, two_way=True, round_trip=True)
+    model = StitchedModel(_family(), direction="down", round_trip=True)
+    assert sorted(model.stitch_layers) == ["0to1", "1to0", "1to2", "2to1"]
+    assert model.anchors_view().round_trip
+    least_squares_init(model, _images(32))
+    with torch.no_grad():
+        assert torch.isfinite(model.run(_images(4, 3), model.configs[-1])).all()
+    assert len(model.configs[-1].segments) == 3
 
 
 # ---------------------------------------------------------------- LS init
@@ -542,6 +568,7 @@ def test_export_shares_weights_and_matches_torch(tmp_path):
     (("stitch", "--anchors", "vit-tiny,vit-small", "--anchor-distill", "1.5", "--out", "x"), "--anchor-distill"),
     (("stitch", "--anchors", "vit-tiny,vit-small", "--anchor-prob", "lots", "--out", "x"), "--anchor-prob"),
     (("stitch", "--anchors", "vit-tiny,vit-small", "--epochs", "-2", "--out", "x"), "--epochs"),
+    (("stitch", "--anchors", "vit-tiny,vit-small", "--two-way", "--round-trip", "--out", "x"), "part of --two-way"),
     pytest.param(("stitch", "--anchors", "vit-tiny,vit-small", "--device", "cuda", "--out", "x"), "sees no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
 ])

@@ -17,7 +17,7 @@ from edgevit.stitch.options import make_job
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Artifact directory to create.")
 @overwrite_option()
 @click.pass_context
-def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, direction, lora_rank, sampling, distill,
+def stitch_cmd(ctx, anchors, weights, out, epochs, kernel, stride, two_way, direction, round_trip, lora_rank, sampling, distill,
                distill_teacher, lr, warmup_epochs, anchor_lr_scale, anchor_distill, anchor_prob, batch_size,
                train_data, eval_data, calib_images, keep_graphs, latency_iters, work_dir, device, seed, overwrite):
     """Stitch a family of anchors (SN-Net / SN-Netv2): LS-initialised stitching layers, joint training,

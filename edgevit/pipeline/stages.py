@@ -188,7 +188,8 @@ def run_split(state: State, options: dict, ctx: Context) -> State:
 
 def _stitch_count(options: dict, depth: int, n_anchors: int) -> int:
     from edgevit.stitch.space import count_configs
-    return count_configs(depth, n_anchors, options["kernel"], options["stride"], options["two-way"])
+    return count_configs(depth, n_anchors, options["kernel"], options["stride"], options["two-way"],
+                         options.get("round-trip", False))
 
 
 def _work_dir(options: dict, ctx: Context) -> Path:

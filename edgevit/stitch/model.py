@@ -56,15 +56,15 @@ class StitchedModel(nn.Module):
     """SN-Net over `anchors` (sorted by width here). `forward` runs the configuration set by `set_config`."""
 
     def __init__(self, anchors: list[nn.Module], kernel: int = 2, stride: int = 1, two_way: bool = False,
-                 lora_rank: int = 0, direction: str = "up"):
+                 lora_rank: int = 0, direction: str = "up", round_trip: bool = False):
         super().__init__()
         anchors = sorted(anchors, key=A.width)
         self.anchors = nn.ModuleList(anchors)
         self.depth = len(anchors[0].blocks)
         self.kernel, self.stride, self.two_way, self.lora_rank = kernel, stride, two_way, lora_rank
-        self.direction = direction
+        self.direction, self.round_trip = direction, round_trip
         self.configs: list[StitchConfig] = enumerate_configs(self.depth, len(anchors), kernel, stride, two_way,
-                                                             direction)
+                                                             direction, round_trip)
         n_layers = layers_needed(self.depth, kernel, stride)
         pairs = sorted({(s.front, s.end) for c in self.configs for s in c.stitches})
         self.stitch_layers = nn.ModuleDict({
@@ -83,8 +83,8 @@ class StitchedModel(nn.Module):
         nn.Module.__init__(view)
         view.anchors, view.stitch_layers = self.anchors, self.stitch_layers
         view.depth, view.configs, view.config_id = self.depth, [c for c in self.configs if c.is_anchor], 0
-        view.kernel, view.stride, view.two_way, view.lora_rank, view.direction = \
-            self.kernel, self.stride, self.two_way, self.lora_rank, self.direction
+        view.kernel, view.stride, view.two_way, view.lora_rank, view.direction, view.round_trip = \
+            self.kernel, self.stride, self.two_way, self.lora_rank, self.direction, self.round_trip
         return view
 
     def set_config(self, config_id: int) -> None:

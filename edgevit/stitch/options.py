@@ -57,9 +57,11 @@ def make_job(options: dict, out, work_dir=None):
     if not options.get("anchors"):
         raise UsageError("give --anchors a,b[,c], e.g. --anchors vit-tiny,vit-small,vit-base")
     recipe = recipe_from_options(options)
+    if options.get("two-way") and options.get("round-trip"):
+        raise UsageError("--round-trip is part of --two-way (which has both directions' two-stitch routes); give one")
     names, wlist, _ = check_job(options["anchors"], options.get("weights"), options["train-data"], options["eval-data"])
     device = check_device(options["device"])
     return StitchJob(names, Path(out), recipe, options["kernel"], options["stride"], options["two-way"],
                      options["lora-rank"], options["train-data"], options["eval-data"], options["calib-images"],
                      Path(work_dir) if work_dir else None, options["latency-iters"], wlist, device,
-                     options.get("direction", "up"))
+                     options.get("direction", "up"), options.get("round-trip", False))

@@ -35,6 +35,7 @@ class StitchJob:
     weights: list[str | None] | None = None
     device: str = "cpu"             # training device, resolved (see train.resolve_device)
     direction: str = "up"           # one-stitch routes small→large (v1) or large→small (see space.py)
+    round_trip: bool = False        # + two-stitch routes back to the front anchor (see space.py)
 
 
 def load_anchors(names: list[str], weights: list[str | None] | None = None):
@@ -124,7 +125,7 @@ def run_stitch(job: StitchJob, progress: bool = True, keep_graphs: str = "fronti
     x_eval, y_eval = load_data(job.eval_data, meta.preprocess, split="test", seed=job.recipe.seed)
     x_cal = calibration_tensor(f"fashion-mnist:{job.calib_images}", meta.preprocess, seed=job.recipe.seed) \
         if job.eval_data.startswith("fashion-mnist") else x_eval[:job.calib_images]
-    model = StitchedModel(modules, job.kernel, job.stride, job.two_way, job.lora_rank, job.direction)
+    model = StitchedModel(modules, job.kernel, job.stride, job.two_way, job.lora_rank, job.direction, job.round_trip)
     anchors_before = evaluate_configs(model.anchors_view(), x_eval, y_eval, progress=progress)
     ls_err = least_squares_init(model, x_cal)
     macs = config_macs(model, meta.input_shape)
@@ -156,7 +157,7 @@ def run_stitch(job: StitchJob, progress: bool = True, keep_graphs: str = "fronti
         write_table(d / "configs.md", rs, title)
 
     space = {"kernel": job.kernel, "stride": job.stride, "two_way": job.two_way, "lora_rank": job.lora_rank,
-             "direction": job.direction}
+             "direction": job.direction, "round_trip": job.round_trip}
     manifest = export_stitched(model, job.out, rows=rows, input_shape=meta.input_shape,
                                preprocess=meta.preprocess.to_dict(), labels=list(meta.labels), anchors=names,
                                parity_inputs=x_eval[:32].numpy(), space=space, metrics=metrics,
@@ -176,6 +177,6 @@ def load_stitched(path: str | Path) -> tuple[StitchedModel, dict]:
     reload = art.manifest["model"]["reload"]
     mods = [bundled.BUNDLED[n]["factory"]() if n in bundled.BUNDLED else load_model(n)[0] for n in reload["anchors"]]
     model = StitchedModel(mods, reload["kernel"], reload["stride"], reload["two_way"], reload["lora_rank"],
-                          reload.get("direction", "up"))
+                          reload.get("direction", "up"), reload.get("round_trip", False))
     model.load_state_dict(load_file(str(Path(path) / TORCH_FILE)))
     return model.eval(), json.loads((Path(path) / art.manifest["entry"]).read_text())

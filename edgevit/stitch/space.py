@@ -18,6 +18,12 @@ the large anchor's features to a narrower tail, which only has to decode them. T
 configurations SN-Netv2's two-way stitching adds to fill the frontier near the large anchors; `down`
 gets them at v1's cost (two_way also runs the reverse direction and the two-stitch routes: 5× the
 configurations to train, evaluate and export).
+
+`round_trip` adds only the two-stitch routes that leave the direction's front anchor and come back to it
+(large→small→large with `down`): the route keeps the large anchor's last blocks and head and swaps a middle
+run of blocks for the small anchor's. A one-stitch large→small route ends in the small anchor's tail and
+head, which cap it near the small anchor however long it trains; a round trip's MACs fall between the two
+anchors while its output comes from the large one's head (2.5× v1's configurations, not two_way's 5×).
 """
 from __future__ import annotations
 
@@ -101,14 +107,14 @@ def count_paired(depth: int, kernel: int = 2, stride: int = 1) -> int:
     return total
 
 
-def count_configs(depth: int, num_anchors: int, kernel: int = 2, stride: int = 1, two_way: bool = False) -> int:
-    """Closed form for len(enumerate_configs(...)): anchors + per adjacent pair (both ways if two_way);
-    the same for either `direction`."""
+def count_configs(depth: int, num_anchors: int, kernel: int = 2, stride: int = 1, two_way: bool = False,
+                  round_trip: bool = False) -> int:
+    """Closed form for len(enumerate_configs(...)): anchors + per adjacent pair (both ways if two_way,
+    plus one direction's two-stitch routes if round_trip); the same for either `direction`."""
     n = count_paired(depth, kernel, stride)
-    per_pair = n
-    if two_way:
-        canon = len(_canonical_layers(depth, kernel, stride))
-        per_pair += n + 2 * (canon * (canon - 1) // 2)
+    canon = len(_canonical_layers(depth, kernel, stride))
+    round_trips = canon * (canon - 1) // 2
+    per_pair = n + (n + 2 * round_trips if two_way else round_trips if round_trip else 0)
     return num_anchors + (num_anchors - 1) * per_pair
 
 
@@ -116,17 +122,21 @@ DIRECTIONS = ("up", "down")
 
 
 def enumerate_configs(depth: int, num_anchors: int, kernel: int = 2, stride: int = 1,
-                      two_way: bool = False, direction: str = "up") -> list[StitchConfig]:
+                      two_way: bool = False, direction: str = "up", round_trip: bool = False) -> list[StitchConfig]:
     """Every network of the space, anchors first (smallest first), then per adjacent pair.
 
-    v1 (SN-Net): small→large at every paired position (`direction="up"`), or large→small (`"down"`). two_way (SN-Netv2) adds large→small at every
-    paired position, then small→large→small and large→small→large with both stitches at positions
-    (j, j+1) and at least one block in every segment.
+    v1 (SN-Net): small→large at every paired position (`direction="up"`), or large→small (`"down"`).
+    two_way (SN-Netv2) adds large→small at every paired position, then small→large→small and
+    large→small→large with both stitches at positions (j, j+1) and at least one block in every segment.
+    round_trip adds only the two-stitch routes that start and end on the direction's front anchor.
     """
     if num_anchors < 1:
         raise StitchSpaceError("need at least one anchor")
     if direction not in DIRECTIONS:
         raise StitchSpaceError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    if two_way and round_trip:
+        raise StitchSpaceError("round_trip is part of two_way (which has both directions' two-stitch routes); "
+                               "give one of them")
     positions = paired_positions(depth, kernel, stride)
     canon = _canonical_layers(depth, kernel, stride)
     configs = [StitchConfig((Segment(a, 0, depth),), ()) for a in range(num_anchors)]
@@ -138,8 +148,9 @@ def enumerate_configs(depth: int, num_anchors: int, kernel: int = 2, stride: int
             for j, k, lid in positions:
                 configs.append(StitchConfig((Segment(front, 0, j + 1), Segment(end, k, depth)),
                                             (Stitch(front, end, lid),)))
-        if two_way:
-            for outer, inner in ((small, large), (large, small)):
+        if two_way or round_trip:
+            outers = ((small, large), (large, small)) if two_way else directions
+            for outer, inner in outers:
                 for j1, l1 in canon:
                     for j2, l2 in canon:
                         if j2 <= j1:
