@@ -54,7 +54,9 @@ def markdown(r: dict, configs: list[dict]) -> str:
             f"| shared-weight artifact vs sum of anchors | {r['onnx_vs_anchors']:.3f}× | ≤ 1.1× |",
             f"| `set_config` switch | {r['switch_us']:.1f} µs | ≤ 1 ms |",
             f"| wall time | {r['wall_s'] / 60:.0f} min, training {r['train_s'] / 60:.0f} min"
-            + (f" (resumed: trained by an earlier run, whose training time this counts; this run "
+            + (f" (resumed: {r['trained_before_s'] / 60:.0f} min of it trained by earlier runs, counted here; "
+               f"this run {r['this_run_s'] / 60:.0f} min)" if r.get("trained_before_s")
+               else f" (resumed: trained by an earlier run, whose training time this counts; this run "
                f"{r['this_run_s'] / 60:.0f} min re-evaluated and re-exported)" if r.get("resumed") else "")
             + f" ({r['threads']} thread(s); "
             f"load average {r['load_avg'][0]:.1f} at the start, {r['load_avg'][1]:.1f} at the end: ORT latencies are "
@@ -255,7 +257,10 @@ def main() -> int:
     job = StitchJob(args.anchors.split(","), out / "artifact", recipe, two_way=args.two_way, direction=args.direction,
                     round_trip=args.round_trip,
                     train_data=args.train_data, eval_data=args.eval_data, work_dir=out / "work")
-    trained_before = (out / "work" / "last.pt").is_file()   # a resumed run: training time comes from its history
+    from edgevit.stitch.train import trained_seconds
+    ckpt = out / "work" / "last.pt"            # a resumed run: the training done before it comes from its history
+    trained_before = trained_seconds(torch.load(ckpt, weights_only=False, map_location="cpu")["history"]) \
+        if ckpt.is_file() else 0.0
     t0, load0 = time.time(), os.getloadavg()[0]
     manifest = run_stitch(job)
     wall = time.time() - t0
@@ -278,9 +283,10 @@ def main() -> int:
     }
     from edgevit.stitch.pipeline import anchor_line
     best = max(c["top1"] - anchor_line(configs, c["macs"]) for c in configs if not c["is_anchor"])
-    train_s = hist[-1].get("elapsed_s", 0.0)
-    result = {"wall_s": round(wall + (train_s if trained_before else 0.0), 1), "train_s": train_s,
-              "resumed": trained_before, "this_run_s": round(wall, 1), "threads": args.threads,
+    train_s = trained_seconds(hist)
+    result = {"wall_s": round(wall + trained_before, 1), "train_s": train_s,
+              "resumed": trained_before > 0, "trained_before_s": trained_before, "this_run_s": round(wall, 1),
+              "threads": args.threads,
               "eval_images": m["eval_images"], "best_stitched_vs_line": round(best, 2),
               "load_avg": load, "args": vars(args), "checks": checks, "frontier_stats": stats,
               "anchor_drop_points": drop, "frontier": [{k: c[k] for k in ("id", "name", "macs", "top1", "latency_ms")}

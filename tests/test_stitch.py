@@ -342,9 +342,12 @@ def test_training_is_seeded_and_resumable(tmp_path):
     recipe = StitchRecipe(epochs=2, batch_size=32, lr=1e-3, sampling="flops")
     macs = config_macs(base, SHAPE)
     train_stitched(resumed, recipe, x, y, tmp_path / "b", macs=macs, progress=False, max_steps=2)  # "interrupted"
-    assert (tmp_path / "b" / "last.pt").exists()
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    ckpt["history"][-1]["elapsed_s"] = 1000.0                          # as if the first run had trained 1000 s
+    torch.save(ckpt, tmp_path / "b" / "last.pt")
     fresh = copy.deepcopy(base)
-    train_stitched(fresh, recipe, x, y, tmp_path / "b", macs=macs, progress=False)
+    info = train_stitched(fresh, recipe, x, y, tmp_path / "b", macs=macs, progress=False)
+    assert [h["elapsed_s"] >= 1000.0 for h in info["history"]] == [True] * 3   # the resumed run's clock goes on
     for (n, p), (_, q) in zip(straight.state_dict().items(), fresh.state_dict().items()):
         assert torch.equal(p, q), n
     assert any(not torch.equal(p, q) for p, q in zip(base.state_dict().values(), straight.state_dict().values()))
@@ -624,3 +627,11 @@ def test_cli_select_reads_the_manifest(cli_runner, tmp_path):
     assert result.exit_code == 0 and "config 2" in result.output
     result = cli_runner.invoke(cli, ["stitch", "select", str(tmp_path / "art"), "--max-macs", "1M"])
     assert result.exit_code == 2 and "no configuration fits" in result.output
+
+
+def test_trained_seconds_adds_up_the_runs_of_a_resumed_checkpoint():
+    """Old checkpoints restarted the clock on resume (the drop marks a new run); new ones carry it on."""
+    from edgevit.stitch.train import trained_seconds
+    assert trained_seconds([]) == 0.0
+    assert trained_seconds([{"elapsed_s": 10.0}, {"elapsed_s": 20.0}, {"elapsed_s": 30.0}]) == 30.0
+    assert trained_seconds([{"elapsed_s": 10.0}, {"elapsed_s": 20.0}, {"elapsed_s": 5.0}, {"elapsed_s": 9.0}]) == 29.0

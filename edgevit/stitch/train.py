@@ -195,6 +195,18 @@ def _freeze_anchors(model: StitchedModel, frozen: bool, trainable: dict[str, boo
         p.requires_grad_(trainable[n] and not frozen)
 
 
+def trained_seconds(history: list[dict]) -> float:
+    """Training seconds a checkpoint's history records. Each epoch logs the clock since training began;
+    a checkpoint written before resumed runs carried the clock on restarted it at 0 on resume, so the
+    clock's drops mark the runs, and their last readings add up."""
+    total, last = 0.0, 0.0
+    for h in history:
+        if h.get("elapsed_s", 0.0) < last:
+            total += last
+        last = h.get("elapsed_s", 0.0)
+    return round(total + last, 1)
+
+
 def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, y: torch.Tensor,
                    work_dir: Path, macs: list[int] | None = None, progress: bool = True,
                    max_steps: int | None = None, device: str = "cpu") -> dict:
@@ -227,7 +239,7 @@ def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, 
         gen.set_state(state["gen"]); start_epoch, history = state["epoch"], state["history"]
         saved_opt = (state.get("opt_phase", "joint"), state["opt"])
     counts = torch.zeros(model.num_configs, dtype=torch.long)
-    t0 = time.time()
+    t0 = time.time() - trained_seconds(history)      # a resumed run's clock goes on from the checkpoint's
     step_budget = max_steps
     opt, opt_phase, buckets = None, None, None
     try:
