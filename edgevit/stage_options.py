@@ -141,18 +141,18 @@ STITCH = [
     O(["--kernel"], type=Int(1), default=2, show_default=True, help="Paired-stitching window (blocks)."),
     O(["--stride"], type=Int(1), default=1, show_default=True, help="Paired-stitching stride."),
     O(["--two-way"], is_flag=True, help="SN-Netv2 two-way stitching (large→small, s→l→s, l→s→l)."),
-    O(["--direction"], type=click.Choice(["up", "down"]), default="up", show_default=True,
-      help="One-stitch routes small→large (up, SN-Net v1) or large→small (down: the large anchor's front, "
-           "the small one's tail; same count). Ignored with --two-way, which has both."),
+    O(["--direction"], type=click.Choice(["up", "down"]), default="down", show_default=True,
+      help="One-stitch routes large→small (down: the large anchor's front, the small one's tail, the routes "
+           "that fill the frontier) or small→large (up, SN-Net v1; same count). Ignored with --two-way."),
     O(["--round-trip"], is_flag=True,
       help="Add the two-stitch routes that return to the front anchor (large→small→large with --direction "
            "down: the large anchor's head, a middle run of the small one's blocks). Part of --two-way."),
     O(["--lora-rank"], type=Int(0), default=0, show_default=True,
       help="SN-Netv2 LoRA stitching layers of this rank (0: full)."),
-    O(["--sampling"], type=click.Choice(["uniform", "flops", "log-flops"]), default="uniform", show_default=True,
+    O(["--sampling"], type=click.Choice(["uniform", "flops", "log-flops"]), default="log-flops", show_default=True,
       help="Config sampling per step: uniform (v1), FLOPs-grouped (v2), or v2 with buckets of equal MACs "
            "ratio (log-flops: every anchor pair of a geometric family gets the same share)."),
-    O(["--distill"], type=Float(0, 1), default=0.0, show_default=True,
+    O(["--distill"], type=Float(0, 1), default=1.0, show_default=True,
       help="Weight of distillation on stitched steps from a frozen original anchor (0: off)."),
     O(["--distill-teacher"], type=click.Choice(["largest", "route"]), default="largest", show_default=True,
       help="Teacher of --distill: the largest anchor (SN-Net), or the largest anchor the route runs "
@@ -161,7 +161,7 @@ STITCH = [
       help="Learning rate of the stitching layers (the anchors get lr × --anchor-lr-scale)."),
     O(["--warmup-epochs"], type=Int(0), default=1, show_default=True,
       help="Stitch-only epochs before the joint ones: anchors frozen, stitched configurations only."),
-    O(["--anchor-lr-scale"], type=Float(0), default=0.025, show_default=True,
+    O(["--anchor-lr-scale"], type=Float(0), default=0.1, show_default=True,
       help="Anchors' learning rate as a fraction of --lr in the joint phase (0: anchors stay frozen)."),
     O(["--anchor-distill"], type=Float(0, 1), default=1.0, show_default=True,
       help="On an anchor's steps, weight of distillation from that anchor's original logits (0: off)."),

@@ -247,6 +247,7 @@ def test_training_on_an_explicit_device_leaves_cpu_weights(tmp_path):
         info = train_stitched(model, StitchRecipe(epochs=1, warmup_epochs=0, batch_size=32), x, y, tmp_path / dev,
                               progress=False, device=dev)
         assert info["device"] == dev and sum(info["samples_per_config"]) == 2
+        assert info["buckets"]            # the default log-flops sampling counted the MACs itself (none given)
         assert {p.device.type for p in model.state_dict().values()} == {"cpu"}
         ckpt = torch.load(tmp_path / dev / "last.pt", weights_only=False, map_location="cpu")
         assert ckpt["recipe"]["epochs"] == 1
@@ -430,7 +431,7 @@ def test_step_configs_warmup_and_anchor_share():
     gen = torch.Generator().manual_seed(0)
     warm, _ = step_configs(5000, is_anchor, StitchRecipe(sampling="flops"), "warmup", gen, macs)
     assert (warm >= 3).all()
-    ids, _ = step_configs(20000, is_anchor, StitchRecipe(anchor_prob=0.3), "joint", gen)
+    ids, _ = step_configs(20000, is_anchor, StitchRecipe(anchor_prob=0.3, sampling="uniform"), "joint", gen)
     share = (ids < 3).float().mean().item()
     assert abs(share - 0.3) < 0.02 and all(abs((ids == a).float().mean().item() - 0.1) < 0.02 for a in range(3))
     own, buckets = step_configs(100, is_anchor, StitchRecipe(sampling="flops", anchor_prob=0), "joint", gen, macs)

@@ -64,4 +64,4 @@ def make_job(options: dict, out, work_dir=None):
     return StitchJob(names, Path(out), recipe, options["kernel"], options["stride"], options["two-way"],
                      options["lora-rank"], options["train-data"], options["eval-data"], options["calib-images"],
                      Path(work_dir) if work_dir else None, options["latency-iters"], wlist, device,
-                     options.get("direction", "up"), options.get("round-trip", False))
+                     options.get("direction", "down"), options.get("round-trip", False))

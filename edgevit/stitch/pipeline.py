@@ -34,7 +34,7 @@ class StitchJob:
     latency_iters: int = 50
     weights: list[str | None] | None = None
     device: str = "cpu"             # training device, resolved (see train.resolve_device)
-    direction: str = "up"           # one-stitch routes small→large (v1) or large→small (see space.py)
+    direction: str = "down"         # one-stitch routes large→small or small→large (v1) (see space.py)
     round_trip: bool = False        # + two-stitch routes back to the front anchor (see space.py)
 
 

@@ -78,15 +78,15 @@ class StitchRecipe:
     label_smoothing: float = 0.1
     shift: int = 2
     hflip: bool = True
-    sampling: str = "uniform"       # uniform (v1) | flops (v2) | log-flops (v2 on log-MACs)
+    sampling: str = "log-flops"     # uniform (v1) | flops (v2) | log-flops (v2 on log-MACs)
     flops_groups: int = 8           # MACs buckets for flops sampling (equal width, or equal ratio for log-flops)
-    distill: float = 0.0            # weight of KL to a frozen original anchor's logits on stitched steps
+    distill: float = 1.0            # weight of KL to a frozen original anchor's logits on stitched steps
     distill_teacher: str = "largest"  # largest: the family's largest anchor | route: the route's largest
     temperature: float = 1.0
     bf16: bool = True
     seed: int = 0
     warmup_epochs: int = 1          # stitch-only epochs before the joint ones (anchors frozen)
-    anchor_lr_scale: float = 0.025  # anchors' lr relative to `lr` in the joint phase (0: anchors frozen)
+    anchor_lr_scale: float = 0.1    # anchors' lr relative to `lr` in the joint phase (0: anchors frozen)
     anchor_distill: float = 1.0     # weight of KL to an anchor's own original logits on its steps
     anchor_prob: float = 0.25       # joint steps that train an anchor (0: the sampler's own share)
 
@@ -212,8 +212,12 @@ def train_stitched(model: StitchedModel, recipe: StitchRecipe, x: torch.Tensor, 
                    max_steps: int | None = None, device: str = "cpu") -> dict:
     """Train `model` in place on preprocessed (x, y) on `device` (a resolved name, see `resolve_device`):
     `recipe.warmup_epochs` stitch-only epochs, then `recipe.epochs` joint ones, each phase with its own
-    cosine schedule. `macs` per config is needed for flops sampling. The model is back on the CPU."""
+    cosine schedule. `macs` per config drives flops sampling (counted at x's image size when not given).
+    The model is back on the CPU."""
     from edgevit.errors import UsageError
+    if macs is None and recipe.sampling != "uniform":
+        from edgevit.stitch.evaluate import config_macs
+        macs = config_macs(model, (1, *x.shape[1:]))
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
