@@ -21,9 +21,10 @@ configurations to train, evaluate and export).
 
 `round_trip` adds only the two-stitch routes that leave the direction's front anchor and come back to it
 (large→small→large with `down`): the route keeps the large anchor's last blocks and head and swaps a middle
-run of blocks for the small anchor's. A one-stitch large→small route ends in the small anchor's tail and
-head, which cap it near the small anchor however long it trains; a round trip's MACs fall between the two
-anchors while its output comes from the large one's head (2.5× v1's configurations, not two_way's 5×).
+run of blocks for the small anchor's, so its MACs fall between the two anchors while its output comes from
+the large one's head, where a one-stitch large→small route ends in the small anchor's tail and head
+(2.5× v1's configurations, not two_way's 5×). Measured so far only at a short schedule, where the round
+trips trailed the one-stitch routes (README, stitching ablation).
 """
 from __future__ import annotations
 

@@ -196,9 +196,9 @@ def _freeze_anchors(model: StitchedModel, frozen: bool, trainable: dict[str, boo
 
 
 def trained_seconds(history: list[dict]) -> float:
-    """Training seconds a checkpoint's history records. Each epoch logs the clock since training began;
-    a checkpoint written before resumed runs carried the clock on restarted it at 0 on resume, so the
-    clock's drops mark the runs, and their last readings add up."""
+    """Training seconds a checkpoint's history records. Each epoch logs the clock since training began.
+    Checkpoints written before the clock carried over a resume restarted it at 0, so a drop marks a new
+    run, and the runs' last readings add up."""
     total, last = 0.0, 0.0
     for h in history:
         if h.get("elapsed_s", 0.0) < last:
