@@ -48,7 +48,7 @@ def markdown(r: dict, configs: list[dict]) -> str:
             f"| widest MACs gap between neighbouring frontier points | {100 * f['max_gap_frac']:.1f} % of the anchors' range "
             f"| ≤ 25 % |",
             f"| frontier vs the piecewise-linear line through the anchors (worst point) | {f['worst_line_delta']:+.2f} pt"
-            + (f" (per anchor pair: {' / '.join(f'{d:+.2f}' for d in f['worst_line_delta_per_span'])})"
+            + (f" (per anchor pair: {_signed(f['worst_line_delta_per_span'])})"
                if "worst_line_delta_per_span" in f else "") + " | ≥ −0.5 pt |",
             "| anchors top-1 before → after joint training | " + ", ".join(
                 f"{k} {r['anchors_top1_before'][k]:.2f} → {r['anchors_top1_after'][k]:.2f}" for k in r["anchors_top1_before"])
@@ -76,6 +76,11 @@ def markdown(r: dict, configs: list[dict]) -> str:
     if all(c["is_anchor"] for c in configs if c["pareto"]):
         rows.append("\n**Every stitched configuration is dominated by an anchor**, so the frontier is the anchors alone.")
     return "\n".join(rows) + "\n"
+
+
+def _signed(points) -> str:
+    """Points per anchor or anchor pair, as the tables print them: `+0.10 / -0.33`."""
+    return " / ".join(f"{d:+.2f}" for d in points)
 
 
 def _dominated(r: dict) -> str:
@@ -200,9 +205,9 @@ def ablation(args: argparse.Namespace) -> int:
     for r in results:
         spans = r.get("worst_line_delta_per_span")
         lines.append(f"| {r['row']} | {r.get('configs', 71)} | {r['stitched_on_frontier']} | {100 * r['max_gap_frac']:.0f} | "
-                     f"{r['worst_line_delta']:+.2f} | {' / '.join(f'{d:+.2f}' for d in spans) if spans else '-'} | "
+                     f"{r['worst_line_delta']:+.2f} | {_signed(spans) if spans else '-'} | "
                      f"{r['best_stitched_vs_line']:+.2f} | "
-                     f"{' / '.join(f'{d:+.2f}' for d in r['anchor_drop_points'])} | {r['train_s']:.0f} |")
+                     f"{_signed(r['anchor_drop_points'])} | {r['train_s']:.0f} |")
     res = Path(args.results)
     (res / "stitch_ablation.md").write_text("\n".join(lines) + "\n")
     (res / "stitch_ablation.json").write_text(json.dumps({"caption": cap, "rows": results}, indent=2) + "\n")
@@ -247,8 +252,8 @@ def summarise(args: argparse.Namespace) -> int:
     for r in rows:
         spans = r.get("worst_line_delta_per_span")
         lines.append(f"| {r['row']} | {r['stitched_on_frontier']} | {100 * r['max_gap_frac']:.0f} | "
-                     f"{r['worst_line_delta']:+.2f} | {' / '.join(f'{x:+.2f}' for x in spans) if spans else '-'} | "
-                     f"{r['best_stitched_vs_line']:+.2f} | {' / '.join(f'{x:+.2f}' for x in r['anchor_drop_points'])} | "
+                     f"{r['worst_line_delta']:+.2f} | {_signed(spans) if spans else '-'} | "
+                     f"{r['best_stitched_vs_line']:+.2f} | {_signed(r['anchor_drop_points'])} | "
                      f"{'yes' if r['largest_anchor_on_frontier'] else 'no (dominated)'} | "
                      f"{r['onnx_vs_anchors']:.3f}× | {r['train_s'] / 60:.0f} ({r['threads']}) |")
     res = Path(args.results)
